@@ -1,0 +1,1 @@
+"""The agent: turn protocol, graph state and the LangGraph state machine."""

@@ -1,0 +1,102 @@
+"""`ask`: one question about one video, answered by the multi-turn agent.
+
+The convenience front door over `build_graph`: it splits keyword settings onto the settings
+objects they belong to, loads the model (or takes a ready `VideoLM`), runs the graph and returns
+an `AskResult` holding the answer and the full per-turn trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from vmtr.agent.graph import build_graph
+from vmtr.agent.state import TurnRecord
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.models.vlm import VideoLM, load_video_lm
+
+
+@dataclass
+class AskResult:
+    """The answer (None when the budget ran out first) and how the agent got there."""
+
+    answer: str | None
+    turns: list[TurnRecord]
+    stop_reason: str
+    video: str
+    question: str
+    options: list[str] | None
+    duration: float
+    pool: list[float] = field(repr=False)
+
+    @property
+    def frames_seen(self) -> list[int]:
+        """Distinct pool indices shown over the whole run, sorted."""
+        return sorted({i for t in self.turns for i in t.get("frames", [])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `vmtr ask --json` prints)."""
+        data = asdict(self)
+        data["frames_seen"] = self.frames_seen
+        return data
+
+
+def split_settings(
+    overrides: dict[str, Any], *models: type[BaseModel]
+) -> tuple[BaseModel, ...]:
+    """Build each settings model from the keyword arguments that name its fields."""
+    unknown = set(overrides) - {name for m in models for name in m.model_fields}
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return tuple(m(**{k: v for k, v in overrides.items() if k in m.model_fields}) for m in models)
+
+
+def ask(
+    video: str | Path,
+    question: str,
+    options: Sequence[str] | None = None,
+    *,
+    model: VideoLM | str | None = None,
+    on_update: Callable[[str, dict[str, Any]], None] | None = None,
+    **settings: Any,
+) -> AskResult:
+    """Answer ``question`` about ``video`` with the multi-turn agent.
+
+    ``model`` is a loaded `VideoLM`, or a model spec (hub id, local folder, ``tiny``); any other
+    keyword is a field of `ProtocolSettings`, `GenerationSettings` or `ModelSettings`
+    (``max_turns=2``, ``temperature=0``, ``max_pixels=...``). ``on_update(node, update)`` is
+    called after every graph node, for progress displays.
+    """
+    if isinstance(model, str):
+        settings["model"] = model
+        model = None
+    proto, gen, model_settings = split_settings(
+        settings, ProtocolSettings, GenerationSettings, ModelSettings
+    )
+    lm = model if model is not None else load_video_lm(model_settings)
+    graph = build_graph(lm, protocol_settings=proto, generation=gen)
+    inputs = {"video": str(video), "question": question, "options": list(options or []) or None}
+    config = {"recursion_limit": 4 * proto.max_turns + 10}
+    state: dict[str, Any] = {}
+    turns: list[TurnRecord] = []
+    for chunk in graph.stream(inputs, config, stream_mode="updates"):
+        for node, update in chunk.items():
+            update = update or {}
+            turns.extend(update.get("turns", []))
+            state.update({k: v for k, v in update.items() if k != "turns"})
+            if on_update is not None:
+                on_update(node, update)
+    return AskResult(
+        answer=state.get("answer"),
+        turns=turns,
+        stop_reason=state.get("stop_reason", "answered"),
+        video=str(video),
+        question=state.get("question", question),
+        options=state.get("options"),
+        duration=state.get("duration", 0.0),
+        pool=state.get("pool", []),
+    )

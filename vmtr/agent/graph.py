@@ -1,0 +1,210 @@
+"""The Video-MTR agent as a LangGraph state machine.
+
+    prepare -> reason -> (select_segment -> reason)* -> finish
+
+`prepare` probes the video and samples the frame pool; `reason` runs one model turn and parses
+it with the strict protocol; `select_segment` turns a valid retrieve into the next user message;
+an invalid reply goes straight back to `reason` with an explanation and no new frames. The turn
+budget lives in the state (``turn`` against ``max_turns``), never in LangGraph's recursion limit.
+The compiled graph takes any checkpointer, streams per-node updates, and works as a node of a
+host graph whose state shares the keys ``video``, ``question``, ``options`` and ``answer``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+
+from vmtr.agent import protocol
+from vmtr.agent.state import AgentInput, AgentState, TurnRecord
+from vmtr.config import GenerationSettings, ProtocolSettings
+from vmtr.models.vlm import VideoLM
+from vmtr.tools import video as video_tools
+from vmtr.tools.select import first_turn_frames, select_segment
+
+PoolScorer = Callable[[str, Sequence[float], str], Sequence[float]]
+"""(video, pool timestamps, question) -> one relevance score per pool frame (segment store)."""
+
+
+def build_graph(
+    model: VideoLM,
+    *,
+    protocol_settings: ProtocolSettings | None = None,
+    generation: GenerationSettings | None = None,
+    frame_cache: video_tools.FrameCache | None = None,
+    scorer: PoolScorer | None = None,
+    guided_retrieve: bool = False,
+    first_turn_top: int = 0,
+    checkpointer: Any = None,
+    name: str = "vmtr",
+):
+    """Compile the agent graph around ``model``.
+
+    ``frame_cache`` holds decoded frames (pixels never enter the state). ``scorer`` ranks pool
+    frames by relevance to the question; with it, ``guided_retrieve`` picks a retrieve's frames by
+    score and ``first_turn_top`` mixes that many top frames into turn 1. ``checkpointer`` is any
+    LangGraph checkpointer (in-memory, SQLite, ...); leave it None inside a host graph.
+    """
+    settings = protocol_settings or ProtocolSettings()
+    gen = generation or GenerationSettings()
+    cache = frame_cache if frame_cache is not None else video_tools.FrameCache()
+    budget = getattr(model, "pixel_budget", None) or {}
+
+    def fetch(video: str, pool: Sequence[float]) -> Callable[[Sequence[int]], list]:
+        def fetch_frames(indices: Sequence[int]) -> list:
+            return cache.get_many(video, [pool[i] for i in indices], **budget)
+
+        return fetch_frames
+
+    def prepare(state: AgentState) -> dict[str, Any]:
+        question = (state.get("question") or "").strip()
+        if not question:
+            raise ValueError("the question is empty")
+        video = str(state["video"])
+        info = video_tools.probe(video)
+        pool = video_tools.pool_timestamps(
+            info, max_frames=settings.pool_size, max_fps=settings.pool_max_fps
+        )
+        scores = scorer(video, pool, question) if scorer is not None else None
+        shown = first_turn_frames(
+            len(pool),
+            settings.first_turn_frames,
+            scores=scores if first_turn_top else None,
+            n_top=first_turn_top,
+        )
+        # Decode the first turn's frames now so a broken video fails before any model call.
+        fetch(video, pool)(shown)
+        options = list(state.get("options") or []) or None
+        messages = [
+            protocol.system_message(settings),
+            protocol.user_message(
+                turn=1,
+                frames=shown,
+                timestamps=[pool[i] for i in shown],
+                question=question,
+                options=options,
+                pool_size=len(pool),
+                settings=settings,
+            ),
+        ]
+        update: dict[str, Any] = {
+            "run_id": state.get("run_id") or uuid.uuid4().hex,
+            "question": question,
+            "options": options,
+            "duration": info.duration,
+            "pool": pool,
+            "messages": messages,
+            "turn": 1,
+            "pending": None,
+            "answer": None,
+            "done": False,
+        }
+        if scores is not None:
+            update["pool_scores"] = [float(s) for s in scores]
+        return update
+
+    def reason(state: AgentState) -> dict[str, Any]:
+        turn, pool, messages = state["turn"], state["pool"], state["messages"]
+        last = turn >= settings.max_turns
+        shown = protocol.frames_in(messages[-1])
+        started = time.perf_counter()
+        reply = model.generate(
+            messages,
+            fetch(state["video"], pool),
+            settings=gen,
+            session=state["run_id"],
+        )
+        action = protocol.parse_reply(
+            reply.text, max_index=len(pool) - 1, options=state.get("options"), last_turn=last
+        )
+        record: TurnRecord = {
+            "turn": turn,
+            "frames": shown,
+            "timestamps": [round(pool[i], 3) for i in shown],
+            "raw": reply.text,
+            "action": action.kind,
+            "answer": action.answer if isinstance(action, protocol.Answer) else None,
+            "retrieve": (
+                [action.start, action.end] if isinstance(action, protocol.Retrieve) else None
+            ),
+            "error": action.error if isinstance(action, protocol.Invalid) else None,
+            "error_message": action.message if isinstance(action, protocol.Invalid) else None,
+            "seconds": round(time.perf_counter() - started, 4),
+            "prompt_tokens": reply.prompt_tokens,
+            "new_prompt_tokens": reply.new_prompt_tokens,
+            "completion_tokens": len(reply.token_ids),
+        }
+        messages = [*messages, protocol.assistant_message(reply.text)]
+        update: dict[str, Any] = {"messages": messages, "turns": [record]}
+        if isinstance(action, protocol.Answer):
+            update.update(answer=action.answer, done=True, stop_reason="answered")
+        elif isinstance(action, protocol.Retrieve):
+            update["pending"] = [action.start, action.end]
+        elif last:
+            update.update(done=True, stop_reason="budget_exhausted")
+        else:
+            update["turn"] = turn + 1
+            update["messages"] = [
+                *messages,
+                protocol.user_message(
+                    turn=turn + 1,
+                    frames=[],
+                    timestamps=[],
+                    question=state["question"],
+                    options=state.get("options"),
+                    pool_size=len(pool),
+                    settings=settings,
+                    error=action.message,
+                ),
+            ]
+        return update
+
+    def select(state: AgentState) -> dict[str, Any]:
+        start, end = state["pending"]
+        pool = state["pool"]
+        scores = state.get("pool_scores") if guided_retrieve else None
+        chosen = select_segment(start, end, settings.frames_per_retrieve, scores=scores)
+        turn = state["turn"] + 1
+        message = protocol.user_message(
+            turn=turn,
+            frames=chosen,
+            timestamps=[pool[i] for i in chosen],
+            question=state["question"],
+            options=state.get("options"),
+            pool_size=len(pool),
+            settings=settings,
+        )
+        return {"messages": [*state["messages"], message], "turn": turn, "pending": None}
+
+    def finish(state: AgentState) -> dict[str, Any]:
+        model.end_session(state["run_id"])
+        return {"done": True}
+
+    def route(state: AgentState) -> str:
+        if state.get("done"):
+            return "finish"
+        if state.get("pending"):
+            return "select_segment"
+        return "reason"
+
+    builder = StateGraph(_GraphState, input_schema=AgentInput)
+    builder.add_node("prepare", prepare)
+    builder.add_node("reason", reason)
+    builder.add_node("select_segment", select)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "prepare")
+    builder.add_edge("prepare", "reason")
+    builder.add_conditional_edges("reason", route, ["finish", "select_segment", "reason"])
+    builder.add_edge("select_segment", "reason")
+    builder.add_edge("finish", END)
+    return builder.compile(checkpointer=checkpointer, name=name)
+
+
+class _GraphState(AgentState, total=False):
+    """The state plus the optional per-pool-frame relevance scores of the segment store."""
+
+    pool_scores: list[float] | None

@@ -1,0 +1,228 @@
+"""The Video-MTR turn protocol: prompts, the strict output parser and the last-turn rule.
+
+Each turn the model sees a user message with some frames of the video (named by their index in
+the frame pool) and must reply with exactly one of
+
+    <think>...</think><answer>X</answer>
+    <think>...</think><retrieve>s, e</retrieve>
+
+The prompts carry the fields of the released Video-MTR code (turn number, frame count and pool
+indices, one `frame_idx:i` line per frame, the question, the options, a note on what the model may
+do, the format rule, the highest frame index); the wording is vmtr's own. The parser is as strict
+as the released one: anything else is an invalid turn, which uses up a turn and is explained to the
+model in the next message. Messages are plain JSON-able dicts in the Hugging Face chat format, with
+frames as ``{"type": "image", "frame": pool_index}`` placeholders that the model backend resolves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vmtr.config import ProtocolSettings
+
+Message = dict[str, Any]
+ErrorKind = Literal[
+    "format", "retrieve_format", "retrieve_range", "answer_option", "retrieve_on_last_turn"
+]
+
+_ANSWER_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
+_RETRIEVE_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<retrieve>(.*?)</retrieve>\s*$", re.DOTALL)
+_RANGE_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
+_LETTER_RE = re.compile(r"^\(?([A-Za-z])\)?(?:[.:)]\s*.*)?$", re.DOTALL)
+_OPTION_RE = re.compile(r"^\s*\(?([A-Z])[.:)]\s*")
+
+ANSWER_SHAPE = "<think>your reasoning</think><answer>your answer</answer>"
+RETRIEVE_SHAPE = "<think>your reasoning</think><retrieve>start, end</retrieve>"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model committed to an answer; the episode ends."""
+
+    answer: str
+    think: str
+    kind: Literal["answer"] = "answer"
+
+
+@dataclass(frozen=True)
+class Retrieve:
+    """The model asked for frames from pool indices ``start..end`` (inclusive)."""
+
+    start: int
+    end: int
+    think: str
+    kind: Literal["retrieve"] = "retrieve"
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """The reply broke the protocol; ``message`` is what the model is told next turn."""
+
+    error: ErrorKind
+    message: str
+    kind: Literal["invalid"] = "invalid"
+
+
+Action = Answer | Retrieve | Invalid
+
+
+def option_letters(options: Sequence[str] | None) -> list[str]:
+    """Letters of the options ("A. red" -> "A"); falls back to A, B, C... for unlabelled ones."""
+    if not options:
+        return []
+    letters = []
+    for i, text in enumerate(options):
+        match = _OPTION_RE.match(text)
+        letters.append(match.group(1) if match else chr(ord("A") + i))
+    return letters
+
+
+def format_options(options: Sequence[str]) -> list[str]:
+    """Options as "A. text" strings, labelling any that arrive without a letter."""
+    letters = option_letters(options)
+    return [
+        text.strip() if _OPTION_RE.match(text) else f"{letter}. {text.strip()}"
+        for letter, text in zip(letters, options, strict=True)
+    ]
+
+
+def parse_reply(
+    text: str,
+    *,
+    max_index: int,
+    options: Sequence[str] | None = None,
+    last_turn: bool = False,
+) -> Action:
+    """Parse one model reply into an action, strictly, as the released parser does.
+
+    ``max_index`` is the highest valid pool index. With options, an answer must be one of their
+    letters ("B", "B.", "(B)" and "B. full option text" are all read as "B"). On the last turn a
+    retrieve is invalid because no turn is left to show its frames.
+    """
+    answer = _ANSWER_RE.match(text)
+    if answer:
+        think, body = answer.group(1).strip(), answer.group(2).strip()
+        if not options:
+            if not body:
+                return Invalid("answer_option", "the answer tag is empty.")
+            return Answer(body, think)
+        letters = option_letters(options)
+        letter_match = _LETTER_RE.match(body)
+        letter = letter_match.group(1).upper() if letter_match else None
+        if letter not in letters:
+            allowed = ", ".join(letters)
+            return Invalid(
+                "answer_option",
+                f"the answer must be one option letter ({allowed}), got {body[:40]!r}.",
+            )
+        return Answer(letter, think)
+    retrieve = _RETRIEVE_RE.match(text)
+    if retrieve:
+        if last_turn:
+            return Invalid(
+                "retrieve_on_last_turn", "no turns are left for new frames; answer now."
+            )
+        think, body = retrieve.group(1).strip(), retrieve.group(2)
+        numbers = _RANGE_RE.match(body)
+        if not numbers:
+            return Invalid(
+                "retrieve_format",
+                f"the retrieve tag must hold two frame indices like '3, 10', got {body[:40]!r}.",
+            )
+        start, end = int(numbers.group(1)), int(numbers.group(2))
+        if not 0 <= start <= end <= max_index:
+            return Invalid(
+                "retrieve_range",
+                f"the range must satisfy 0 <= start <= end <= {max_index}, got {start}, {end}.",
+            )
+        return Retrieve(start, end, think)
+    shapes = ANSWER_SHAPE if last_turn else f"{ANSWER_SHAPE} or {RETRIEVE_SHAPE}"
+    return Invalid("format", f"the reply must be exactly {shapes}.")
+
+
+def system_message(settings: ProtocolSettings) -> Message:
+    """The system prompt: what the assistant does and that the turn budget is hard."""
+    text = (
+        "You are an assistant that studies videos to answer questions about them. Each turn you "
+        "see frames sampled from the video, each labelled with its frame index. When the frames "
+        "you have are not enough, you may request more frames from a range of frame indices. "
+        f"You have at most {settings.max_turns} turns and must give your final answer by the "
+        "last one."
+    )
+    return {"role": "system", "content": [{"type": "text", "text": text}]}
+
+
+def frame_label(index: int, timestamp: float, settings: ProtocolSettings) -> str:
+    """The text put before each frame's image; timestamps only when the setting asks."""
+    if settings.label_timestamps:
+        return f"frame_idx:{index} (time {timestamp:.1f}s), "
+    return f"frame_idx:{index}, "
+
+
+def user_message(
+    *,
+    turn: int,
+    frames: Sequence[int],
+    timestamps: Sequence[float],
+    question: str,
+    options: Sequence[str] | None,
+    pool_size: int,
+    settings: ProtocolSettings,
+    error: str | None = None,
+) -> Message:
+    """One user turn: the new frames (possibly none), the question and the rules for replying.
+
+    ``timestamps`` are the pool timestamps of ``frames``. ``error`` explains why the previous reply
+    was rejected; such a turn carries no new frames.
+    """
+    last = turn >= settings.max_turns
+    content: list[dict[str, Any]] = []
+    lines = [f"Turn {turn} of {settings.max_turns}."]
+    if error:
+        lines.append(f"Your previous reply could not be used: {error}")
+    if frames:
+        listed = ", ".join(str(i) for i in frames)
+        lines.append(f"Here are {len(frames)} frames from the video, frame indices [{listed}]:")
+    else:
+        lines.append("No new frames are shown this turn.")
+    content.append({"type": "text", "text": "\n".join(lines) + "\n"})
+    for index, ts in zip(frames, timestamps, strict=True):
+        content.append({"type": "text", "text": frame_label(index, ts, settings)})
+        content.append({"type": "image", "frame": int(index), "timestamp": float(ts)})
+        content.append({"type": "text", "text": "\n"})
+    tail = [f"Question: {question.strip()}"]
+    if options:
+        tail.append("Options:")
+        tail.extend(format_options(options))
+    if last:
+        tail.append(
+            "This is your last turn: no more frames can be requested, so give your answer now."
+        )
+        tail.append(f"Reply exactly in this form: {ANSWER_SHAPE}")
+    else:
+        tail.append(
+            "If the frames so far are not enough, request more frames from a range of frame "
+            "indices; otherwise answer the question."
+        )
+        tail.append(f"Reply exactly in one of these forms: {ANSWER_SHAPE} or {RETRIEVE_SHAPE}")
+    if options:
+        tail.append("Inside the answer tag put only the letter of the chosen option.")
+    tail.append(f"Frame indices run from 0 to {pool_size - 1}.")
+    content.append({"type": "text", "text": "\n".join(tail)})
+    return {"role": "user", "content": content}
+
+
+def assistant_message(text: str) -> Message:
+    """The model's reply as a chat message, kept verbatim."""
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def frames_in(message: Message) -> list[int]:
+    """Pool indices of the frame placeholders in a message, in order."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [part["frame"] for part in content if part.get("type") == "image"]

@@ -1,0 +1,1 @@
+"""Benchmarks: datasets, the synthetic generator, scoring and the batch runner."""

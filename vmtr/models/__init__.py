@@ -1,0 +1,1 @@
+"""Model wrappers: the VideoLM interface and its backends, embedders, the tiny model."""

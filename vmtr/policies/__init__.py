@@ -1,0 +1,1 @@
+"""Reinforcement learning on the agent's own protocol."""

@@ -1,0 +1,1 @@
+"""What the agent calls: video decoding, the segment store and frame selection."""
