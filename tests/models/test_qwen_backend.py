@@ -29,17 +29,26 @@ def _images(indices):
 def _conversation(turn2_reply: str | None = None):
     settings = ProtocolSettings(first_turn_frames=4, max_turns=3)
     first = protocol.user_message(
-        turn=1, frames=[0, 5, 10, 15], timestamps=[0.5, 5.5, 10.5, 15.5],
-        question="What colour is the shape?", options=["A. red", "B. green"],
-        pool_size=16, settings=settings,
+        turn=1,
+        frames=[0, 5, 10, 15],
+        timestamps=[0.5, 5.5, 10.5, 15.5],
+        question="What colour is the shape?",
+        options=["A. red", "B. green"],
+        pool_size=16,
+        settings=settings,
     )
     messages = [protocol.system_message(settings), first]
     if turn2_reply is not None:
         messages += [
             protocol.assistant_message(turn2_reply),
             protocol.user_message(
-                turn=2, frames=[6, 7], timestamps=[6.5, 7.5], question="What colour is the shape?",
-                options=["A. red", "B. green"], pool_size=16, settings=settings,
+                turn=2,
+                frames=[6, 7],
+                timestamps=[6.5, 7.5],
+                question="What colour is the shape?",
+                options=["A. red", "B. green"],
+                pool_size=16,
+                settings=settings,
             ),
         ]
     return messages
@@ -56,10 +65,17 @@ def _reference_greedy(lm: QwenVideoLM, ids, mm, pixels, grids, n: int) -> list[i
     out = []
     for _ in range(n):
         with torch.no_grad():
-            logits = lm.model(
-                input_ids=ids, mm_token_type_ids=mm, pixel_values=pixels, image_grid_thw=grids,
-                use_cache=False,
-            ).logits[0, -1].float()
+            logits = (
+                lm.model(
+                    input_ids=ids,
+                    mm_token_type_ids=mm,
+                    pixel_values=pixels,
+                    image_grid_thw=grids,
+                    use_cache=False,
+                )
+                .logits[0, -1]
+                .float()
+            )
         logits[lm.banned_ids] = float("-inf")
         token = int(torch.argmax(logits))
         out.append(token)
@@ -77,16 +93,21 @@ def test_first_turn_matches_full_forward_loop(tiny_lm):
     enc = tiny_lm.processor(text=[text], images=_images([0, 5, 10, 15]), return_tensors="pt")
     assert "mm_token_type_ids" in enc
     ref = _reference_greedy(
-        tiny_lm, enc["input_ids"], enc["mm_token_type_ids"], enc["pixel_values"],
-        enc["image_grid_thw"], GREEDY.max_new_tokens,
+        tiny_lm,
+        enc["input_ids"],
+        enc["mm_token_type_ids"],
+        enc["pixel_values"],
+        enc["image_grid_thw"],
+        GREEDY.max_new_tokens,
     )
     assert gen.token_ids == ref
     assert gen.prompt_tokens == enc["input_ids"].shape[1]
 
 
 def test_second_turn_same_with_and_without_kv_reuse(tiny_lm):
-    lm_fresh = QwenVideoLM(tiny_lm.model, tiny_lm.processor, ModelSettings(
-        model="tiny", reuse_kv_cache=False))
+    lm_fresh = QwenVideoLM(
+        tiny_lm.model, tiny_lm.processor, ModelSettings(model="tiny", reuse_kv_cache=False)
+    )
     results = []
     for lm, session in ((tiny_lm, "reuse"), (lm_fresh, "fresh")):
         first = lm.generate(_conversation(), _images, settings=GREEDY, session=session)

@@ -45,9 +45,7 @@ class AskResult:
         return data
 
 
-def split_settings(
-    overrides: dict[str, Any], *models: type[BaseModel]
-) -> tuple[BaseModel, ...]:
+def split_settings(overrides: dict[str, Any], *models: type[BaseModel]) -> tuple[BaseModel, ...]:
     """Build each settings model from the keyword arguments that name its fields."""
     unknown = set(overrides) - {name for m in models for name in m.model_fields}
     if unknown:

@@ -122,9 +122,7 @@ def parse_reply(
     retrieve = _RETRIEVE_RE.match(text)
     if retrieve:
         if last_turn:
-            return Invalid(
-                "retrieve_on_last_turn", "no turns are left for new frames; answer now."
-            )
+            return Invalid("retrieve_on_last_turn", "no turns are left for new frames; answer now.")
         think, body = retrieve.group(1).strip(), retrieve.group(2)
         numbers = _RANGE_RE.match(body)
         if not numbers:

@@ -64,6 +64,34 @@ def resolve_model_path(spec: str) -> str:
     return spec
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all; offline, from_pretrained retries for
+    minutes before giving up, so a quick socket check lets vmtr fail in seconds instead."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The local copy of a hub checkpoint in the Hugging Face cache, if one was downloaded."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+
+
 def pick_device(device: str) -> torch.device:
     """``auto`` means the first GPU when there is one, else the CPU."""
     if device == "auto":
@@ -118,6 +146,15 @@ class QwenVideoLM:
     def load(cls, settings: ModelSettings) -> QwenVideoLM:
         """Load processor and model by hub id, local folder or ``tiny``; errors say what to do."""
         path = resolve_model_path(settings.model)
+        if path == settings.model:
+            path = cached_snapshot(path) or path
+            if path == settings.model and not hub_reachable():
+                raise ModelLoadError(
+                    f"model {settings.model!r} is not in the Hugging Face cache and the hub "
+                    f"cannot be reached. Download it where the hub is reachable "
+                    f"(`hf download {settings.model} --local-dir DIR`) and pass `--model DIR`, "
+                    "or use `--model tiny`."
+                )
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
         kwargs: dict[str, Any] = {"dtype": dtype}
@@ -137,7 +174,9 @@ class QwenVideoLM:
                 if path == settings.model
                 else ""
             )
-            raise ModelLoadError(f"could not load model {settings.model!r}: {reason}.{hint}") from err
+            raise ModelLoadError(
+                f"could not load model {settings.model!r}: {reason}.{hint}"
+            ) from err
         if quant is None:
             model = model.to(device)
         return cls(model, processor, settings)
@@ -176,9 +215,7 @@ class QwenVideoLM:
         state = self._session_for(session, text)
         new_frames = all_frames[state.images :]
         images = frames(new_frames) if new_frames else None
-        encoded = self.processor(
-            text=[text[len(state.text) :]], images=images, return_tensors="pt"
-        )
+        encoded = self.processor(text=[text[len(state.text) :]], images=images, return_tensors="pt")
         if "mm_token_type_ids" not in encoded:
             raise RuntimeError("processor output lacks mm_token_type_ids; positions would be wrong")
         self._append(state, encoded, len(new_frames))
@@ -291,7 +328,7 @@ class QwenVideoLM:
         if not state.grids:
             return None, None
         image_tokens = state.mm_types[0] == 1
-        merge = self.processor.image_processor.merge_size ** 2
+        merge = self.processor.image_processor.merge_size**2
         counts = [int(g.prod()) // merge for g in state.grids]
         seen_tokens = int(image_tokens[:start].sum())
         first, total = 0, 0
@@ -331,4 +368,3 @@ class QwenVideoLM:
             probs = probs / probs.sum()
         token = int(torch.multinomial(probs, 1, generator=generator).item())
         return token, float(logp[token])
-

@@ -96,7 +96,9 @@ def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
         lines.extend(p["text"] for p in message["content"] if p["type"] == "text")
         s = rng.randint(0, 60)
         lines.append(f"<think>The {colour} {shape} is near frame {s}.</think><answer>B</answer>")
-        lines.append(f"<think>I need frames {s} to {s + 3}.</think><retrieve>{s}, {s + 3}</retrieve>")
+        lines.append(
+            f"<think>I need frames {s} to {s + 3}.</think><retrieve>{s}, {s + 3}</retrieve>"
+        )
     return lines
 
 

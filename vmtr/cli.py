@@ -1,0 +1,288 @@
+"""The `vmtr` command line: ask, demo, and the tools around them.
+
+Conventions: human text on stdout, machine-readable JSON with ``--json``, progress on stderr;
+exit code 0 on success, 1 on failure, 2 on a usage error. Every expected failure (bad video,
+missing model, empty question) is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vmtr.config import DEFAULT_MODEL
+
+app = typer.Typer(
+    name="vmtr",
+    help="Answer questions about long videos with a multi-turn, segment-selecting VLM agent.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one error line on stderr and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line and exit code 1."""
+    from vmtr.models.vlm import ModelLoadError
+    from vmtr.tools.video import VideoError
+
+    try:
+        yield
+    except (VideoError, ModelLoadError, ValueError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted") from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - last line of defence against tracebacks
+        if os.environ.get("VMTR_DEBUG"):
+            raise
+        raise fail(
+            f"unexpected {type(error).__name__}: {error} (set VMTR_DEBUG=1 for a traceback)"
+        ) from None
+
+
+def progress_printer(status: Any, max_turns: int) -> Callable[[str, dict[str, Any]], None]:
+    """Update a rich status line as graph nodes finish."""
+
+    def on_update(node: str, update: dict[str, Any]) -> None:
+        if node == "prepare":
+            status.update(f"turn 1/{max_turns}: the model is looking at the first frames")
+        elif node == "reason":
+            for turn in update.get("turns", []):
+                err.print(
+                    f"  turn {turn['turn']}: {turn['action']} ({turn['seconds']:.1f}s)",
+                    highlight=False,
+                )
+        elif node == "select_segment":
+            status.update("the model is looking at the frames it asked for")
+
+    return on_update
+
+
+def _frames_text(frames: list[int]) -> str:
+    if not frames:
+        return "-"
+    if len(frames) > 6:
+        return f"{len(frames)}: {frames[0]},{frames[1]},..,{frames[-1]}"
+    return ",".join(str(f) for f in frames)
+
+
+def _seconds_text(timestamps: list[float]) -> str:
+    if not timestamps:
+        return "-"
+    return (
+        f"{timestamps[0]:.1f}-{timestamps[-1]:.1f}s"
+        if len(timestamps) > 1
+        else (f"{timestamps[0]:.1f}s")
+    )
+
+
+def print_result(result: Any) -> None:
+    """The answer, then one table row per turn."""
+    answer = result.answer if result.answer is not None else "(no answer: turn budget used up)"
+    out.print(f"[bold]Answer:[/] {answer}", highlight=False)
+    if result.answer and result.options:
+        chosen = [o for o in result.options if o.strip().upper().startswith(result.answer)]
+        if chosen:
+            out.print(f"        {chosen[0]}", highlight=False)
+    table = Table(title=f"{len(result.turns)} turn(s) over {result.duration:.1f}s of video")
+    for column in ("turn", "frames (pool idx)", "seconds", "action", "model said"):
+        table.add_column(column, overflow="fold")
+    for turn in result.turns:
+        action = turn["action"]
+        if action == "retrieve":
+            action = f"retrieve {turn['retrieve'][0]}-{turn['retrieve'][1]}"
+        elif action == "invalid":
+            action = f"invalid ({turn['error']})"
+        else:
+            action = f"answer {turn['answer']}"
+        said = turn["raw"].strip().replace("\n", " ")
+        table.add_row(
+            str(turn["turn"]),
+            _frames_text(turn["frames"]),
+            _seconds_text(turn["timestamps"]),
+            action,
+            said[:80] + ("..." if len(said) > 80 else ""),
+        )
+    out.print(table)
+
+
+def run_ask(video: Path, question: str, options: list[str], as_json: bool, **settings: Any) -> Any:
+    """Shared body of `ask` and `demo`: validate, load, run with progress, print."""
+    from vmtr.agent.ask import ask, split_settings
+    from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+    from vmtr.models.vlm import load_video_lm
+    from vmtr.tools.video import probe
+
+    _quiet_libraries()
+
+    if not question.strip():
+        raise ValueError("the question is empty")
+    proto, _, model_settings = split_settings(
+        settings, ProtocolSettings, GenerationSettings, ModelSettings
+    )
+    with err.status("probing the video"):
+        probe(video)
+    with err.status(f"loading model {model_settings.model}"):
+        lm = load_video_lm(model_settings)
+    settings.pop("model", None)
+    with err.status("decoding frames") as status:
+        result = ask(
+            video,
+            question,
+            options or None,
+            model=lm,
+            on_update=progress_printer(status, proto.max_turns),
+            **settings,
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        print_result(result)
+    return result
+
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Hub id, local checkpoint folder, or `tiny` (bundled, offline)."
+    ),
+]
+
+
+@app.command()
+def ask(
+    video: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, avi, webm, ...).")],
+    question: Annotated[str, typer.Argument(help="The question to answer.")],
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="A multiple-choice option; repeat for each."),
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    max_turns: Annotated[int, typer.Option(min=1, help="Turn budget.")] = 3,
+    pool_size: Annotated[int, typer.Option(min=1, help="Frames in the pool.")] = 64,
+    first_turn_frames: Annotated[int, typer.Option(min=1)] = 16,
+    frames_per_retrieve: Annotated[int, typer.Option(min=1)] = 8,
+    label_timestamps: Annotated[bool, typer.Option(help="Add seconds to frame labels.")] = False,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.1,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 1024,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (GPU only).")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
+    with user_errors():
+        run_ask(
+            video,
+            question,
+            list(option or []),
+            as_json,
+            model=model,
+            max_turns=max_turns,
+            pool_size=pool_size,
+            first_turn_frames=min(first_turn_frames, pool_size),
+            frames_per_retrieve=frames_per_retrieve,
+            label_timestamps=label_timestamps,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            dtype=dtype,
+            quantization=quantization,
+        )
+
+
+@app.command()
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seed: Annotated[int, typer.Option(help="Which generated video and question.")] = 7,
+) -> None:
+    """Generate a short video, then run the whole agent on it offline with the tiny model."""
+    from vmtr.models.tiny import tiny_info
+
+    with user_errors(), tempfile.TemporaryDirectory(prefix="vmtr-demo-") as tmp:
+        with err.status("generating a synthetic video"):
+            item = demo_item(Path(tmp), seed)
+        info = tiny_info()
+        if not as_json:
+            out.print(f"[bold]Video:[/] {item['video']} ({item['duration']:.0f}s, generated)")
+            out.print(f"[bold]Question:[/] {item['question']}", highlight=False)
+            for opt in item["options"]:
+                out.print(f"  {opt}", highlight=False)
+            out.print(f"[bold]Model:[/] {describe_tiny(info)}", highlight=False)
+        result = run_ask(
+            Path(item["video"]),
+            item["question"],
+            item["options"],
+            as_json,
+            model="tiny",
+            device="cpu",
+            max_new_tokens=256,
+        )
+        if not as_json:
+            verdict = "correct" if result.answer == item["answer"] else "wrong"
+            out.print(f"Right answer: {item['answer']} — the model was {verdict}.")
+
+
+def describe_tiny(info: dict[str, Any]) -> str:
+    """One honest sentence on what the bundled tiny model is and can do."""
+    if not info.get("trained"):
+        return (
+            "bundled tiny Qwen2.5-VL (1.3 M parameters), randomly initialised and untrained: "
+            "its replies are noise and it will rarely follow the protocol. This demo shows the "
+            "pipeline (decoding, frame pool, turns, parsing), not answer quality."
+        )
+    return str(info.get("description", "bundled tiny Qwen2.5-VL, trained on the synthetic set"))
+
+
+def demo_item(folder: Path, seed: int) -> dict[str, Any]:
+    """One generated synthetic question with its video, for the demo."""
+    from vmtr.eval.datasets import load_video_mtr_json
+    from vmtr.eval.synthetic import SyntheticSettings, generate
+
+    path = generate(folder, SyntheticSettings(n_items=1, seed=seed, minutes=1.0))
+    item = load_video_mtr_json(path)[0]
+    return {
+        "video": str(item.video),
+        "question": item.question,
+        "options": item.options,
+        "answer": item.answer,
+        "duration": item.duration or 0.0,
+    }
+
+
+def _quiet_libraries() -> None:
+    """Keep transformers' own progress bars and notices off the user's terminal."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main() -> None:
+    """Entry point that keeps Click's usage errors at exit code 2."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
