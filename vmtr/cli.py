@@ -42,11 +42,17 @@ def fail(message: str) -> typer.Exit:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line and exit code 1."""
+    from pydantic import ValidationError
+
     from vmtr.models.vlm import ModelLoadError
     from vmtr.tools.video import VideoError
 
     try:
         yield
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise fail(f"invalid setting {where}: {first.get('msg', error)}") from None
     except (VideoError, ModelLoadError, ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:
@@ -242,6 +248,32 @@ def demo(
         if not as_json:
             verdict = "correct" if result.answer == item["answer"] else "wrong"
             out.print(f"Right answer: {item['answer']} — the model was {verdict}.")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for videos/ and annotations.json.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of questions.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed; item i depends only on (seed, i).")] = 0,
+    minutes: Annotated[float, typer.Option(min=0.1, help="Length of each video.")] = 2.0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering videos.")] = 1,
+) -> None:
+    """Generate the synthetic long-video QA set (Video-MTR training-file format)."""
+    from rich.progress import Progress
+
+    from vmtr.eval.synthetic import SyntheticSettings, generate
+
+    with user_errors():
+        settings = SyntheticSettings(n_items=n, seed=seed, minutes=minutes)
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("rendering videos", total=n)
+            path = generate(
+                out_dir,
+                settings,
+                workers=workers,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+        out.print(f"wrote {n} questions to {path}", highlight=False)
 
 
 def describe_tiny(info: dict[str, Any]) -> str:

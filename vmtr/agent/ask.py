@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vmtr.agent.graph import build_graph
+from vmtr.agent.graph import PoolScorer, build_graph
 from vmtr.agent.state import TurnRecord
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.vlm import VideoLM, load_video_lm
@@ -60,6 +60,9 @@ def ask(
     *,
     model: VideoLM | str | None = None,
     on_update: Callable[[str, dict[str, Any]], None] | None = None,
+    scorer: PoolScorer | None = None,
+    guided_retrieve: bool = False,
+    first_turn_top: int = 0,
     **settings: Any,
 ) -> AskResult:
     """Answer ``question`` about ``video`` with the multi-turn agent.
@@ -67,7 +70,9 @@ def ask(
     ``model`` is a loaded `VideoLM`, or a model spec (hub id, local folder, ``tiny``); any other
     keyword is a field of `ProtocolSettings`, `GenerationSettings` or `ModelSettings`
     (``max_turns=2``, ``temperature=0``, ``max_pixels=...``). ``on_update(node, update)`` is
-    called after every graph node, for progress displays.
+    called after every graph node, for progress displays. ``scorer`` (for example a segment
+    store's `scores_at`) ranks pool frames against the question; ``guided_retrieve`` then picks a
+    retrieve's frames by that score and ``first_turn_top`` mixes that many top frames into turn 1.
     """
     if isinstance(model, str):
         settings["model"] = model
@@ -76,7 +81,14 @@ def ask(
         settings, ProtocolSettings, GenerationSettings, ModelSettings
     )
     lm = model if model is not None else load_video_lm(model_settings)
-    graph = build_graph(lm, protocol_settings=proto, generation=gen)
+    graph = build_graph(
+        lm,
+        protocol_settings=proto,
+        generation=gen,
+        scorer=scorer,
+        guided_retrieve=guided_retrieve,
+        first_turn_top=first_turn_top,
+    )
     inputs = {"video": str(video), "question": question, "options": list(options or []) or None}
     config = {"recursion_limit": 4 * proto.max_turns + 10}
     state: dict[str, Any] = {}

@@ -78,7 +78,7 @@ def build_graph(
         )
         # Decode the first turn's frames now so a broken video fails before any model call.
         fetch(video, pool)(shown)
-        options = list(state.get("options") or []) or None
+        options = protocol.format_options(state.get("options") or []) or None
         messages = [
             protocol.system_message(settings),
             protocol.user_message(

@@ -1,0 +1,91 @@
+"""Advantages for multi-turn RL: bi-level GAE (PPO with a value head) and GRPO.
+
+Bi-level GAE (Video-MTR's code): one trajectory is a sequence of turns, each a run of the
+model's own tokens ending at an end-of-turn position where that turn's reward sits.
+- Turn level: with V_k the critic's value at the end of turn k,
+  delta_k = r_k + gamma_turn * V_{k+1} - V_k (V_{K+1} = 0) and
+  A_k = sum_j (gamma_turn * lam_turn)^j delta_{k+j}.
+- Token level, inside turn k: no reward mid-turn, and the last token is bootstrapped from the turn
+  level, so its advantage is A_k; earlier tokens t get
+  delta_t = gamma * v_{t+1} - v_t and A_t = delta_t + gamma * lam * A_{t+1}.
+Returns (value targets) are A + v. Environment tokens (prompts, frames) carry no advantage.
+
+GRPO: each trajectory's total reward, normalised within its group (same prompt), on every token.
+Plain functions over 1-D tensors of one trajectory's response tokens, so tests can check them
+against numbers worked out by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def turn_level_gae(
+    rewards: Sequence[float], values: Sequence[float], gamma: float = 1.0, lam: float = 1.0
+) -> list[float]:
+    """Advantages A_k over turns from per-turn rewards and end-of-turn values."""
+    advantages = [0.0] * len(rewards)
+    running = 0.0
+    for k in reversed(range(len(rewards))):
+        next_value = values[k + 1] if k + 1 < len(values) else 0.0
+        delta = rewards[k] + gamma * next_value - values[k]
+        running = delta + gamma * lam * running
+        advantages[k] = running
+    return advantages
+
+
+def bilevel_gae(
+    values: torch.Tensor,
+    turn_spans: Sequence[tuple[int, int]],
+    turn_rewards: Sequence[float],
+    *,
+    gamma_turn: float = 1.0,
+    lam_turn: float = 1.0,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token advantages and returns for one trajectory.
+
+    ``values``: critic values per token [T]; ``turn_spans``: (first, last) token index of each
+    turn's reply, inclusive, in order; ``turn_rewards``: one reward per turn. Tokens outside the
+    spans get 0 advantage and 0 return.
+    """
+    if len(turn_spans) != len(turn_rewards):
+        raise ValueError("one reward per turn is needed")
+    v = values.detach().float()
+    end_values = [float(v[last]) for _, last in turn_spans]
+    turn_adv = turn_level_gae(turn_rewards, end_values, gamma_turn, lam_turn)
+    advantages = torch.zeros_like(v)
+    for (first, last), adv_last in zip(turn_spans, turn_adv, strict=True):
+        advantages[last] = adv_last
+        for t in range(last - 1, first - 1, -1):
+            delta = gamma * v[t + 1] - v[t]
+            advantages[t] = delta + gamma * lam * advantages[t + 1]
+    mask = torch.zeros_like(v, dtype=torch.bool)
+    for first, last in turn_spans:
+        mask[first : last + 1] = True
+    returns = torch.where(mask, advantages + v, torch.zeros_like(v))
+    return advantages, returns
+
+
+def grpo_advantages(
+    totals: Sequence[float], groups: Sequence[int], eps: float = 1e-6, scale: bool = True
+) -> list[float]:
+    """Group-normalised total rewards: (R - mean_group) / (std_group + eps).
+
+    ``groups[i]`` names the prompt of trajectory i. A group of one (or of equal rewards) gets 0:
+    nothing to compare with. ``scale=False`` only centres (Dr. GRPO's choice).
+    """
+    r = torch.tensor(totals, dtype=torch.float64)
+    g = torch.tensor(groups)
+    out = torch.zeros_like(r)
+    for group in torch.unique(g):
+        members = g == group
+        x = r[members]
+        if x.numel() < 2:
+            continue
+        centred = x - x.mean()
+        out[members] = centred / (x.std(unbiased=True) + eps) if scale else centred
+    return [float(a) for a in out]
