@@ -28,6 +28,16 @@ from vmtr.models.vlm import FrameFetcher, Generation, ModelLoadError
 MAX_SESSIONS = 8
 
 
+@dataclass(frozen=True)
+class ReplySpan:
+    """Where one reply sits in the session's token sequence, for RL loss masks."""
+
+    start: int  # index of the reply's first token
+    length: int  # tokens kept, including the closing <|im_end|>
+    sampled: int  # how many of them the model sampled (the rest the environment added)
+    logprobs: tuple[float, ...]  # of the sampled tokens
+
+
 @dataclass
 class _Session:
     """Everything kept between the turns of one episode."""
@@ -39,6 +49,7 @@ class _Session:
     pixels: list[torch.Tensor] = field(default_factory=list)  # per-turn pixel_values
     images: int = 0
     cache: DynamicCache | None = None
+    replies: list[ReplySpan] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -146,7 +157,8 @@ class QwenVideoLM:
     def load(cls, settings: ModelSettings) -> QwenVideoLM:
         """Load processor and model by hub id, local folder or ``tiny``; errors say what to do."""
         path = resolve_model_path(settings.model)
-        if path == settings.model:
+        is_hub_id = settings.model != "tiny" and not Path(path).exists()
+        if is_hub_id:
             path = cached_snapshot(path) or path
             if path == settings.model and not hub_reachable():
                 raise ModelLoadError(
@@ -171,7 +183,7 @@ class QwenVideoLM:
             hint = (
                 f" Download it where the hub is reachable (`hf download {settings.model} "
                 "--local-dir DIR`) and pass `--model DIR`, or use `--model tiny`."
-                if path == settings.model
+                if is_hub_id
                 else ""
             )
             raise ModelLoadError(
@@ -195,6 +207,20 @@ class QwenVideoLM:
 
     def end_session(self, session: str) -> None:
         self._sessions.pop(session, None)
+
+    def session_tokens(self, session: str) -> dict[str, Any] | None:
+        """Everything the model saw and sampled in ``session``: ids, modality types, images and
+        reply spans — the exact inputs an RL update must replay (None when unknown)."""
+        state = self._sessions.get(session)
+        if state is None or state.ids is None:
+            return None
+        return {
+            "input_ids": state.ids[0].clone(),
+            "mm_token_type_ids": state.mm_types[0].clone(),
+            "pixel_values": torch.cat(state.pixels) if state.pixels else None,
+            "image_grid_thw": torch.stack(state.grids) if state.grids else None,
+            "replies": list(state.replies),
+        }
 
     # -- one turn -------------------------------------------------------------------------------
 
@@ -227,7 +253,10 @@ class QwenVideoLM:
             [t for t in generated if t not in self.stop_ids], skip_special_tokens=False
         )
         closing = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
+        first = state.length
         self._append_ids(state, [*closing, self.end_id])
+        sampled = len(closing) + (1 if generated and generated[-1] == self.end_id else 0)
+        state.replies.append(ReplySpan(first, len(closing) + 1, sampled, tuple(logprobs[:sampled])))
         state.text = text + reply + "<|im_end|>"
         if session is not None and self.settings.reuse_kv_cache:
             self._sessions[session] = state
@@ -302,7 +331,10 @@ class QwenVideoLM:
         next_pos = int(positions.max()) + 1
         generator = None
         if settings.seed is not None and settings.temperature > 0:
-            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+            # Seeded per turn (by prompt length) so later turns do not replay turn 1's draws.
+            generator = torch.Generator(device=self.device).manual_seed(
+                settings.seed * 1_000_003 + state.length
+            )
         tokens: list[int] = []
         logprobs: list[float] = []
         logits = out.logits[:, -1, :]

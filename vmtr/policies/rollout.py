@@ -1,0 +1,220 @@
+"""Multi-turn rollouts for RL, run through the agent's own graph.
+
+A rollout is not a re-implementation of the protocol: it runs `build_graph` — the same prompts,
+parser, frame pool and `select_segment` as `vmtr ask` — around a recorder that, when the graph
+ends its session, takes the backend's token sequence exactly as the model consumed and sampled it
+(no decode and re-encode). From that it builds the loss mask (1 on the model's own tokens, 0 on
+everything the environment added), the sampling log-probs and the span of every turn's reply,
+whose last token is where that turn's reward sits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vmtr.agent.graph import build_graph
+from vmtr.config import GenerationSettings, ProtocolSettings
+from vmtr.eval.datasets import QAItem
+from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.rewards import (
+    RewardSettings,
+    TrajectoryReward,
+    TurnOutcome,
+    exploration_bonus,
+    trajectory_reward,
+)
+
+
+@dataclass
+class Trajectory:
+    """One episode as token tensors plus what happened in it."""
+
+    item_id: str
+    group: int
+    input_ids: torch.Tensor  # [L]
+    mm_token_type_ids: torch.Tensor  # [L]
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    action_mask: torch.Tensor  # [L] 1 on sampled tokens
+    old_logprobs: torch.Tensor  # [L] sampling log-probs on sampled tokens, 0 elsewhere
+    turn_spans: list[tuple[int, int]]  # (first, last) sampled token of each reply
+    turns: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    answer: str | None
+    correct: bool
+    reward: TrajectoryReward | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retrieved(self) -> bool:
+        return any(t["action"] == "retrieve" for t in self.turns)
+
+
+class _Recorder:
+    """Wraps the backend; keeps each session's tokens when the graph ends it."""
+
+    def __init__(self, lm: QwenVideoLM) -> None:
+        self.lm = lm
+        self.name = lm.name
+        self.pixel_budget = lm.pixel_budget
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def generate(self, *args: Any, **kwargs: Any):
+        return self.lm.generate(*args, **kwargs)
+
+    def end_session(self, session: str) -> None:
+        record = self.lm.session_tokens(session)
+        if record is not None:
+            self.records[session] = record
+        self.lm.end_session(session)
+
+
+def relevant_pool_indices(pool: Sequence[float], windows: Sequence[Sequence[float]]) -> set[int]:
+    """Pool frames inside the annotated windows; the nearest pool frame for a window too narrow
+    to contain one (as with a one-pool-frame needle)."""
+    chosen: set[int] = set()
+    for start, end in windows:
+        inside = {i for i, t in enumerate(pool) if start <= t <= end}
+        if not inside and pool:
+            middle = (start + end) / 2
+            inside = {min(range(len(pool)), key=lambda i: abs(pool[i] - middle))}
+        chosen |= inside
+    return chosen
+
+
+def turn_outcomes(turns: Sequence[dict[str, Any]]) -> tuple[list[TurnOutcome], set[int]]:
+    """Per-turn reward inputs from the graph's trace, and the frames shown on turn 1."""
+    shown = [set(t.get("frames", [])) for t in turns]
+    first = shown[0] if shown else set()
+    outcomes = []
+    for k, turn in enumerate(turns):
+        seen = set().union(*shown[: k + 2]) if shown else set()
+        outcomes.append(
+            TurnOutcome(
+                valid=turn["action"] != "invalid",
+                action=turn["action"],
+                seen_after=frozenset(seen),
+            )
+        )
+    return outcomes, first
+
+
+def _tensors(record: dict[str, Any]) -> dict[str, Any]:
+    ids = record["input_ids"]
+    mask = torch.zeros_like(ids, dtype=torch.float32)
+    logprobs = torch.zeros_like(ids, dtype=torch.float32)
+    spans = []
+    for reply in record["replies"]:
+        if reply.sampled == 0:
+            continue
+        first, last = reply.start, reply.start + reply.sampled - 1
+        mask[first : last + 1] = 1.0
+        logprobs[first : last + 1] = torch.tensor(reply.logprobs, dtype=torch.float32)
+        spans.append((first, last))
+    return {"action_mask": mask, "old_logprobs": logprobs, "turn_spans": spans}
+
+
+def run_episode(
+    lm: QwenVideoLM,
+    item: QAItem,
+    *,
+    group: int,
+    seed: int,
+    protocol_settings: ProtocolSettings,
+    generation: GenerationSettings,
+) -> Trajectory:
+    """One sampled episode on ``item`` through the agent graph."""
+    recorder = _Recorder(lm)
+    gen = generation.model_copy(update={"seed": seed})
+    graph = build_graph(recorder, protocol_settings=protocol_settings, generation=gen)
+    state = graph.invoke(
+        {"video": str(item.video), "question": item.question, "options": item.options},
+        {"recursion_limit": 4 * protocol_settings.max_turns + 10},
+    )
+    record = recorder.records[state["run_id"]]
+    answer = state.get("answer")
+    return Trajectory(
+        item_id=item.id,
+        group=group,
+        input_ids=record["input_ids"],
+        mm_token_type_ids=record["mm_token_type_ids"],
+        pixel_values=record["pixel_values"],
+        image_grid_thw=record["image_grid_thw"],
+        turns=list(state["turns"]),
+        messages=list(state["messages"]),
+        answer=answer,
+        correct=answer is not None and answer == item.answer,
+        extra={"pool": state["pool"]},
+        **_tensors(record),
+    )
+
+
+def score(
+    trajectories: Sequence[Trajectory],
+    items: dict[str, QAItem],
+    settings: RewardSettings,
+) -> dict[str, float]:
+    """Attach rewards (with the batch-level exploration bonus) and return batch statistics."""
+    for traj in trajectories:
+        outcomes, first = turn_outcomes(traj.turns)
+        relevant = relevant_pool_indices(traj.extra["pool"], items[traj.item_id].relevant_windows)
+        traj.reward = trajectory_reward(
+            outcomes, correct=traj.correct, relevant=relevant, first_seen=first, settings=settings
+        )
+        if len(traj.reward.per_turn) != len(traj.turn_spans):
+            raise RuntimeError("turn count differs between the graph trace and the token record")
+    rate = exploration_bonus(
+        [t.reward for t in trajectories], [t.retrieved for t in trajectories], settings
+    )
+    n = max(len(trajectories), 1)
+    return {
+        "reward": sum(t.reward.total for t in trajectories) / n,
+        "reward_answer": sum(t.reward.answer for t in trajectories) / n,
+        "reward_format": sum(sum(t.reward.format) for t in trajectories) / n,
+        "reward_frames": sum(sum(t.reward.frames) for t in trajectories) / n,
+        "reward_bonus": sum(sum(t.reward.bonus) for t in trajectories) / n,
+        "accuracy": sum(t.correct for t in trajectories) / n,
+        "turns": sum(len(t.turns) for t in trajectories) / n,
+        "retrieve_rate": sum(t.retrieved for t in trajectories) / n,
+        "rewarded_retrieve_rate": rate,
+        "response_tokens": sum(float(t.action_mask.sum()) for t in trajectories) / n,
+    }
+
+
+def rollout(
+    lm: QwenVideoLM,
+    items: Sequence[QAItem],
+    *,
+    group_size: int,
+    seed: int,
+    protocol_settings: ProtocolSettings,
+    generation: GenerationSettings,
+    workers: int = 1,
+) -> list[Trajectory]:
+    """``group_size`` sampled episodes per item (GRPO groups), each with its own seed."""
+    jobs = [
+        (item, g, seed * 1_000_003 + g * 7919 + k)
+        for g, item in enumerate(items)
+        for k in range(group_size)
+    ]
+
+    def one(job: tuple[QAItem, int, int]) -> Trajectory:
+        item, group, job_seed = job
+        return run_episode(
+            lm,
+            item,
+            group=group,
+            seed=job_seed,
+            protocol_settings=protocol_settings,
+            generation=generation,
+        )
+
+    if workers <= 1:
+        return [one(job) for job in jobs]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, jobs))

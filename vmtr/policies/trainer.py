@@ -1,0 +1,426 @@
+"""`vmtr train rl`: PPO (bi-level GAE, value head) or GRPO on the agent's own protocol.
+
+One recipe class, read top to bottom: `setup` (policy, frozen reference, critic, optimiser, data),
+`train` (per step: rollouts through the agent graph -> gated bi-level rewards -> advantages ->
+clipped policy loss + value loss + KL to the reference - entropy bonus), `save` / `resume`.
+Settings default to Video-MTR's released run script (clip 0.2, entropy 0.001, KL 0.001, grad
+clip 1.0, actor lr 1e-6, critic lr 1e-5, rollout temperature 0.7, top-p 0.95, 512 new tokens,
+16 prompts x 2 samples); the tiny model needs a far larger learning rate.
+
+Under `accelerate launch` each process rolls out its own share of the step's prompts and DDP
+averages gradients. Full fine-tuning for small models; LoRA (peft) or QLoRA (4-bit) for big ones,
+where the reference is the base model with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.eval.datasets import QAItem, load_video_mtr_json
+from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.advantages import bilevel_gae, grpo_advantages
+from vmtr.policies.rewards import RewardSettings
+from vmtr.policies.rollout import Trajectory, rollout, score
+
+
+class RLSettings(BaseModel):
+    """Everything `vmtr train rl` can change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algo: Literal["ppo", "grpo"] = "grpo"
+    steps: int = Field(500, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    actor_lr: float = 1e-6
+    critic_lr: float = 1e-5
+    clip: float = 0.2
+    entropy_coef: float = 0.001
+    kl_coef: float = 0.001
+    grad_clip: float = 1.0
+    ppo_epochs: int = Field(1, ge=1)
+    gamma_turn: float = 1.0
+    lam_turn: float = 1.0
+    gamma: float = 1.0
+    lam: float = 1.0
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    lora_rank: int = Field(0, ge=0, description="> 0 trains a LoRA adapter instead.")
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    save_every: int = Field(50, ge=1)
+    seed: int = 0
+    reward: RewardSettings = RewardSettings()
+    protocol: ProtocolSettings = ProtocolSettings()
+
+
+class ValueModel(nn.Module):
+    """The critic: a copy of the policy's backbone with a scalar head (zero-initialised, so
+    training starts from value 0 everywhere, as the paper's critic-from-policy does in spirit)."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(policy.model)
+        hidden = policy.config.text_config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, **inputs: Any) -> torch.Tensor:
+        hidden = self.backbone(**inputs).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
+
+
+def model_inputs(lm: QwenVideoLM, traj: Trajectory) -> dict[str, Any]:
+    """The forward inputs that reproduce what the model saw while sampling ``traj``."""
+    ids = traj.input_ids.unsqueeze(0)
+    mm = traj.mm_token_type_ids.unsqueeze(0)
+    if traj.image_grid_thw is not None:
+        positions, _ = lm.model.model.get_rope_index(
+            ids, mm_token_type_ids=mm, image_grid_thw=traj.image_grid_thw
+        )
+    else:
+        positions = torch.arange(ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
+    device = lm.device
+    inputs = {
+        "input_ids": ids.to(device),
+        "mm_token_type_ids": mm.to(device),
+        "position_ids": positions.to(device),
+    }
+    if traj.pixel_values is not None:
+        inputs["pixel_values"] = traj.pixel_values.to(device)
+        inputs["image_grid_thw"] = traj.image_grid_thw.to(device)
+    return inputs
+
+
+def token_logprobs(
+    model: nn.Module,
+    inputs: dict[str, Any],
+    banned: list[int],
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of every token given the ones before it (position 0 gets 0), and the entropy of
+    the distribution it was drawn from — at the sampling temperature, vision tokens masked, as in
+    the backend's sampler, so the first PPO ratio is exactly 1."""
+    logits = model(**inputs, use_cache=False).logits[0, :-1].float()
+    logits[:, banned] = float("-inf")
+    if temperature > 0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    target = inputs["input_ids"][0, 1:]
+    chosen = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    # Vision placeholders are banned from sampling, so as targets (environment tokens only) they
+    # score -inf; zero them so masked sums stay finite.
+    chosen = torch.where(torch.isfinite(chosen), chosen, torch.zeros_like(chosen))
+    probs = logp_all.exp()
+    entropy = -(probs * torch.where(probs > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
+    pad = torch.zeros(1, device=chosen.device)
+    return torch.cat([pad, chosen]), torch.cat([pad, entropy])
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class RLRecipe:
+    """setup -> train -> save, with resume."""
+
+    def __init__(
+        self,
+        data: str | Path,
+        out: str | Path,
+        model: str,
+        settings: RLSettings,
+        *,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.data, self.out, self.model_spec = Path(data), Path(out), model
+        self.s = settings
+        self.log = log
+        self.step = 0
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        random.seed(self.s.seed + self.acc.process_index)
+        torch.manual_seed(self.s.seed)
+        self.items = load_video_mtr_json(self.data)
+        if not self.items:
+            raise ValueError(f"{self.data}: no training items")
+        self.by_id = {item.id: item for item in self.items}
+        resume = self.latest_checkpoint()
+        spec = str(resume) if resume else self.model_spec
+        self.lm = QwenVideoLM.load(
+            ModelSettings(
+                model=spec,
+                device=str(self.acc.device),
+                quantization=self.s.quantization,
+                dtype="float32" if self.acc.device.type == "cpu" else "auto",
+            )
+        )
+        policy = self.lm.model
+        if self.s.lora_rank > 0 and not hasattr(policy, "peft_config"):
+            from peft import LoraConfig, get_peft_model
+
+            policy = get_peft_model(
+                policy,
+                LoraConfig(
+                    r=self.s.lora_rank,
+                    lora_alpha=2 * self.s.lora_rank,
+                    target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+                ),
+            )
+        self.reference = None
+        if self.s.kl_coef > 0 and self.s.lora_rank == 0:
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        policy.train()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in policy.parameters() if p.requires_grad], lr=self.s.actor_lr
+        )
+        self.critic = self.critic_optimizer = None
+        if self.s.algo == "ppo":
+            self.critic = ValueModel(policy if self.s.lora_rank == 0 else self.lm.model)
+            if resume and (resume / "critic.pt").exists():
+                self.critic.load_state_dict(torch.load(resume / "critic.pt", weights_only=True))
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.s.critic_lr)
+            self.critic, self.critic_optimizer = self.acc.prepare(
+                self.critic, self.critic_optimizer
+            )
+        self.policy, self.optimizer = self.acc.prepare(policy, self.optimizer)
+        if resume:
+            state = torch.load(resume / "trainer_state.pt", weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.critic_optimizer is not None and "critic_optimizer" in state:
+                self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            self.step = state["step"]
+            random.setstate(state["python_rng"])
+            torch.set_rng_state(state["torch_rng"])
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        found = [p for p in found if (p / "trainer_state.pt").exists()]
+        return found[-1] if found else None
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def sample_prompts(self) -> list[QAItem]:
+        rng = random.Random(self.s.seed * 7_919 + self.step)
+        share = max(1, self.s.prompts_per_step // self.acc.num_processes)
+        picks = rng.sample(self.items, min(len(self.items), share * self.acc.num_processes))
+        return picks[self.acc.process_index :: self.acc.num_processes][:share]
+
+    def train_step(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.policy.eval()
+        gen = GenerationSettings(
+            temperature=self.s.temperature, top_p=self.s.top_p, max_new_tokens=self.s.max_new_tokens
+        )
+        self.lm.model = self.acc.unwrap_model(self.policy)
+        with torch.no_grad():
+            trajectories = rollout(
+                self.lm,
+                self.sample_prompts(),
+                group_size=self.s.samples_per_prompt,
+                seed=self.s.seed * 100_003 + self.step * 101 + self.acc.process_index,
+                protocol_settings=self.s.protocol,
+                generation=gen,
+            )
+        stats = score(trajectories, self.by_id, self.s.reward)
+        rollout_seconds = time.perf_counter() - started
+        self.policy.train()
+        losses = self.update(trajectories)
+        self.step += 1
+        metrics = {
+            "step": self.step,
+            **stats,
+            **losses,
+            "rollout_s": rollout_seconds,
+            "step_s": time.perf_counter() - started,
+        }
+        return metrics
+
+    def advantages(self, trajectories: list[Trajectory]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per trajectory: (token advantages [L], value targets [L] or empty)."""
+        out = []
+        if self.s.algo == "grpo":
+            adv = grpo_advantages(
+                [t.reward.total for t in trajectories], [t.group for t in trajectories]
+            )
+            for traj, a in zip(trajectories, adv, strict=True):
+                out.append((traj.action_mask * a, torch.empty(0)))
+            return out
+        for traj in trajectories:
+            with torch.no_grad():
+                values = self.critic(**model_inputs(self.lm, traj))[0].cpu()
+            a, ret = bilevel_gae(
+                values,
+                traj.turn_spans,
+                traj.reward.per_turn,
+                gamma_turn=self.s.gamma_turn,
+                lam_turn=self.s.lam_turn,
+                gamma=self.s.gamma,
+                lam=self.s.lam,
+            )
+            out.append((a, ret))
+        return out
+
+    def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """PPO epochs over the step's trajectories, one trajectory per micro-batch."""
+        targets = self.advantages(trajectories)
+        if self.s.algo == "ppo":  # whiten PPO advantages over the batch's response tokens
+            masks = torch.cat([t.action_mask for t in trajectories])
+            flat = torch.cat([a for a, _ in targets])
+            mean = (flat * masks).sum() / masks.sum().clamp(min=1)
+            std = (((flat - mean) ** 2) * masks).sum().div(masks.sum().clamp(min=1)).sqrt()
+            targets = [
+                ((a - mean) / (std + 1e-8) * t.action_mask, r)
+                for (a, r), t in zip(targets, trajectories, strict=True)
+            ]
+        totals = {
+            "policy_loss": 0.0,
+            "kl": 0.0,
+            "entropy": 0.0,
+            "value_loss": 0.0,
+            "clip_frac": 0.0,
+            "ratio_max": 0.0,
+        }
+        banned = self.lm.banned_ids
+        n = len(trajectories)
+        for _ in range(self.s.ppo_epochs):
+            self.optimizer.zero_grad()
+            if self.critic_optimizer is not None:
+                self.critic_optimizer.zero_grad()
+            for traj, (adv, ret) in zip(trajectories, targets, strict=True):
+                mask = traj.action_mask.to(self.acc.device)
+                if mask.sum() == 0:
+                    continue
+                inputs = model_inputs(self.lm, traj)
+                logp, entropy = token_logprobs(self.policy, inputs, banned, self.s.temperature)
+                old = traj.old_logprobs.to(logp.device)
+                adv = adv.to(logp.device)
+                ratio = torch.exp(torch.clamp(logp - old, -20, 20))
+                clipped = torch.clamp(ratio, 1 - self.s.clip, 1 + self.s.clip)
+                pg = masked_mean(-torch.minimum(ratio * adv, clipped * adv), mask)
+                loss = pg - self.s.entropy_coef * masked_mean(entropy, mask)
+                kl = torch.zeros((), device=logp.device)
+                if self.s.kl_coef > 0:
+                    ref_logp = self.reference_logprobs(inputs, banned)
+                    log_ratio = torch.where(mask.bool(), ref_logp - logp, torch.zeros_like(logp))
+                    kl = masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask)  # k3 estimator
+                    loss = loss + self.s.kl_coef * kl
+                self.acc.backward(loss / n)
+                totals["policy_loss"] += float(pg.detach()) / n
+                totals["kl"] += float(kl.detach()) / n
+                totals["entropy"] += float(masked_mean(entropy.detach(), mask)) / n
+                totals["clip_frac"] += (
+                    float(masked_mean(((ratio - 1).abs() > self.s.clip).float(), mask)) / n
+                )
+                totals["ratio_max"] = max(totals["ratio_max"], float((ratio.detach() * mask).max()))
+                if self.critic is not None:
+                    values = self.critic(**inputs)[0]
+                    v_loss = 0.5 * masked_mean((values - ret.to(values.device)) ** 2, mask)
+                    self.acc.backward(v_loss / n)
+                    totals["value_loss"] += float(v_loss.detach()) / n
+            totals["grad_norm"] = float(
+                self.acc.clip_grad_norm_(self.policy.parameters(), self.s.grad_clip)
+            )
+            self.optimizer.step()
+            if self.critic_optimizer is not None:
+                self.acc.clip_grad_norm_(self.critic.parameters(), self.s.grad_clip)
+                self.critic_optimizer.step()
+        return totals
+
+    def reference_logprobs(self, inputs: dict[str, Any], banned: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            if self.reference is not None:
+                return token_logprobs(self.reference, inputs, banned, self.s.temperature)[0]
+            unwrapped = self.acc.unwrap_model(self.policy)
+            with unwrapped.disable_adapter():
+                return token_logprobs(unwrapped, inputs, banned, self.s.temperature)[0]
+
+    # -- loop and saving ------------------------------------------------------------------------
+
+    def train(self, progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / "metrics.jsonl"
+        while self.step < self.s.steps:
+            metrics = self.train_step()
+            if self.acc.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                if self.log is not None:
+                    self.log(metrics)
+                if progress is not None:
+                    progress(self.step, self.s.steps, metrics)
+            if self.step % self.s.save_every == 0 or self.step == self.s.steps:
+                self.save(self.out / f"checkpoint-{self.step}")
+        if self.acc.is_main_process:
+            plot_metrics(log_path, self.out / "metrics.png")
+
+    def save(self, folder: Path) -> None:
+        """Model + processor (loadable with `--model folder`) + optimiser, RNG and step."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        model = self.acc.unwrap_model(self.policy)
+        if self.s.lora_rank > 0:
+            model = model.merge_and_unload() if self.s.quantization == "none" else model
+        model.save_pretrained(tmp)
+        self.lm.processor.save_pretrained(tmp)
+        if self.critic is not None:
+            torch.save(self.acc.unwrap_model(self.critic).state_dict(), tmp / "critic.pt")
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "settings": self.s.model_dump(),
+        }
+        if self.critic_optimizer is not None:
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        torch.save(state, tmp / "trainer_state.pt")
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+
+
+def plot_metrics(log_path: Path, png: Path) -> None:
+    """Reward, accuracy, turns and KL curves from the JSONL log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    keys = ["reward", "accuracy", "turns", "retrieve_rate", "kl", "entropy"]
+    cols = 3
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(12, 6))
+    steps = [r["step"] for r in rows]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
