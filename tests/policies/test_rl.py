@@ -13,8 +13,8 @@ from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
-from vmtr.policies.rollout import relevant_pool_indices, rollout, score
 from vmtr.policies.rewards import RewardSettings
+from vmtr.policies.rollout import relevant_pool_indices, rollout, score
 from vmtr.policies.trainer import RLRecipe, RLSettings, model_inputs, token_logprobs
 
 
