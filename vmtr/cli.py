@@ -311,6 +311,23 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _mount_subcommands() -> None:
+    """Commands that live in their own modules: store, evaluation and training."""
+    from vmtr.cli_eval import eval_command
+    from vmtr.cli_rl import rl
+    from vmtr.cli_store import index, search
+    from vmtr.cli_train import train_app
+
+    app.command("index")(index)
+    app.command("search")(search)
+    app.command("eval")(eval_command)
+    train_app.command("rl")(rl)
+    app.add_typer(train_app, name="train")
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     """Entry point that keeps Click's usage errors at exit code 2."""
     app()

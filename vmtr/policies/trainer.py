@@ -306,9 +306,9 @@ class RLRecipe:
             if self.critic_optimizer is not None:
                 self.critic_optimizer.zero_grad()
             for traj, (adv, ret) in zip(trajectories, targets, strict=True):
+                # No skipping, even for a reply-less trajectory: under DDP every process must run
+                # the same number of backward passes.
                 mask = traj.action_mask.to(self.acc.device)
-                if mask.sum() == 0:
-                    continue
                 inputs = model_inputs(self.lm, traj)
                 logp, entropy = token_logprobs(self.policy, inputs, banned, self.s.temperature)
                 old = traj.old_logprobs.to(logp.device)

@@ -1,0 +1,71 @@
+"""`vmtr train rl`: the command-line face of `vmtr.policies.trainer.RLRecipe`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def rl(
+    data: Annotated[Path, typer.Option(help="Video-MTR training json (annotations.json).")],
+    out: Annotated[Path, typer.Option(help="Output folder: checkpoints, metrics.jsonl/png.")],
+    model: Annotated[
+        str, typer.Option(help="Start checkpoint: tiny, a folder or a hub id.")
+    ] = "tiny",
+    algo: Annotated[str, typer.Option(help="ppo (bi-level GAE + value head) or grpo.")] = "grpo",
+    steps: Annotated[int, typer.Option(min=1)] = 500,
+    prompts_per_step: Annotated[int, typer.Option(min=1)] = 16,
+    samples_per_prompt: Annotated[int, typer.Option(min=1)] = 2,
+    actor_lr: Annotated[float, typer.Option()] = 1e-6,
+    critic_lr: Annotated[float, typer.Option()] = 1e-5,
+    kl_coef: Annotated[float, typer.Option()] = 0.001,
+    entropy_coef: Annotated[float, typer.Option()] = 0.001,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    reward: Annotated[str, typer.Option(help="code or paper reward variant.")] = "code",
+    frame_reward: Annotated[bool, typer.Option(help="Turn-level frame term (ablation).")] = True,
+    gate: Annotated[bool, typer.Option(help="Gate turn rewards on a right answer.")] = True,
+    lora_rank: Annotated[int, typer.Option(min=0, help="> 0: train a LoRA adapter.")] = 0,
+    quantization: Annotated[str, typer.Option(help="none, 4bit (QLoRA) or 8bit.")] = "none",
+    save_every: Annotated[int, typer.Option(min=1)] = 50,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fine-tune a model by RL on the agent's own multi-turn protocol (resumes from OUT)."""
+    from rich.console import Console
+
+    from vmtr.cli import user_errors
+    from vmtr.policies.rewards import RewardSettings
+    from vmtr.policies.trainer import RLRecipe, RLSettings
+
+    err = Console(stderr=True)
+    with user_errors():
+        settings = RLSettings(
+            algo=algo,
+            steps=steps,
+            prompts_per_step=prompts_per_step,
+            samples_per_prompt=samples_per_prompt,
+            actor_lr=actor_lr,
+            critic_lr=critic_lr,
+            kl_coef=kl_coef,
+            entropy_coef=entropy_coef,
+            max_new_tokens=max_new_tokens,
+            lora_rank=lora_rank,
+            quantization=quantization,
+            save_every=save_every,
+            seed=seed,
+            reward=RewardSettings(variant=reward, use_frame_reward=frame_reward, gate=gate),
+        )
+        recipe = RLRecipe(data, out, model, settings)
+        recipe.setup()
+
+        def progress(step: int, total: int, m: dict) -> None:
+            err.print(
+                f"step {step}/{total}  reward {m['reward']:.3f}  acc {m['accuracy']:.2f}  "
+                f"turns {m['turns']:.2f}  retrieve {m['retrieve_rate']:.2f}  kl {m['kl']:.4f}  "
+                f"({m['step_s']:.1f}s)",
+                highlight=False,
+            )
+
+        recipe.train(progress=progress)
+        err.print(f"done: {out / f'checkpoint-{recipe.step}'}", highlight=False)
