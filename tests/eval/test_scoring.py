@@ -1,0 +1,73 @@
+"""Answer extraction and each benchmark's accuracy convention, checked against hand counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmtr.eval.scoring import accuracy, breakdown, extract_answer
+
+ABCD = ["A", "B", "C", "D"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>hmm</think><answer>B</answer>", ("B", "answer_tag")),
+        ("<answer>(c) the red one</answer>", (None, None)),  # lower case is not a letter
+        ("<answer>C. the red one</answer> but maybe (A)", ("C", "answer_tag")),
+        ("<answer>maybe</answer> so the answer is D", ("D", "letter")),  # tag unusable
+        ("I think (A) or rather (B).", ("B", "letter")),  # the last well-formed letter
+        ("Answer: C", ("C", "letter")),
+        ("The answer is B because it is red", ("B", "letter")),
+        ("B", ("B", "letter")),
+        ("A dog runs across the field", (None, None)),  # an article is not an answer
+        ("E. none of these", (None, None)),  # not one of the options
+        ("", (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_extract_answer(text, expected) -> None:
+    assert extract_answer(text, ABCD) == expected
+
+
+def _sample(correct, status="ok", **categories):
+    return {
+        "status": status,
+        "correct": correct,
+        "prediction": None if correct is None else "A",
+        "categories": categories,
+    }
+
+
+def test_videomme_micro_average_excludes_errors() -> None:
+    samples = [
+        _sample(True, duration="short"),
+        _sample(True, duration="short"),
+        _sample(False, duration="long"),
+        _sample(None, status="error", duration="long"),  # missing video: not scored, not wrong
+    ]
+    result = accuracy(samples, "videomme")
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert (result["n"], result["correct"], result["convention"]) == (3, 2, "micro")
+    assert breakdown(samples)["duration"] == {
+        "long": {"accuracy": 0.0, "correct": 0, "n": 1},
+        "short": {"accuracy": 1.0, "correct": 2, "n": 2},
+    }
+
+
+def test_mlvu_macro_average_over_task_types() -> None:
+    # count: 1/1, needle: 1/4 -> macro (1 + 0.25) / 2 = 0.625, micro 2/5 = 0.4
+    samples = [_sample(True, task_type="count")]
+    samples += [_sample(i == 0, task_type="needle") for i in range(4)]
+    result = accuracy(samples, "mlvu-dev")
+    assert result["accuracy"] == pytest.approx(0.625)
+    assert result["accuracy_micro"] == pytest.approx(0.4)
+    assert result["convention"] == "macro over task_type"
+
+
+def test_unparseable_answer_is_wrong_and_unknown_truth_unscored() -> None:
+    samples = [_sample(False), _sample(None), _sample(True)]
+    samples[0]["prediction"] = None
+    result = accuracy(samples, "egoschema-subset")
+    assert (result["n"], result["accuracy"]) == (2, 0.5)
+    assert accuracy([], "videomme")["accuracy"] is None

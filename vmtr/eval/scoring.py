@@ -1,0 +1,109 @@
+"""Answer extraction and accuracy, in each benchmark's own convention.
+
+Extraction reads the ``<answer>`` tag first and otherwise the last well-formed option letter
+("(B)", "B.", "B)", "B:", "answer is B", or a line that is just "B"). What cannot be read is
+wrong: there is no random fallback (lmms-eval's random guess inflates weak models' scores by up
+to 1/k), and errors (a missing or broken video) are counted apart from wrong answers.
+
+Accuracy follows the benchmark's paper: the micro average over questions for VideoMME,
+EgoSchema, LongVideoBench and the synthetic set; the macro average over task types for MLVU.
+Every category key of the items gets its own breakdown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_TAG_LETTER = re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)]|\s|$)")
+_LETTER_FORMS = re.compile(
+    r"\(([A-Z])\)"  # (B)
+    r"|(?<![A-Za-z])([A-Z])[.:)](?=\s|$)"  # B.  B)  B:
+    r"|(?i:answer)(?:\s+is)?\s*[:=]?\s*\**([A-Z])(?![A-Za-z])"  # answer is B, Answer: B
+    r"|^\s*\**([A-Z])\**\s*$",  # a line holding only the letter
+    re.MULTILINE,
+)
+
+Convention = Literal["micro", "macro"]
+
+CONVENTIONS: dict[str, tuple[Convention, str | None]] = {
+    "videomme": ("micro", None),
+    "mlvu-dev": ("macro", "task_type"),
+    "mlvu-test": ("macro", "task_type"),
+    "egoschema-subset": ("micro", None),
+    "longvideobench": ("micro", None),
+    "synthetic": ("micro", None),
+}
+"""Benchmark -> (headline average, category key the macro average runs over)."""
+
+
+def extract_answer(text: str | None, letters: Sequence[str]) -> tuple[str | None, str | None]:
+    """(letter, how it was found) from a model reply; (None, None) when nothing usable is there.
+
+    ``how`` is ``"answer_tag"`` or ``"letter"``. Letters outside ``letters`` are ignored, so
+    "E." in a reply to a four-option question is not an answer.
+    """
+    if not text:
+        return None, None
+    allowed = set(letters)
+    tags = ANSWER_TAG.findall(text)
+    if tags:
+        match = _TAG_LETTER.match(tags[-1])
+        if match and match.group(1) in allowed:
+            return match.group(1), "answer_tag"
+    found = [next(g for g in m.groups() if g) for m in _LETTER_FORMS.finditer(text)]
+    found = [letter for letter in found if letter in allowed]
+    if found:
+        return found[-1], "letter"
+    return None, None
+
+
+def _rate(correct: int, n: int) -> float | None:
+    return correct / n if n else None
+
+
+def breakdown(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{category key: {value: {accuracy, correct, n}}} over scored samples (errors excluded)."""
+    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for sample in samples:
+        if not is_scored(sample):
+            continue
+        for key, value in (sample.get("categories") or {}).items():
+            cell = counts[key][str(value)]
+            cell[0] += int(bool(sample["correct"]))
+            cell[1] += 1
+    return {
+        key: {
+            value: {"accuracy": _rate(c, n), "correct": c, "n": n}
+            for value, (c, n) in sorted(values.items())
+        }
+        for key, values in sorted(counts.items())
+    }
+
+
+def is_scored(sample: Mapping[str, Any]) -> bool:
+    """A finished question with a known correct answer (not an error row, not answer-less)."""
+    return sample.get("status") == "ok" and sample.get("correct") is not None
+
+
+def accuracy(samples: Sequence[Mapping[str, Any]], benchmark: str) -> dict[str, Any]:
+    """Headline accuracy in the benchmark's convention, plus both averages and the counts."""
+    convention, key = CONVENTIONS.get(benchmark, ("micro", None))
+    scored = [s for s in samples if is_scored(s)]
+    correct = sum(int(bool(s["correct"])) for s in scored)
+    micro = _rate(correct, len(scored))
+    macro = None
+    if key is not None:
+        per_value = [v["accuracy"] for v in breakdown(scored).get(key, {}).values()]
+        macro = sum(per_value) / len(per_value) if per_value else None
+    return {
+        "accuracy": macro if convention == "macro" else micro,
+        "convention": convention if convention == "micro" else f"macro over {key}",
+        "accuracy_micro": micro,
+        "accuracy_macro": macro,
+        "correct": correct,
+        "n": len(scored),
+    }
