@@ -113,3 +113,55 @@ def test_recipe_steps_checkpoints_and_resumes(data, tmp_path, algo):
     more.train()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Without GPUs, `--multi_gpu` starts torchrun workers on the CPU (gloo backend).
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    cmd = [
+        *launch,
+        "-m",
+        "vmtr.cli",
+        "train",
+        "rl",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--samples-per-prompt",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--save-every",
+        "1",
+        "--algo",
+        "ppo",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # written by the main process only
+    assert (tmp_path / "checkpoint-1" / "model.safetensors").exists()
