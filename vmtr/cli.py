@@ -8,6 +8,7 @@ missing model, empty question) is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -133,7 +134,16 @@ def print_result(result: Any) -> None:
     out.print(table)
 
 
-def run_ask(video: Path, question: str, options: list[str], as_json: bool, **settings: Any) -> Any:
+def run_ask(
+    video: Path,
+    question: str,
+    options: list[str],
+    as_json: bool,
+    *,
+    store: str | None = None,
+    first_turn_top: int = 0,
+    **settings: Any,
+) -> Any:
     """Shared body of `ask` and `demo`: validate, load, run with progress, print."""
     from vmtr.agent.ask import ask, split_settings
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
@@ -149,6 +159,12 @@ def run_ask(video: Path, question: str, options: list[str], as_json: bool, **set
     )
     with err.status("probing the video"):
         probe(video)
+    scorer = None
+    if store:
+        from vmtr.tools.segments import store_scorer
+
+        with err.status(f"loading embedder {store}"):
+            scorer = store_scorer(store)  # the store itself is built (or reopened) on first use
     with err.status(f"loading model {model_settings.model}"):
         lm = load_video_lm(model_settings)
     settings.pop("model", None)
@@ -159,6 +175,9 @@ def run_ask(video: Path, question: str, options: list[str], as_json: bool, **set
             options or None,
             model=lm,
             on_update=progress_printer(status, proto.max_turns),
+            scorer=scorer,
+            guided_retrieve=scorer is not None,
+            first_turn_top=first_turn_top if scorer is not None else 0,
             **settings,
         )
     if as_json:
@@ -195,6 +214,16 @@ def ask(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
     quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (GPU only).")] = "none",
+    store: Annotated[
+        bool,
+        typer.Option(help="Rank frames by CLIP similarity to the question (segment store)."),
+    ] = False,
+    embedder: Annotated[
+        str, typer.Option(help="open_clip MODEL:TAG, MODEL:/path/ckpt or MODEL:none.")
+    ] = "ViT-B-32:laion2b_s34b_b79k",
+    first_turn_top: Annotated[
+        int, typer.Option(min=0, help="With --store: top-matching frames mixed into turn 1.")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
@@ -215,6 +244,8 @@ def ask(
             device=device,
             dtype=dtype,
             quantization=quantization,
+            store=embedder if store else None,
+            first_turn_top=first_turn_top,
         )
 
 
@@ -309,6 +340,7 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns through the root logger
 
 
 def _mount_subcommands() -> None:

@@ -69,16 +69,9 @@ def _distributed() -> Any:
 
 def _store_scorer(spec: str) -> Any:
     """A pool scorer backed by each video's segment store (built on first use, then reused)."""
-    from vmtr.models.embed import load_embedder
-    from vmtr.tools.segments import SegmentStore, StoreSettings
+    from vmtr.tools.segments import store_scorer
 
-    embedder = load_embedder(spec)
-    settings = StoreSettings(embedder=spec)
-
-    def score(video: str, pool: Any, question: str) -> Any:
-        return SegmentStore.build(video, embedder, settings).scores_at(pool, question)
-
-    return score
+    return store_scorer(spec)
 
 
 def eval_command(

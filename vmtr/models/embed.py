@@ -29,6 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
+from vmtr.models.hub import offline_unless_reachable
+
 DEFAULT_EMBEDDER = "ViT-B-32:laion2b_s34b_b79k"
 """The default spec: open_clip's ViT-B/32 trained on LAION-2B (512-d embeddings)."""
 
@@ -201,7 +203,7 @@ class OpenClipEmbedder:
             kwargs["force_image_size"] = self.image_size
         try:
             # Seeded so random weights are the same in every process (store and search agree).
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), offline_unless_reachable():
                 torch.manual_seed(_RANDOM_SEED)
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     parsed.model, pretrained=parsed.pretrained, **kwargs

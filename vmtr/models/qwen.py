@@ -23,6 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCach
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings
+from vmtr.models.hub import hub_reachable
 from vmtr.models.vlm import FrameFetcher, Generation, ModelLoadError
 
 MAX_SESSIONS = 8
@@ -73,24 +74,6 @@ def resolve_model_path(spec: str) -> str:
             raise ModelLoadError(f"{spec}: folder has no config.json, so it is not a checkpoint")
         return str(path)
     return spec
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers at all; offline, from_pretrained retries for
-    minutes before giving up, so a quick socket check lets vmtr fail in seconds instead."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def cached_snapshot(repo_id: str) -> str | None:

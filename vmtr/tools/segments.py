@@ -660,3 +660,18 @@ def _build_into(
     # The chunks are no longer needed; a kill before this point only leaves harmless extra files.
     for leftover in [*folder.glob("chunk-*.npy"), folder / _PLAN]:
         leftover.unlink(missing_ok=True)
+
+
+def store_scorer(
+    embedder: str | Embedder, settings: StoreSettings | None = None
+) -> Callable[[str, Sequence[float], str], np.ndarray]:
+    """A pool scorer for the agent (`build_graph(scorer=...)`): each video's store is built on
+    first use (then reopened) and rates pool timestamps against the question."""
+    model = load_embedder(embedder)
+    spec = embedder if isinstance(embedder, str) else model.embedder_id
+    settings = settings or StoreSettings(embedder=spec)
+
+    def score(video: str, pool: Sequence[float], question: str) -> np.ndarray:
+        return SegmentStore.build(video, model, settings).scores_at(pool, question)
+
+    return score
