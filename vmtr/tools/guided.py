@@ -16,19 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def uniform_indices(start: int, end: int, n: int) -> list[int]:
-    """`n` indices spread evenly over [start, end] (linspace, rounded), unique and sorted.
-
-    This is the Video-MTR rule for both the first turn and a plain retrieve; when the range holds
-    fewer than `n` indices, all of them are returned.
-    """
-    if end < start or n <= 0:
-        return []
-    if end - start + 1 <= n:
-        return list(range(start, end + 1))
-    grid = np.linspace(start, end, n).round().astype(int)
-    return sorted({int(i) for i in grid})
+from vmtr.tools.select import uniform_indices
 
 
 def _as_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:

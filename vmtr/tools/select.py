@@ -16,8 +16,8 @@ import numpy as np
 
 def uniform_indices(start: int, end: int, n: int) -> list[int]:
     """``n`` indices spread evenly over ``start..end`` inclusive, rounded, unique, sorted."""
-    if end < start:
-        raise ValueError(f"empty range {start}..{end}")
+    if end < start or n <= 0:
+        return []
     count = min(n, end - start + 1)
     if count <= 0:
         return []
