@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
+from transformers import AutoProcessor, DynamicCache
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings
+from vmtr.models.gta import load_model
 from vmtr.models.hub import hub_reachable
 from vmtr.models.vlm import FrameFetcher, Generation, ModelLoadError
 
@@ -160,7 +161,7 @@ class QwenVideoLM:
             kwargs["attn_implementation"] = settings.attn_implementation
         try:
             processor = AutoProcessor.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+            model = load_model(path, **kwargs)  # GTA-aware from_pretrained
         except (OSError, ValueError, KeyError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             hint = (
