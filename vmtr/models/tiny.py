@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -65,8 +66,12 @@ COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange
 SHAPES = ["square", "circle", "triangle", "cross", "star", "diamond"]
 
 
-def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
-    """Protocol conversations (system, user turns, replies) to train the tokenizer on."""
+def tokenizer_corpus(n: int = 400, seed: int = 0, extra_texts: Sequence[str] = ()) -> list[str]:
+    """Protocol conversations (system, user turns, replies) to train the tokenizer on.
+
+    ``extra_texts`` (for example the training set's questions, options and replies) are added so
+    that the text a model is trained on tokenizes compactly.
+    """
     rng = random.Random(seed)
     settings = ProtocolSettings()
     lines: list[str] = [protocol.system_message(settings)["content"][0]["text"]]
@@ -99,10 +104,13 @@ def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
         lines.append(
             f"<think>I need frames {s} to {s + 3}.</think><retrieve>{s}, {s + 3}</retrieve>"
         )
+    lines.extend(extra_texts)
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocab_size: int = 1024, seed: int = 0, extra_texts: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (digits split one by one, as Qwen's) on protocol text."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -119,7 +127,7 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(seed=seed), trainer=trainer)
+    tok.train_from_iterator(tokenizer_corpus(seed=seed, extra_texts=extra_texts), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -202,12 +210,23 @@ def tiny_config(
     )
 
 
-def build_tiny(out_dir: str | Path, *, seed: int = 0, **sizes: int) -> Path:
-    """Build tokenizer, processor and a randomly initialised tiny model, and save all three."""
+def build_tiny(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    extra_texts: Sequence[str] = (),
+    vocab_size: int = 1024,
+    **sizes: int,
+) -> Path:
+    """Build tokenizer, processor and a randomly initialised tiny model, and save all three.
+
+    ``extra_texts`` join the tokenizer's corpus (see `tokenizer_corpus`); ``sizes`` are the
+    keyword arguments of `tiny_config` (``hidden``, ``vision_depth``, ...).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(seed=seed)
+    tokenizer = build_tokenizer(vocab_size=vocab_size, seed=seed, extra_texts=extra_texts)
     processor = build_processor(tokenizer)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, **sizes))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -215,7 +234,15 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0, **sizes: int) -> Path:
     processor.save_pretrained(out)
     model.save_pretrained(out)
     (out / "vmtr_tiny.json").write_text(
-        json.dumps({"trained": False, "seed": seed, "recipe": "random init (vmtr.models.tiny)"})
+        json.dumps(
+            {
+                "trained": False,
+                "seed": seed,
+                "sizes": sizes,
+                "description": "randomly initialised tiny Qwen2.5-VL; its replies are noise.",
+                "recipe": "random init (vmtr.models.tiny)",
+            }
+        )
     )
     return out
 

@@ -1,0 +1,284 @@
+"""The supervised warm start: honest scripted trajectories, exact encoding, loss goes down."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from typer.testing import CliRunner
+
+from vmtr.agent import protocol
+from vmtr.cli_train import train_app
+from vmtr.eval.datasets import load_video_mtr_json
+from vmtr.eval.synthetic import SyntheticSettings, generate
+from vmtr.models.tiny import build_tiny
+from vmtr.policies import sft
+from vmtr.tools.select import first_turn_frames, select_segment
+
+ALL_SETTINGS = [sft.MULTI_TURN, sft.SINGLE_16, sft.SINGLE_32]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("synth")
+    generate(folder, SyntheticSettings(n_items=4, seed=3, minutes=1.0))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def items(data_dir: Path):
+    return load_video_mtr_json(data_dir / "annotations.json")
+
+
+@pytest.fixture(scope="module")
+def cached(items, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("frames")
+    budget = {"max_pixels": 112 * 112, "min_pixels": 56 * 56, "factor": 28}
+    return [sft.CachedItem(item, cache, budget) for item in items]
+
+
+@pytest.fixture(scope="module")
+def tiny(items, tmp_path_factory: pytest.TempPathFactory):
+    folder = build_tiny(
+        tmp_path_factory.mktemp("tiny"), seed=0, extra_texts=sft.corpus_texts(items)
+    )
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    return processor, model
+
+
+def _trajectories(cached, n_seeds: int = 8):
+    for c in cached:
+        for settings in ALL_SETTINGS:
+            for seed in range(n_seeds):
+                yield c, sft.plan_trajectory(c.item, c.pool, settings, random.Random(seed))
+
+
+def test_trajectories_follow_the_protocol_and_round_trip(cached) -> None:
+    for c, traj in _trajectories(cached):
+        n = len(c.pool)
+        settings = traj.settings
+        needed = {x["pool_index"] for x in c.item.extra["needles"]}
+        users = [m for m in traj.messages if m["role"] == "user"]
+        replies = [m for m in traj.messages if m["role"] == "assistant"]
+        assert traj.messages[0] == protocol.system_message(settings)
+        assert len(users) == len(replies) == len(traj.actions) <= settings.max_turns
+        # Frames: the agent's first-turn rule, then select_segment of each retrieve.
+        expected = first_turn_frames(n, settings.first_turn_frames)
+        seen: set[int] = set()
+        for turn, (user, reply, action, guess) in enumerate(
+            zip(users, replies, traj.actions, traj.guesses, strict=True), start=1
+        ):
+            assert protocol.frames_in(user) == expected
+            seen |= set(expected)
+            last = turn == settings.max_turns
+            text = reply["content"][0]["text"]
+            parsed = protocol.parse_reply(
+                text, max_index=n - 1, options=c.item.options, last_turn=last
+            )
+            assert parsed == action
+            if isinstance(action, protocol.Answer):
+                assert action.answer == c.item.answer
+                # Answer only with the evidence shown, or on the last turn, flagged as a guess.
+                assert needed <= seen or last
+                assert guess == (not needed <= seen)
+                assert ("Guessing" in text) == guess
+            else:
+                assert isinstance(action, protocol.Retrieve) and not last
+                assert not needed <= seen
+                expected = select_segment(action.start, action.end, settings.frames_per_retrieve)
+        assert isinstance(traj.actions[-1], protocol.Answer)
+
+
+def test_think_text_only_names_needles_that_were_shown(cached) -> None:
+    for c, traj in _trajectories(cached, n_seeds=3):
+        shown: set[int] = set()
+        users = [m for m in traj.messages if m["role"] == "user"]
+        replies = [m for m in traj.messages if m["role"] == "assistant"]
+        for user, reply in zip(users, replies, strict=True):
+            shown |= set(protocol.frames_in(user))
+            text = reply["content"][0]["text"]
+            for needle in c.item.extra["needles"]:
+                named = f"frame {needle['pool_index']} {needle['colour']} {needle['shape']}"
+                assert (named in text) == (needle["pool_index"] in shown)
+
+
+def test_retrieve_ranges_are_random_not_the_oracle(cached) -> None:
+    ranges, hits = [], 0
+    for c, traj in _trajectories(cached, n_seeds=10):
+        needed = {x["pool_index"] for x in c.item.extra["needles"]}
+        for action in traj.actions:
+            if isinstance(action, protocol.Retrieve):
+                ranges.append((action.start, action.end))
+                hits += needed <= set(range(action.start, action.end + 1))
+    # An oracle would cover the needles every time; random ranges rarely do.
+    assert len(set(ranges)) > 10
+    assert hits < len(ranges) / 2
+
+
+def test_encoding_labels_only_the_assistant_and_keeps_mm_token_types(cached, tiny) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    found_guess = False
+    for c, traj in _trajectories(cached, n_seeds=2):
+        if traj.settings is not sft.MULTI_TURN:
+            continue
+        enc = sft.encode_conversation(processor, traj.messages, c.images(traj.frames), traj.guesses)
+        ids, labels, mm = enc["input_ids"], enc["labels"], enc["mm_token_type_ids"]
+        assert mm.shape == ids.shape and int((mm == 1).sum()) > 0
+        assert enc["image_grid_thw"].shape[0] == len(traj.frames)
+        on = labels != sft.IGNORE
+        assert torch.equal(labels[on], ids[on])
+        assert int(mm[on].sum()) == 0
+        replies = [m["content"][0]["text"] for m in traj.messages if m["role"] == "assistant"]
+        wanted = ""
+        for text, guess in zip(replies, traj.guesses, strict=True):
+            if guess:
+                found_guess = True
+                head, rest = text.split("<answer>")
+                text = head + "<answer>" + rest[rest.index("</answer>") :]
+            wanted += text + "<|im_end|>"
+        assert tok.decode(ids[on]) == wanted
+    assert found_guess
+
+
+def test_encoded_prompt_equals_what_the_backend_builds(cached, tiny) -> None:
+    processor, _ = tiny
+    c = cached[0]
+    traj = sft.plan_trajectory(c.item, c.pool, sft.MULTI_TURN, random.Random(1))
+    enc = sft.encode_conversation(processor, traj.messages, c.images(traj.frames))
+    # Every prompt the backend would send (prefix up to a user turn + generation prompt).
+    for k, message in enumerate(traj.messages):
+        if message["role"] != "user":
+            continue
+        prefix = traj.messages[: k + 1]
+        text = processor.apply_chat_template(prefix, add_generation_prompt=True, tokenize=False)
+        frames = [i for m in prefix for i in protocol.frames_in(m)]
+        backend = processor(text=[text], images=c.images(frames), return_tensors="pt")
+        n = backend["input_ids"].shape[1]
+        assert torch.equal(enc["input_ids"][:n], backend["input_ids"][0])
+        assert torch.equal(enc["mm_token_type_ids"][:n], backend["mm_token_type_ids"][0])
+
+
+def test_collate_pads_right_and_keeps_every_image(cached, tiny) -> None:
+    processor, _ = tiny
+    examples = []
+    for seed, settings in enumerate([sft.SINGLE_16, sft.MULTI_TURN]):
+        traj = sft.plan_trajectory(cached[1].item, cached[1].pool, settings, random.Random(seed))
+        examples.append(
+            sft.encode_conversation(processor, traj.messages, cached[1].images(traj.frames))
+        )
+    pad = processor.tokenizer.pad_token_id
+    batch = sft.collate(examples, pad)
+    lengths = [e["input_ids"].shape[0] for e in examples]
+    assert batch["input_ids"].shape == (2, max(lengths))
+    for row, n in enumerate(lengths):
+        assert int(batch["attention_mask"][row].sum()) == n
+        assert bool((batch["input_ids"][row, n:] == pad).all())
+        assert bool((batch["labels"][row, n:] == sft.IGNORE).all())
+        assert bool((batch["mm_token_type_ids"][row, n:] == 0).all())
+    assert batch["image_grid_thw"].shape[0] == sum(e["image_grid_thw"].shape[0] for e in examples)
+
+
+def test_a_few_sft_steps_lower_the_loss(cached, tiny) -> None:
+    processor, model = tiny
+    torch.manual_seed(0)
+    c = cached[2]
+    batch = sft.collate(
+        [
+            sft.encode_conversation(processor, t.messages, c.images(t.frames), t.guesses)
+            for t in (
+                sft.plan_trajectory(c.item, c.pool, sft.SINGLE_16, random.Random(s))
+                for s in range(2)
+            )
+        ],
+        processor.tokenizer.pad_token_id,
+    )
+    labels = batch.pop("labels")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    model.train()
+    for _ in range(6):
+        loss = sft.token_loss(model(**batch).logits, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
+    assert sft.lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert sft.lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert sft.lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert sft.lr_factor(55, 100, 10, 0.1) == pytest.approx(0.55)
+    assert sft.lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def _config(data_dir: Path, out: Path, steps: int) -> sft.SFTConfig:
+    return sft.SFTConfig(
+        data=[data_dir],
+        out=out,
+        steps=steps,
+        batch_size=1,
+        warmup=1,
+        save_every=1,
+        eval_items=1,
+        single_turn_share=1.0,
+        tiny_sizes={},
+        lr=1e-3,
+    )
+
+
+def test_checkpoint_save_and_resume(data_dir: Path, tmp_path: Path) -> None:
+    first = sft.SFTRecipe(_config(data_dir, tmp_path, steps=2), log=lambda _: None)
+    first.setup()
+    first.train()
+    assert first.last_checkpoint() == tmp_path / "checkpoints" / "step-000002"
+    weights = {k: v.clone() for k, v in first.model.state_dict().items()}
+
+    second = sft.SFTRecipe(_config(data_dir, tmp_path, steps=3), log=lambda _: None)
+    second.setup(resume=True)
+    assert second.step == 2
+    for key, value in second.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert second.optimizer.state_dict()["state"], "optimizer state was not restored"
+    second.train()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert kept == ["step-000002", "step-000003"]
+    assert (second.save() / "config.json").exists()
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.add_typer(train_app, name="train")
+    return app
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        _cli(), ["train", "sft", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert "annotations.json" in result.output
+    assert "Traceback" not in result.output
+
+    result = CliRunner().invoke(
+        _cli(), ["train", "sft", "--data", str(tmp_path), "--out", str(tmp_path), "--resume"]
+    )
+    assert result.exit_code == 1
+
+
+def test_block_ranges_are_aligned_and_cover_the_pool() -> None:
+    rng = random.Random(0)
+    ranges = {sft.random_range(rng, 60, (8, 16), block=8) for _ in range(400)}
+    assert ranges == {(s, min(59, s + 7)) for s in range(0, 60, 8)}
+    free = {sft.random_range(rng, 60, (8, 16)) for _ in range(400)}
+    assert all(8 <= e - s + 1 <= 16 and 0 <= s <= e <= 59 for s, e in free)

@@ -1,0 +1,105 @@
+"""`vmtr train ...`: the training recipes behind one Typer sub-app.
+
+`vmtr train sft` is the supervised warm start (`vmtr.policies.sft`); the RL recipe joins this
+sub-app as `vmtr train rl`. Failures the user can fix end in one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+train_app = typer.Typer(
+    help="Train the model on the Video-MTR protocol (supervised warm start, RL).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@train_app.callback()
+def _group() -> None:
+    """Train the model on the Video-MTR protocol (supervised warm start, RL)."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@train_app.command()
+def sft(
+    data: Annotated[
+        list[Path],
+        typer.Option(help="Folder with annotations.json from `vmtr synth` (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, log.jsonl, final/.")],
+    model: Annotated[
+        str, typer.Option(help="`tiny` starts from a fresh random tiny model; or a checkpoint.")
+    ] = "tiny",
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option(min=1, help="Trajectories per step.")] = 8,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 3e-4,
+    warmup: Annotated[int, typer.Option(min=0, help="Linear warmup steps.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for init, data order and trajectories.")] = 0,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 100,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the last checkpoint in --out.")
+    ] = False,
+    eval_items: Annotated[
+        int, typer.Option(min=0, help="Items held out of training and asked at the end.")
+    ] = 40,
+    retrieve_block: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Script retrieves as random aligned blocks of N frames (0: free ranges)."
+        ),
+    ] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Supervised warm start on scripted multi-turn trajectories (format + reading frames)."""
+    from pydantic import ValidationError
+
+    from vmtr.eval.datasets import DatasetError
+    from vmtr.models.vlm import ModelLoadError
+    from vmtr.policies.sft import SFTConfig, SFTError, run_sft
+
+    try:
+        config = SFTConfig(
+            data=data,
+            out=out,
+            model=model,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup=min(warmup, steps),
+            seed=seed,
+            save_every=save_every,
+            eval_items=eval_items,
+            retrieve_block=retrieve_block,
+        )
+        report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))
+    except (SFTError, DatasetError, ModelLoadError, OSError) as err:
+        _fail(str(err))
+    except ValidationError as err:
+        first = err.errors()[0]
+        _fail(f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+    except KeyboardInterrupt:
+        _fail("interrupted; continue with --resume")
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    typer.echo(f"final model: {report['final']} ({report['steps']} steps)")
+    if "eval" in report:
+        e = report["eval"]
+        typer.echo(
+            f"held-out accuracy {e['accuracy']:.1%} on {e['items']} items, "
+            f"{e['mean_turns']:.2f} turns and {e['mean_frames']:.1f} frames on average"
+        )
+
+
+if __name__ == "__main__":
+    train_app()

@@ -1,0 +1,775 @@
+"""Supervised warm start: teach a model the Video-MTR reply format and to read its frames.
+
+Before RL (Video-MTR, arXiv 2508.20478) the policy must already produce well-formed turns and
+say what its frames show; otherwise every rollout is invalid and the reward is flat. This recipe
+writes multi-turn trajectories for synthetic items (`vmtr.eval.synthetic`) through the same
+protocol code the agent runs (`vmtr.agent.protocol` prompts and frame labels, the first-turn and
+`select_segment` frame rules, `parse_reply` round-trips) and trains on the assistant's tokens
+only. The labels are written to be honest about what the frames show:
+
+- the reply's ``<think>`` lists the needles visible in the frames shown so far (from the
+  generator's ground truth), or says none were seen;
+- the model answers as soon as the evidence the question needs has been shown (the one needle
+  for colour and shape questions, every needle for order and count questions);
+- otherwise it retrieves a **random** range: where to look is left for RL to learn, so the
+  warm start does not imitate an oracle;
+- on the last turn without the evidence it must still answer; that reply says it guesses, and
+  the option letter inside ``<answer>`` carries no loss (the format does), so the model is
+  never trained to produce an answer it could not have known.
+
+A share of the trajectories use a one-turn budget (16 or 32 first-turn frames), so single-turn
+evaluation asks the model for something it was trained on. Departure from the paper: Video-MTR
+has no SFT stage for its released model; this warm start exists because the tiny model here
+starts from random weights.
+
+Encoding matches the inference backend (`vmtr.models.qwen`) exactly: the chat template renders
+the conversation, the processor runs on the whole text with all its frames (resized with the
+backend's pixel budget), and its outputs are kept whole, ``mm_token_type_ids`` included (see
+SYNTHETIC.md: without it Qwen2.5-VL silently falls back to 1-D positions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmtr.agent import protocol
+from vmtr.config import ModelSettings, ProtocolSettings
+from vmtr.eval.datasets import QAItem, load_video_mtr_json
+from vmtr.tools import video as video_tools
+from vmtr.tools.select import first_turn_frames, select_segment
+
+IGNORE = -100
+"""Label value that carries no loss (PyTorch's cross-entropy default)."""
+
+MULTI_TURN = ProtocolSettings()
+SINGLE_16 = ProtocolSettings(max_turns=1)
+SINGLE_32 = ProtocolSettings(max_turns=1, first_turn_frames=32)
+
+
+class SFTError(RuntimeError):
+    """A user-facing failure of the recipe (bad data folder, no checkpoint to resume)."""
+
+
+class SFTConfig(BaseModel):
+    """Everything the recipe needs; defaults are the bundled tiny model's recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[Path] = Field(description="Folders holding annotations.json (vmtr synth output).")
+    out: Path = Field(description="Run folder: checkpoints, logs, frame cache, final model.")
+    model: str = Field("tiny", description="`tiny` (fresh random tiny model) or a checkpoint.")
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    micro_batch: int = Field(1, ge=1, description="Examples per forward pass (padded together).")
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: int = Field(100, ge=0, description="Linear warmup steps before the cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a share of lr.")
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    save_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_items: int = Field(40, ge=0, description="Items held out of training, asked at the end.")
+    single_turn_share: float = Field(
+        0.5, ge=0, le=1, description="Share of one-turn trajectories (half 16, half 32 frames)."
+    )
+    retrieve_width: tuple[int, int] = Field(
+        (8, 16), description="Random retrieve ranges span this many pool frames (min, max)."
+    )
+    retrieve_block: int = Field(
+        0,
+        ge=0,
+        description="If > 0, retrieve a random aligned block of this many pool frames instead "
+        "(starts at multiples of it): fewer distinct ranges, which greedy decoding reproduces "
+        "well-formed.",
+    )
+    tiny_sizes: dict[str, int] = Field(
+        default_factory=lambda: {"vision_depth": 4, "vision_hidden": 128},
+        description="tiny_config sizes for a fresh tiny model.",
+    )
+    tiny_vocab: int = Field(1024, ge=300)
+    max_new_tokens: int = Field(96, ge=8, description="Reply length limit in the final eval.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trajectories
+
+
+@dataclass
+class Trajectory:
+    """One scripted episode: chat messages with frame placeholders, and which replies guess."""
+
+    messages: list[protocol.Message]
+    guesses: list[bool]  # per assistant reply: its answer letter carries no loss
+    actions: list[protocol.Action]
+    settings: ProtocolSettings
+
+    @property
+    def frames(self) -> list[int]:
+        """Pool indices of every frame placeholder, in conversation order."""
+        return [i for m in self.messages for i in protocol.frames_in(m)]
+
+
+def needles_of(item: QAItem) -> list[dict[str, Any]]:
+    """The generator's needles (pool index, colour, shape) of a synthetic item."""
+    needles = item.extra.get("needles")
+    if not needles:
+        raise SFTError(f"item {item.id} has no needle annotations; is it a vmtr synth item?")
+    return needles
+
+
+def describe_seen(needles: Sequence[dict[str, Any]], seen: set[int]) -> str:
+    """What the frames shown so far reveal, in pool order: the honest part of every reply."""
+    visible = sorted((n for n in needles if n["pool_index"] in seen), key=lambda n: n["pool_index"])
+    if not visible:
+        return "Seen: no shapes."
+    listed = ", ".join(f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible)
+    return f"Seen: {listed}."
+
+
+def answer_reply(seen_text: str, letter: str, guess: bool) -> str:
+    """An answer turn; a guess says so."""
+    note = " Guessing." if guess else ""
+    return f"<think>{seen_text}{note}</think><answer>{letter}</answer>"
+
+
+def retrieve_reply(seen_text: str, start: int, end: int) -> str:
+    """A retrieve turn for the range ``start..end``."""
+    return f"<think>{seen_text} Need more frames.</think><retrieve>{start}, {end}</retrieve>"
+
+
+def random_range(
+    rng: random.Random, pool: int, width: tuple[int, int], block: int = 0
+) -> tuple[int, int]:
+    """A uniformly random range (not the oracle's: it never looks at where the needles are).
+
+    ``block > 0`` picks one of the aligned blocks ``[k*block, (k+1)*block - 1]`` instead of any
+    range of ``width`` frames. Free ranges have so many equally likely spellings that a greedy
+    decoder trained on them writes malformed ones ("2, 4, 4"); aligned blocks do not.
+    """
+    if block > 0:
+        start = block * rng.randrange(math.ceil(pool / block))
+        return start, min(pool - 1, start + block - 1)
+    span = min(pool, rng.randint(*width))
+    start = rng.randint(0, pool - span)
+    return start, start + span - 1
+
+
+def plan_trajectory(
+    item: QAItem,
+    pool: Sequence[float],
+    settings: ProtocolSettings,
+    rng: random.Random,
+    retrieve_width: tuple[int, int] = (8, 16),
+    retrieve_block: int = 0,
+) -> Trajectory:
+    """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
+
+    Every reply is checked with `protocol.parse_reply` against the action it was written for.
+    """
+    if item.answer is None:
+        raise SFTError(f"item {item.id} has no answer")
+    needles = needles_of(item)
+    needed = {n["pool_index"] for n in needles}
+    n = len(pool)
+    messages = [protocol.system_message(settings)]
+    frames = first_turn_frames(n, settings.first_turn_frames)
+    seen: set[int] = set()
+    guesses: list[bool] = []
+    actions: list[protocol.Action] = []
+    for turn in range(1, settings.max_turns + 1):
+        messages.append(
+            protocol.user_message(
+                turn=turn,
+                frames=frames,
+                timestamps=[pool[i] for i in frames],
+                question=item.question,
+                options=item.options,
+                pool_size=n,
+                settings=settings,
+            )
+        )
+        seen |= set(frames)
+        last = turn == settings.max_turns
+        seen_text = describe_seen(needles, seen)
+        if needed <= seen or last:
+            guess = not needed <= seen
+            reply = answer_reply(seen_text, item.answer, guess)
+            expected: protocol.Action = protocol.Answer(item.answer, "")
+        else:
+            guess = False
+            start, end = random_range(rng, n, retrieve_width, retrieve_block)
+            reply = retrieve_reply(seen_text, start, end)
+            expected = protocol.Retrieve(start, end, "")
+        action = protocol.parse_reply(reply, max_index=n - 1, options=item.options, last_turn=last)
+        assert _same_action(action, expected), (reply, action)
+        messages.append(protocol.assistant_message(reply))
+        guesses.append(guess)
+        actions.append(action)
+        if isinstance(action, protocol.Answer):
+            break
+        frames = select_segment(action.start, action.end, settings.frames_per_retrieve)
+    return Trajectory(messages, guesses, actions, settings)
+
+
+def _same_action(got: protocol.Action, want: protocol.Action) -> bool:
+    if isinstance(want, protocol.Answer):
+        return isinstance(got, protocol.Answer) and got.answer == want.answer
+    return isinstance(got, protocol.Retrieve) and (got.start, got.end) == (want.start, want.end)
+
+
+def pick_settings(rng: random.Random, single_turn_share: float) -> ProtocolSettings:
+    """Multi-turn (16 + 8 + 8) most of the time, else a one-turn budget of 16 or 32 frames."""
+    if rng.random() >= single_turn_share:
+        return MULTI_TURN
+    return SINGLE_16 if rng.random() < 0.5 else SINGLE_32
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames: decoded once per item, kept on disk as one uint8 array
+
+
+def decode_pool(video: Path, budget: dict[str, int]) -> tuple[list[float], np.ndarray]:
+    """The agent's frame pool of ``video``: timestamps and frames as one uint8 array.
+
+    Frames are resized with the backend's pixel budget, so they equal what the agent would feed
+    the model.
+    """
+    info = video_tools.probe(video)
+    pool = video_tools.pool_timestamps(
+        info, max_frames=MULTI_TURN.pool_size, max_fps=MULTI_TURN.pool_max_fps
+    )
+    images = video_tools.decode_at(video, pool, **budget)
+    return pool, np.stack([np.asarray(im.convert("RGB")) for im in images])
+
+
+@dataclass
+class CachedItem:
+    """A training item whose pool is decoded on first use and kept on disk as ``.npz``.
+
+    Decoding costs more than a tiny model's step, so each video is decoded once per run folder.
+    """
+
+    item: QAItem
+    cache_dir: Path
+    budget: dict[str, int]
+    _pool: list[float] | None = field(default=None, repr=False)
+    _frames: np.ndarray | None = field(default=None, repr=False)
+
+    def _load(self) -> None:
+        path = self.cache_dir / f"{self.item.id}.npz"
+        if not path.exists():
+            pool, frames = decode_pool(self.item.video, self.budget)
+            tmp = path.with_name(f".{path.stem}.tmp.npz")
+            np.savez(tmp, pool=np.asarray(pool, dtype=np.float64), frames=frames)
+            tmp.replace(path)
+        with np.load(path) as data:
+            self._pool = [float(t) for t in data["pool"]]
+            self._frames = data["frames"]
+
+    @property
+    def pool(self) -> list[float]:
+        if self._pool is None:
+            self._load()
+        return self._pool  # type: ignore[return-value]
+
+    def images(self, indices: Sequence[int]) -> list[Image.Image]:
+        if self._frames is None:
+            self._load()
+        frames = self._frames
+        assert frames is not None
+        return [Image.fromarray(frames[i]) for i in indices]
+
+    def release(self) -> None:
+        """Drop the frames from memory (they stay on disk)."""
+        self._frames = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def assistant_spans(ids: Sequence[int], start_id: int, header: Sequence[int], end_id: int):
+    """(first, last) token positions of each assistant reply, its closing ``<|im_end|>`` included.
+
+    A reply starts after ``<|im_start|>`` + the tokens of ``assistant\\n`` and ends at the next
+    ``<|im_end|>``.
+    """
+    spans = []
+    h = len(header)
+    i = 0
+    while i < len(ids):
+        if ids[i] == start_id and list(ids[i + 1 : i + 1 + h]) == list(header):
+            first = i + 1 + h
+            last = first
+            while last < len(ids) and ids[last] != end_id:
+                last += 1
+            spans.append((first, min(last, len(ids) - 1)))
+            i = last
+        i += 1
+    return spans
+
+
+def encode_conversation(
+    processor: Any,
+    messages: Sequence[protocol.Message],
+    images: Sequence[Image.Image],
+    guesses: Sequence[bool] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Processor outputs of a whole conversation plus ``labels`` on the assistant's tokens only.
+
+    ``images`` are the frames of the placeholders in order. Labels are ``IGNORE`` everywhere but
+    each reply and its ``<|im_end|>``; for a reply flagged in ``guesses`` the tokens inside
+    ``<answer>...</answer>`` carry no loss either. Tensors are 1-D per token (no batch axis)
+    except ``pixel_values`` and ``image_grid_thw``.
+    """
+    text = processor.apply_chat_template(list(messages), tokenize=False)
+    encoded = processor(text=[text], images=list(images) or None, return_tensors="pt")
+    if images and "mm_token_type_ids" not in encoded:
+        raise RuntimeError("processor output lacks mm_token_type_ids; positions would be wrong")
+    tok = processor.tokenizer
+    ids = encoded["input_ids"][0]
+    header = tok("assistant\n", add_special_tokens=False)["input_ids"]
+    spans = assistant_spans(
+        ids.tolist(),
+        tok.convert_tokens_to_ids("<|im_start|>"),
+        header,
+        tok.convert_tokens_to_ids("<|im_end|>"),
+    )
+    n_replies = sum(m["role"] == "assistant" for m in messages)
+    if len(spans) != n_replies:
+        raise RuntimeError(
+            f"found {len(spans)} assistant replies in the tokens, expected {n_replies}"
+        )
+    labels = torch.full_like(ids, IGNORE)
+    open_id, close_id = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    for k, (first, last) in enumerate(spans):
+        labels[first : last + 1] = ids[first : last + 1]
+        if guesses and guesses[k]:
+            reply = ids[first : last + 1].tolist()
+            if open_id in reply and close_id in reply:
+                a, b = reply.index(open_id), reply.index(close_id)
+                labels[first + a + 1 : first + b] = IGNORE
+    out = {
+        "input_ids": ids,
+        "attention_mask": encoded["attention_mask"][0],
+        "labels": labels,
+        "mm_token_type_ids": encoded.get("mm_token_type_ids", torch.zeros_like(ids[None]))[0],
+    }
+    if images:
+        out["pixel_values"] = encoded["pixel_values"]
+        out["image_grid_thw"] = encoded["image_grid_thw"]
+    return out
+
+
+def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of encoded conversations into one batch; images concatenated in order."""
+    length = max(int(e["input_ids"].shape[0]) for e in examples)
+    batch: dict[str, torch.Tensor] = {}
+    for key, fill in (
+        ("input_ids", pad_id),
+        ("attention_mask", 0),
+        ("labels", IGNORE),
+        ("mm_token_type_ids", 0),
+    ):
+        rows = [
+            torch.nn.functional.pad(e[key], (0, length - e[key].shape[0]), value=fill)
+            for e in examples
+        ]
+        batch[key] = torch.stack(rows)
+    with_images = [e for e in examples if "pixel_values" in e]
+    if with_images:
+        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+    return batch
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over labelled positions (mean, or sum for accumulation)."""
+    shifted = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction=reduction,
+    )
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warmup then cosine decay to ``floor`` (a share of the peak)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts for the tokenizer of a fresh tiny model
+
+
+def corpus_texts(items: Sequence[QAItem], n: int = 300, seed: int = 0) -> list[str]:
+    """Questions, options and scripted replies of some items, for `build_tiny`'s tokenizer."""
+    rng = random.Random(seed)
+    texts: list[str] = []
+    for item in rng.sample(list(items), min(n, len(items))):
+        texts.append(item.question)
+        texts.extend(item.options)
+        needles = needles_of(item)
+        seen = {x["pool_index"] for x in needles}
+        described = describe_seen(needles, seen)
+        texts.append(answer_reply(described, item.answer or "A", rng.random() < 0.3))
+        texts.append(retrieve_reply(describe_seen(needles, set()), 3, 17))
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+
+
+def _progress(total: int, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, file=sys.stderr, desc="sft", dynamic_ncols=True)
+
+
+class SFTRecipe:
+    """setup() -> train() -> save(); evaluate() asks held-out items through the real agent."""
+
+    def __init__(self, config: SFTConfig, log: Callable[[str], None] = print) -> None:
+        self.cfg = config
+        self.log = log
+        self.step = 0
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self, resume: bool = False) -> None:
+        """Load items and frames, build or load the model, the optimizer and the schedule."""
+        from accelerate import Accelerator
+        from transformers import AutoProcessor
+
+        from vmtr.models.gta import load_model
+
+        cfg = self.cfg
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        items = self._load_items()
+        rng = random.Random(cfg.seed)
+        rng.shuffle(items)
+        if cfg.eval_items >= len(items):
+            raise SFTError(f"{len(items)} items cannot spare {cfg.eval_items} for evaluation")
+        self.eval_items = items[: cfg.eval_items]
+        train_items = items[cfg.eval_items :]
+
+        checkpoint = self.last_checkpoint() if resume else None
+        if resume and checkpoint is None:
+            raise SFTError(f"--resume: no checkpoint under {cfg.out / 'checkpoints'}")
+        source = checkpoint or self._initial_model(train_items)
+        torch.manual_seed(cfg.seed)
+        self.processor = AutoProcessor.from_pretrained(source)
+        model = load_model(source, dtype=torch.float32)  # GTA checkpoints stay GTA
+        self.budget = self._pixel_budget(model)
+        self.items = self._cache_frames(train_items)
+
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": rest, "weight_decay": 0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            model, optimizer, scheduler
+        )
+        if checkpoint is not None:
+            state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            self.log(f"resumed from {checkpoint} at step {self.step}")
+        n_params = sum(p.numel() for p in model.parameters())
+        self.log(
+            f"{len(self.items)} training items, {len(self.eval_items)} held out; "
+            f"model {n_params / 1e6:.2f} M parameters from {source}"
+        )
+
+    def _load_items(self) -> list[QAItem]:
+        items: list[QAItem] = []
+        for folder in self.cfg.data:
+            path = folder / "annotations.json" if folder.is_dir() else folder
+            if not path.exists():
+                raise SFTError(f"{folder}: no annotations.json (generate one with `vmtr synth`)")
+            items.extend(load_video_mtr_json(path))
+        if not items:
+            raise SFTError("the training data holds no items")
+        for item in items[:1]:
+            needles_of(item)
+        return items
+
+    def _initial_model(self, items: Sequence[QAItem]) -> Path:
+        """A fresh random tiny model (so the recipe reproduces from scratch), or the given path."""
+        if self.cfg.model != "tiny":
+            path = Path(self.cfg.model).expanduser()
+            if not (path / "config.json").exists():
+                raise SFTError(f"{self.cfg.model}: not a checkpoint folder (no config.json)")
+            return path
+        from vmtr.models.tiny import build_tiny
+
+        init = self.cfg.out / "init"
+        if not (init / "config.json").exists():
+            build_tiny(
+                init,
+                seed=self.cfg.seed,
+                extra_texts=corpus_texts(items, seed=self.cfg.seed),
+                vocab_size=self.cfg.tiny_vocab,
+                **self.cfg.tiny_sizes,
+            )
+        return init
+
+    def _pixel_budget(self, model: Any) -> dict[str, int]:
+        from vmtr.models.qwen import QwenVideoLM
+
+        return QwenVideoLM(model, self.processor, ModelSettings(model="sft")).pixel_budget
+
+    def _cache_frames(self, items: Sequence[QAItem]) -> list[CachedItem]:
+        cache_dir = self.cfg.out / "frames"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return [CachedItem(item, cache_dir, self.budget) for item in items]
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def batch_at(self, step: int) -> tuple[list[dict[str, torch.Tensor]], list[Trajectory]]:
+        """The examples of ``step``, encoded: a pure function of (seed, step), so a resumed run
+        sees the same data."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        examples, trajectories = [], []
+        for _ in range(self.cfg.batch_size):
+            cached = self.items[rng.randrange(len(self.items))]
+            settings = pick_settings(rng, self.cfg.single_turn_share)
+            traj = plan_trajectory(
+                cached.item,
+                cached.pool,
+                settings,
+                rng,
+                self.cfg.retrieve_width,
+                self.cfg.retrieve_block,
+            )
+            examples.append(
+                encode_conversation(
+                    self.processor, traj.messages, cached.images(traj.frames), traj.guesses
+                )
+            )
+            cached.release()
+            trajectories.append(traj)
+        return examples, trajectories
+
+    def micro_batches(
+        self, examples: list[dict[str, torch.Tensor]]
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Padded micro-batches of ``micro_batch`` examples, similar lengths together.
+
+        On CPU a micro-batch of one is fastest: with no padding, attention takes the fused causal
+        path instead of materialising a mask.
+        """
+        order = sorted(range(len(examples)), key=lambda i: int(examples[i]["input_ids"].shape[0]))
+        size = self.cfg.micro_batch
+        pad = self.processor.tokenizer.pad_token_id
+        for k in range(0, len(order), size):
+            yield collate([examples[i] for i in order[k : k + size]], pad)
+
+    # -- train ----------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """The loop: forward, loss on assistant tokens, clip, step; logs, checkpoints."""
+        cfg = self.cfg
+        log_path = cfg.out / "log.jsonl"
+        bar = _progress(cfg.steps, self.step)
+        self.model.train()
+        started = time.perf_counter()
+        first_step = self.step
+        with log_path.open("a", encoding="utf-8") as log_file:
+            while self.step < cfg.steps:
+                examples, _ = self.batch_at(self.step)
+                total_labels = sum(int((e["labels"] != IGNORE).sum()) for e in examples)
+                loss_sum, tokens = 0.0, 0
+                for batch in self.micro_batches(examples):
+                    batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+                    labels = batch.pop("labels")
+                    out = self.model(**batch)
+                    # Sum over tokens / all labelled tokens of the step: a token-level mean.
+                    loss = token_loss(out.logits, labels, reduction="sum") / max(1, total_labels)
+                    self.accelerator.backward(loss)
+                    loss_sum += float(loss.detach())
+                    tokens += int(batch["attention_mask"].sum())
+                norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                elapsed = time.perf_counter() - started
+                record = {
+                    "step": self.step,
+                    "loss": round(loss_sum, 5),
+                    "grad_norm": round(float(norm), 4),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens": tokens,
+                    "seconds": round(elapsed, 2),
+                    "steps_per_s": round((self.step - first_step) / max(elapsed, 1e-9), 4),
+                }
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+        bar.close()
+
+    # -- save -----------------------------------------------------------------------------------
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint folder, if any."""
+        folder = self.cfg.out / "checkpoints"
+        done = sorted(p for p in folder.glob("step-*") if (p / "trainer_state.pt").exists())
+        return done[-1] if done else None
+
+    def save_checkpoint(self) -> Path:
+        """Model + processor + optimizer/scheduler/step, written to a temp folder then renamed."""
+        folder = self.cfg.out / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"step-{self.step:06d}"
+        tmp = folder / f".tmp-{self.step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.save(tmp)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        torch.save(state, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(folder.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def save(self, folder: Path | None = None) -> Path:
+        """``save_pretrained`` of the model and processor (the final model by default)."""
+        folder = folder or self.cfg.out / "final"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+        return folder
+
+    # -- evaluate -------------------------------------------------------------------------------
+
+    def evaluate(self, settings: ProtocolSettings = MULTI_TURN) -> dict[str, Any]:
+        """Greedy multi-turn accuracy on the held-out items, through `vmtr.ask` itself."""
+        return evaluate_items(
+            self.accelerator.unwrap_model(self.model),
+            self.processor,
+            self.eval_items,
+            settings,
+            max_new_tokens=self.cfg.max_new_tokens,
+        )
+
+
+def reads_first_turn(item: QAItem, turns: Sequence[dict[str, Any]]) -> bool | None:
+    """Whether the first reply names exactly the needles its frames showed (None: none shown).
+
+    A direct check of reading, apart from answer accuracy, which a lucky guess can inflate.
+    """
+    if not turns:
+        return None
+    needles = needles_of(item)
+    shown = set(turns[0].get("frames", []))
+    if not any(n["pool_index"] in shown for n in needles):
+        return None
+    return f"<think>{describe_seen(needles, shown)}" in turns[0].get("raw", "")
+
+
+def evaluate_items(
+    model: Any,
+    processor: Any,
+    items: Sequence[QAItem],
+    settings: ProtocolSettings = MULTI_TURN,
+    max_new_tokens: int = 96,
+) -> dict[str, Any]:
+    """Accuracy, mean turns, frames seen and valid-reply rate of the agent on ``items``."""
+    from vmtr.agent.ask import ask
+    from vmtr.models.qwen import QwenVideoLM
+
+    lm = QwenVideoLM(model.eval(), processor, ModelSettings(model="sft", device="cpu"))
+    rows = []
+    for item in _iter_progress(items, "held-out eval"):
+        result = ask(
+            item.video,
+            item.question,
+            item.options,
+            model=lm,
+            temperature=0,
+            max_new_tokens=max_new_tokens,
+            **settings.model_dump(),
+        )
+        rows.append(
+            {
+                "id": item.id,
+                "correct": result.answer == item.answer,
+                "turns": len(result.turns),
+                "frames": len(result.frames_seen),
+                "invalid": sum(t["action"] == "invalid" for t in result.turns),
+                "reads": reads_first_turn(item, result.turns),
+            }
+        )
+    model.train()
+    read = [r["reads"] for r in rows if r["reads"] is not None]
+    n = max(1, len(rows))
+    return {
+        "items": len(rows),
+        "accuracy": sum(r["correct"] for r in rows) / n,
+        "mean_turns": sum(r["turns"] for r in rows) / n,
+        "mean_frames": sum(r["frames"] for r in rows) / n,
+        "invalid_turns": sum(r["invalid"] for r in rows),
+        "needle_shown_items": len(read),
+        "reads_shown_needles": sum(read) / len(read) if read else None,
+    }
+
+
+def _iter_progress(items: Sequence[QAItem], desc: str) -> Iterator[QAItem]:
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
+def run_sft(config: SFTConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The whole recipe: setup, train, save the final model, evaluate held-out items."""
+    recipe = SFTRecipe(config, log=log)
+    recipe.setup(resume=resume)
+    recipe.train()
+    final = recipe.save()
+    report: dict[str, Any] = {"final": str(final), "steps": recipe.step}
+    if recipe.eval_items:
+        report["eval"] = recipe.evaluate()
+    (config.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
