@@ -166,3 +166,39 @@ def test_two_processes_under_accelerate(data, tmp_path):
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # written by the main process only
     assert (tmp_path / "checkpoint-1" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
+    """From the bundled warm-started model, a few GRPO steps on colour questions raise reward."""
+    data = generate(
+        tmp_path / "data", SyntheticSettings(n_items=4, seed=4242, minutes=0.5, kinds=("colour",))
+    )
+    settings = RLSettings(
+        algo="grpo",
+        steps=8,
+        prompts_per_step=4,
+        samples_per_prompt=4,
+        max_new_tokens=48,
+        actor_lr=1e-3,
+        kl_coef=0.0,
+        entropy_coef=0.0,
+        temperature=1.0,
+        top_p=1.0,
+        save_every=1000,
+        seed=0,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums, so the same samples, on any machine
+    try:
+        recipe = RLRecipe(data, tmp_path / "out", "tiny", settings)
+        recipe.setup()
+        recipe.train()
+    finally:
+        torch.set_num_threads(threads)
+    rewards = [
+        json.loads(line)["reward"]
+        for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(rewards) == 8
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:2]) / 2, rewards
