@@ -38,8 +38,22 @@ def vmtr(*args: str) -> None:
 
 
 def evaluate(model: str, heldout: Path, out: Path, n: int, extra: list[str]) -> dict:
-    vmtr("eval", "synthetic", "--data", str(heldout), "--output", str(out), "--model", model,
-         "--limit", str(n), "--batch-size", "4", "--json", *extra)
+    vmtr(
+        "eval",
+        "synthetic",
+        "--data",
+        str(heldout),
+        "--output",
+        str(out),
+        "--model",
+        model,
+        "--limit",
+        str(n),
+        "--batch-size",
+        "4",
+        "--json",
+        *extra,
+    )
     results = json.loads((out / "results.json").read_text())
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     scored = [s for s in samples if s.get("status") != "error"]
@@ -63,33 +77,77 @@ def main() -> None:
     args = parser.parse_args()
 
     if not (args.heldout / "annotations.json").exists():
-        vmtr("synth", str(args.heldout), "--n", str(args.n), "--seed", "5000", "--minutes", "1",
-             "--workers", "2")
+        vmtr(
+            "synth",
+            str(args.heldout),
+            "--n",
+            str(args.n),
+            "--seed",
+            "5000",
+            "--minutes",
+            "1",
+            "--workers",
+            "2",
+        )
     rows = []
-    base = evaluate(args.start, args.heldout, args.out / "eval-warm-single", args.n,
-                    ["--mode", "single-turn", "--frames", "16"])
+    base = evaluate(
+        args.start,
+        args.heldout,
+        args.out / "eval-warm-single",
+        args.n,
+        ["--mode", "single-turn", "--frames", "16"],
+    )
     rows.append(("warm start, single-turn 16 frames", base))
-    rows.append(("warm start, multi-turn",
-                 evaluate(args.start, args.heldout, args.out / "eval-warm-multi", args.n, [])))
+    rows.append(
+        (
+            "warm start, multi-turn",
+            evaluate(args.start, args.heldout, args.out / "eval-warm-multi", args.n, []),
+        )
+    )
     for name, flags in ARMS.items():
         slug = name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
         run_dir = args.out / f"rl-{slug}"
-        vmtr("train", "rl", "--data", str(args.train / "annotations.json"), "--out", str(run_dir),
-             "--model", args.start, "--algo", "grpo", "--steps", str(args.steps),
-             "--prompts-per-step", str(args.prompts), "--samples-per-prompt", str(args.samples),
-             "--actor-lr", str(args.lr), "--max-new-tokens", str(args.max_new_tokens),
-             "--save-every", str(args.steps), *flags)
+        vmtr(
+            "train",
+            "rl",
+            "--data",
+            str(args.train / "annotations.json"),
+            "--out",
+            str(run_dir),
+            "--model",
+            args.start,
+            "--algo",
+            "grpo",
+            "--steps",
+            str(args.steps),
+            "--prompts-per-step",
+            str(args.prompts),
+            "--samples-per-prompt",
+            str(args.samples),
+            "--actor-lr",
+            str(args.lr),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--save-every",
+            str(args.steps),
+            *flags,
+        )
         checkpoint = run_dir / f"checkpoint-{args.steps}"
-        rows.append((name, evaluate(str(checkpoint), args.heldout, args.out / f"eval-{slug}",
-                                    args.n, [])))
-    print(f"\nHeld-out synthetic set: {args.n} items; RL: GRPO, {args.steps} steps x "
-          f"{args.prompts} prompts x {args.samples} samples, lr {args.lr}\n")
+        rows.append(
+            (name, evaluate(str(checkpoint), args.heldout, args.out / f"eval-{slug}", args.n, []))
+        )
+    print(
+        f"\nHeld-out synthetic set: {args.n} items; RL: GRPO, {args.steps} steps x "
+        f"{args.prompts} prompts x {args.samples} samples, lr {args.lr}\n"
+    )
     print("| setting | accuracy | mean turns | retrieve rate | mean frames |")
     print("|---|---|---|---|---|")
-    print(f"| chance | 25.0 % | - | - | 0 |")
+    print("| chance | 25.0 % | - | - | 0 |")
     for name, r in rows:
-        print(f"| {name} | {100 * r['accuracy']:.1f} % | {r['mean_turns']:.2f} | "
-              f"{100 * r['retrieve_rate']:.0f} % | {r['mean_frames']:.1f} |")
+        print(
+            f"| {name} | {100 * r['accuracy']:.1f} % | {r['mean_turns']:.2f} | "
+            f"{100 * r['retrieve_rate']:.0f} % | {r['mean_frames']:.1f} |"
+        )
 
 
 if __name__ == "__main__":
