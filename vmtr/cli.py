@@ -150,7 +150,7 @@ def run_ask(
     from vmtr.models.vlm import load_video_lm
     from vmtr.tools.video import probe
 
-    _quiet_libraries()
+    quiet_libraries()
 
     if not question.strip():
         raise ValueError("the question is empty")
@@ -334,7 +334,7 @@ def demo_item(folder: Path, seed: int) -> dict[str, Any]:
     }
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep transformers' own progress bars and notices off the user's terminal."""
     from transformers.utils import logging as hf_logging
 

@@ -213,7 +213,9 @@ def _evaluate(
         generation=GenerationSettings(temperature=temperature, max_new_tokens=max_new_tokens),
         store=store,
     )
-    _quiet_libraries()
+    from vmtr.cli import quiet_libraries
+
+    quiet_libraries()
     err = Console(stderr=True)
     with err.status(f"loading model {model}"):
         lm = load_video_lm(settings.model)
@@ -247,13 +249,6 @@ def _evaluate(
         if not state.is_main_process:
             return None
     return merge(output, items, settings)
-
-
-def _quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def main() -> None:
