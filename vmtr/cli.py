@@ -142,10 +142,13 @@ def run_ask(
     *,
     store: str | None = None,
     first_turn_top: int = 0,
+    encoder: str = "dense",
+    frames: int = 256,
     **settings: Any,
 ) -> Any:
     """Shared body of `ask` and `demo`: validate, load, run with progress, print."""
-    from vmtr.agent.ask import ask, split_settings
+    from vmtr.agent.ask import split_settings
+    from vmtr.agent.long_context import ask_with_encoder
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
     from vmtr.models.vlm import load_video_lm
     from vmtr.tools.video import probe
@@ -169,10 +172,12 @@ def run_ask(
         lm = load_video_lm(model_settings)
     settings.pop("model", None)
     with err.status("decoding frames") as status:
-        result = ask(
+        result = ask_with_encoder(
             video,
             question,
             options or None,
+            encoder=encoder,
+            frames=frames,
             model=lm,
             on_update=progress_printer(status, proto.max_turns),
             scorer=scorer,
@@ -224,9 +229,19 @@ def ask(
     first_turn_top: Annotated[
         int, typer.Option(min=0, help="With --store: top-matching frames mixed into turn 1.")
     ] = 0,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="dense: Video-MTR turns with images. kv-sparse: --frames frames on turn 1 as "
+            "chunked, pooled KV; a retrieve makes its chunks dense."
+        ),
+    ] = "dense",
+    frames: Annotated[int, typer.Option(min=1, help="kv-sparse: frames taken in on turn 1.")] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
+    if encoder not in ("dense", "kv-sparse"):
+        raise typer.BadParameter("use dense or kv-sparse", param_hint="--encoder")
     with user_errors():
         run_ask(
             video,
@@ -246,6 +261,8 @@ def ask(
             quantization=quantization,
             store=embedder if store else None,
             first_turn_top=first_turn_top,
+            encoder=encoder,
+            frames=frames,
         )
 
 

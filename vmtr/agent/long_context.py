@@ -1,0 +1,353 @@
+"""Long-context mode of the agent: N frames on turn 1 as bi-level KV; a retrieve makes chunks dense.
+
+    vmtr ask VIDEO QUESTION --encoder kv-sparse --frames N
+
+The same turn protocol and parser as the default agent, with two changes:
+
+- ``prepare`` samples a pool of N frames (spread over the whole video, at most one per decoded
+  frame) and shows all of them on turn 1; with a `SparseVideoLM` they are prefilled chunk by chunk
+  and held as pooled KV;
+- ``select_segment`` sends no new images: the next user message says that frames s..e are now
+  shown in full detail and carries a ``{"type": "dense"}`` control part, which the
+  `SparseVideoLM` turns into dense KV for the chunks of that range.
+
+Given a plain `QwenVideoLM` instead, the same graph is the dense baseline (every frame at full
+detail from the start; control parts are stripped before the model sees them), which is how the
+benchmark compares the two. Kept apart from `vmtr.agent.graph` on purpose: the default graph
+reproduces Video-MTR exactly and should not grow a second mode's branches.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+
+from vmtr.agent import protocol
+from vmtr.agent.ask import AskResult, split_settings
+from vmtr.agent.graph import PoolScorer
+from vmtr.agent.state import AgentInput, AgentState, TurnRecord
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.models.kv_sparse import SparseSettings
+from vmtr.models.sparse_lm import SparseVideoLM, strip_controls
+from vmtr.models.vlm import VideoLM, load_video_lm
+from vmtr.tools import video as video_tools
+
+LIST_LIMIT = 64
+"""Up to this many frames the turn-1 header lists every index, as the protocol does."""
+
+
+def long_pool(info: video_tools.VideoInfo, frames: int) -> list[float]:
+    """N timestamps spread over the whole video (capped by its frame count)."""
+    rate = max(1.0, frames / max(info.duration, 1e-6)) * 1.000001
+    return video_tools.pool_timestamps(info, max_frames=frames, max_fps=rate)
+
+
+def first_message(
+    pool: Sequence[float],
+    question: str,
+    options: Sequence[str] | None,
+    settings: ProtocolSettings,
+    scores: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Turn 1 with every pool frame; a compact header once the list would be long."""
+    shown = list(range(len(pool)))
+    message = protocol.user_message(
+        turn=1,
+        frames=shown,
+        timestamps=list(pool),
+        question=question,
+        options=options,
+        pool_size=len(pool),
+        settings=settings,
+    )
+    if len(shown) > LIST_LIMIT:
+        header = message["content"][0]["text"].splitlines()
+        header[-1] = (
+            f"Here are {len(shown)} frames from the video, frame indices 0 to {len(shown) - 1}:"
+        )
+        message["content"][0]["text"] = "\n".join(header) + "\n"
+    if scores is not None:
+        message["content"].append({"type": "scores", "values": [float(s) for s in scores]})
+    return message
+
+
+def dense_message(
+    turn: int,
+    start: int,
+    end: int,
+    question: str,
+    options: Sequence[str] | None,
+    pool_size: int,
+    settings: ProtocolSettings,
+) -> dict[str, Any]:
+    """The user message after a retrieve: no images, frames s..e now in full detail."""
+    message = protocol.user_message(
+        turn=turn,
+        frames=[],
+        timestamps=[],
+        question=question,
+        options=options,
+        pool_size=pool_size,
+        settings=settings,
+    )
+    head = message["content"][0]["text"].replace(
+        "No new frames are shown this turn.",
+        f"Frames {start} to {end} are now shown in full detail.",
+    )
+    message["content"][0]["text"] = head
+    message["content"].append({"type": "dense", "start": int(start), "end": int(end)})
+    return message
+
+
+def build_long_graph(
+    model: VideoLM,
+    *,
+    frames: int,
+    protocol_settings: ProtocolSettings | None = None,
+    generation: GenerationSettings | None = None,
+    frame_cache: video_tools.FrameCache | None = None,
+    scorer: PoolScorer | None = None,
+    checkpointer: Any = None,
+    name: str = "vmtr-long",
+):
+    """Compile the long-context agent graph around ``model`` (a `SparseVideoLM`, or any
+    `VideoLM` for the dense baseline). ``scorer`` gives per-frame relevance for
+    ``relevance="store"``."""
+    settings = protocol_settings or ProtocolSettings()
+    gen = generation or GenerationSettings()
+    cache = frame_cache if frame_cache is not None else video_tools.FrameCache(max(frames, 256))
+    budget = getattr(model, "pixel_budget", None) or {}
+    sparse = isinstance(model, SparseVideoLM)
+
+    def fetch(video: str, pool: Sequence[float]) -> Callable[[Sequence[int]], list]:
+        def fetch_frames(indices: Sequence[int]) -> list:
+            return cache.get_many(video, [pool[i] for i in indices], **budget)
+
+        return fetch_frames
+
+    def prepare(state: AgentState) -> dict[str, Any]:
+        question = (state.get("question") or "").strip()
+        if not question:
+            raise ValueError("the question is empty")
+        video = str(state["video"])
+        info = video_tools.probe(video)
+        pool = long_pool(info, frames)
+        scores = scorer(video, pool, question) if scorer is not None else None
+        fetch(video, pool)(range(len(pool)))  # decode now so a broken video fails early
+        options = protocol.format_options(state.get("options") or []) or None
+        messages = [
+            protocol.system_message(settings),
+            first_message(pool, question, options, settings, scores),
+        ]
+        return {
+            "run_id": state.get("run_id") or uuid.uuid4().hex,
+            "question": question,
+            "options": options,
+            "duration": info.duration,
+            "pool": pool,
+            "messages": messages,
+            "turn": 1,
+            "pending": None,
+            "answer": None,
+            "done": False,
+        }
+
+    def reason(state: AgentState) -> dict[str, Any]:
+        turn, pool, messages = state["turn"], state["pool"], state["messages"]
+        last = turn >= settings.max_turns
+        shown = protocol.frames_in(messages[-1])
+        dense = [p for p in messages[-1]["content"] if p.get("type") == "dense"]
+        started = time.perf_counter()
+        reply = model.generate(
+            messages if sparse else strip_controls(messages),
+            fetch(state["video"], pool),
+            settings=gen,
+            session=state["run_id"],
+        )
+        action = protocol.parse_reply(
+            reply.text, max_index=len(pool) - 1, options=state.get("options"), last_turn=last
+        )
+        record: TurnRecord = {
+            "turn": turn,
+            "frames": shown,
+            "timestamps": [round(pool[i], 3) for i in shown] if len(shown) <= LIST_LIMIT else [],
+            "raw": reply.text,
+            "action": action.kind,
+            "answer": action.answer if isinstance(action, protocol.Answer) else None,
+            "retrieve": (
+                [action.start, action.end] if isinstance(action, protocol.Retrieve) else None
+            ),
+            "error": action.error if isinstance(action, protocol.Invalid) else None,
+            "error_message": action.message if isinstance(action, protocol.Invalid) else None,
+            "seconds": round(time.perf_counter() - started, 4),
+            "prompt_tokens": reply.prompt_tokens,
+            "new_prompt_tokens": reply.new_prompt_tokens,
+            "completion_tokens": len(reply.token_ids),
+        }
+        if dense:
+            record["dense"] = [dense[0]["start"], dense[0]["end"]]  # type: ignore[typeddict-unknown-key]
+        stats = getattr(model, "last_stats", None)
+        if sparse and stats:
+            record["kv"] = dict(stats)  # type: ignore[typeddict-unknown-key]
+        messages = [*messages, protocol.assistant_message(reply.text)]
+        update: dict[str, Any] = {"messages": messages, "turns": [record]}
+        if isinstance(action, protocol.Answer):
+            update.update(answer=action.answer, done=True, stop_reason="answered")
+        elif isinstance(action, protocol.Retrieve):
+            update["pending"] = [action.start, action.end]
+        elif last:
+            update.update(done=True, stop_reason="budget_exhausted")
+        else:
+            update["turn"] = turn + 1
+            update["messages"] = [
+                *messages,
+                protocol.user_message(
+                    turn=turn + 1,
+                    frames=[],
+                    timestamps=[],
+                    question=state["question"],
+                    options=state.get("options"),
+                    pool_size=len(pool),
+                    settings=settings,
+                    error=action.message,
+                ),
+            ]
+        return update
+
+    def select(state: AgentState) -> dict[str, Any]:
+        start, end = state["pending"]
+        turn = state["turn"] + 1
+        message = dense_message(
+            turn,
+            start,
+            end,
+            state["question"],
+            state.get("options"),
+            len(state["pool"]),
+            settings,
+        )
+        return {"messages": [*state["messages"], message], "turn": turn, "pending": None}
+
+    def finish(state: AgentState) -> dict[str, Any]:
+        model.end_session(state["run_id"])
+        return {"done": True}
+
+    def route(state: AgentState) -> str:
+        if state.get("done"):
+            return "finish"
+        if state.get("pending"):
+            return "select_segment"
+        return "reason"
+
+    builder = StateGraph(AgentState, input_schema=AgentInput)
+    builder.add_node("prepare", prepare)
+    builder.add_node("reason", reason)
+    builder.add_node("select_segment", select)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "prepare")
+    builder.add_edge("prepare", "reason")
+    builder.add_conditional_edges("reason", route, ["finish", "select_segment", "reason"])
+    builder.add_edge("select_segment", "reason")
+    builder.add_edge("finish", END)
+    return builder.compile(checkpointer=checkpointer, name=name)
+
+
+def sparse_model(model: VideoLM, sparse: SparseSettings | None = None) -> VideoLM:
+    """Wrap a `QwenVideoLM` in a `SparseVideoLM` (anything else is returned as is)."""
+    from vmtr.models.qwen import QwenVideoLM
+
+    if isinstance(model, QwenVideoLM):
+        return SparseVideoLM(model, sparse)
+    return model
+
+
+def ask_long(
+    video: str | Path,
+    question: str,
+    options: Sequence[str] | None = None,
+    *,
+    frames: int = 256,
+    model: VideoLM | str | None = None,
+    sparse: SparseSettings | None = None,
+    dense_baseline: bool = False,
+    on_update: Callable[[str, dict[str, Any]], None] | None = None,
+    scorer: PoolScorer | None = None,
+    **settings: Any,
+) -> AskResult:
+    """Answer ``question`` in long-context mode: ``frames`` frames on turn 1 as bi-level KV.
+
+    ``model`` is a loaded `VideoLM` (a `QwenVideoLM` is wrapped in a `SparseVideoLM`) or a model
+    spec; other keywords are `ProtocolSettings`, `GenerationSettings` or `ModelSettings` fields,
+    as for `vmtr.ask`. ``dense_baseline`` runs the same graph without the sparse encoder.
+    """
+    if isinstance(model, str):
+        settings["model"] = model
+        model = None
+    proto, gen, model_settings = split_settings(
+        settings, ProtocolSettings, GenerationSettings, ModelSettings
+    )
+    lm = model if model is not None else load_video_lm(model_settings)
+    if not dense_baseline:
+        lm = sparse_model(lm, sparse)
+    graph = build_long_graph(
+        lm, frames=frames, protocol_settings=proto, generation=gen, scorer=scorer
+    )
+    inputs = {"video": str(video), "question": question, "options": list(options or []) or None}
+    config = {"recursion_limit": 4 * proto.max_turns + 10}
+    state: dict[str, Any] = {}
+    turns: list[TurnRecord] = []
+    for chunk in graph.stream(inputs, config, stream_mode="updates"):
+        for node, update in chunk.items():
+            update = update or {}
+            turns.extend(update.get("turns", []))
+            state.update({k: v for k, v in update.items() if k != "turns"})
+            if on_update is not None:
+                on_update(node, update)
+    return AskResult(
+        answer=state.get("answer"),
+        turns=turns,
+        stop_reason=state.get("stop_reason", "answered"),
+        video=str(video),
+        question=state.get("question", question),
+        options=state.get("options"),
+        duration=state.get("duration", 0.0),
+        pool=state.get("pool", []),
+    )
+
+
+ENCODERS = ("dense", "kv-sparse")
+"""What `vmtr ask --encoder` accepts."""
+
+
+def ask_with_encoder(
+    video: str | Path,
+    question: str,
+    options: Sequence[str] | None = None,
+    *,
+    encoder: str = "dense",
+    frames: int = 256,
+    sparse: SparseSettings | None = None,
+    **kwargs: Any,
+) -> AskResult:
+    """`vmtr.ask` for ``encoder="dense"``, `ask_long` for ``"kv-sparse"`` (the CLI's switch).
+
+    In kv-sparse mode every frame is shown on turn 1, so the frame-choice options of the default
+    agent (``guided_retrieve``, ``first_turn_top``) do not apply; a ``scorer`` (the segment
+    store) then ranks chunks instead (``relevance="store"``) unless ``sparse`` says otherwise.
+    """
+    if encoder == "dense":
+        from vmtr.agent.ask import ask
+
+        return ask(video, question, options, **kwargs)
+    if encoder == "kv-sparse":
+        kwargs.pop("guided_retrieve", None)
+        kwargs.pop("first_turn_top", None)
+        if sparse is None and kwargs.get("scorer") is not None:
+            sparse = SparseSettings(relevance="store")
+        return ask_long(video, question, options, frames=frames, sparse=sparse, **kwargs)
+    raise ValueError(f"unknown encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
