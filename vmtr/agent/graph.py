@@ -121,47 +121,8 @@ def build_graph(
         action = protocol.parse_reply(
             reply.text, max_index=len(pool) - 1, options=state.get("options"), last_turn=last
         )
-        record: TurnRecord = {
-            "turn": turn,
-            "frames": shown,
-            "timestamps": [round(pool[i], 3) for i in shown],
-            "raw": reply.text,
-            "action": action.kind,
-            "answer": action.answer if isinstance(action, protocol.Answer) else None,
-            "retrieve": (
-                [action.start, action.end] if isinstance(action, protocol.Retrieve) else None
-            ),
-            "error": action.error if isinstance(action, protocol.Invalid) else None,
-            "error_message": action.message if isinstance(action, protocol.Invalid) else None,
-            "seconds": round(time.perf_counter() - started, 4),
-            "prompt_tokens": reply.prompt_tokens,
-            "new_prompt_tokens": reply.new_prompt_tokens,
-            "completion_tokens": len(reply.token_ids),
-        }
-        messages = [*messages, protocol.assistant_message(reply.text)]
-        update: dict[str, Any] = {"messages": messages, "turns": [record]}
-        if isinstance(action, protocol.Answer):
-            update.update(answer=action.answer, done=True, stop_reason="answered")
-        elif isinstance(action, protocol.Retrieve):
-            update["pending"] = [action.start, action.end]
-        elif last:
-            update.update(done=True, stop_reason="budget_exhausted")
-        else:
-            update["turn"] = turn + 1
-            update["messages"] = [
-                *messages,
-                protocol.user_message(
-                    turn=turn + 1,
-                    frames=[],
-                    timestamps=[],
-                    question=state["question"],
-                    options=state.get("options"),
-                    pool_size=len(pool),
-                    settings=settings,
-                    error=action.message,
-                ),
-            ]
-        return update
+        record = turn_record(turn, shown, pool, reply, action, started)
+        return after_reply(state, action, reply.text, record, settings)
 
     def select(state: AgentState) -> dict[str, Any]:
         start, end = state["pending"]
@@ -202,6 +163,74 @@ def build_graph(
     builder.add_edge("select_segment", "reason")
     builder.add_edge("finish", END)
     return builder.compile(checkpointer=checkpointer, name=name)
+
+
+def turn_record(
+    turn: int,
+    shown: Sequence[int],
+    pool: Sequence[float],
+    reply: Any,
+    action: protocol.Action,
+    started: float,
+    *,
+    list_limit: int | None = None,
+) -> TurnRecord:
+    """The trace of one turn. ``list_limit`` drops the timestamp list when a turn shows more
+    frames than that (long-context mode), keeping records small."""
+    timestamps = [round(pool[i], 3) for i in shown]
+    if list_limit is not None and len(shown) > list_limit:
+        timestamps = []
+    return {
+        "turn": turn,
+        "frames": list(shown),
+        "timestamps": timestamps,
+        "raw": reply.text,
+        "action": action.kind,
+        "answer": action.answer if isinstance(action, protocol.Answer) else None,
+        "retrieve": [action.start, action.end] if isinstance(action, protocol.Retrieve) else None,
+        "error": action.error if isinstance(action, protocol.Invalid) else None,
+        "error_message": action.message if isinstance(action, protocol.Invalid) else None,
+        "seconds": round(time.perf_counter() - started, 4),
+        "prompt_tokens": reply.prompt_tokens,
+        "new_prompt_tokens": reply.new_prompt_tokens,
+        "completion_tokens": len(reply.token_ids),
+    }
+
+
+def after_reply(
+    state: AgentState,
+    action: protocol.Action,
+    text: str,
+    record: TurnRecord,
+    settings: ProtocolSettings,
+) -> dict[str, Any]:
+    """The state update after a reply: end on an answer or a spent budget, queue a retrieve, or
+    explain an invalid reply in a new user turn that shows no frames."""
+    turn = state["turn"]
+    messages = [*state["messages"], protocol.assistant_message(text)]
+    update: dict[str, Any] = {"messages": messages, "turns": [record]}
+    if isinstance(action, protocol.Answer):
+        update.update(answer=action.answer, done=True, stop_reason="answered")
+    elif isinstance(action, protocol.Retrieve):
+        update["pending"] = [action.start, action.end]
+    elif turn >= settings.max_turns:
+        update.update(done=True, stop_reason="budget_exhausted")
+    else:
+        update["turn"] = turn + 1
+        update["messages"] = [
+            *messages,
+            protocol.user_message(
+                turn=turn + 1,
+                frames=[],
+                timestamps=[],
+                question=state["question"],
+                options=state.get("options"),
+                pool_size=len(state["pool"]),
+                settings=settings,
+                error=action.message,
+            ),
+        ]
+    return update
 
 
 class _GraphState(AgentState, total=False):

@@ -29,7 +29,7 @@ from langgraph.graph import END, START, StateGraph
 
 from vmtr.agent import protocol
 from vmtr.agent.ask import AskResult, split_settings
-from vmtr.agent.graph import PoolScorer
+from vmtr.agent.graph import PoolScorer, after_reply, turn_record
 from vmtr.agent.state import AgentInput, AgentState, TurnRecord
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.kv_sparse import SparseSettings
@@ -172,52 +172,13 @@ def build_long_graph(
         action = protocol.parse_reply(
             reply.text, max_index=len(pool) - 1, options=state.get("options"), last_turn=last
         )
-        record: TurnRecord = {
-            "turn": turn,
-            "frames": shown,
-            "timestamps": [round(pool[i], 3) for i in shown] if len(shown) <= LIST_LIMIT else [],
-            "raw": reply.text,
-            "action": action.kind,
-            "answer": action.answer if isinstance(action, protocol.Answer) else None,
-            "retrieve": (
-                [action.start, action.end] if isinstance(action, protocol.Retrieve) else None
-            ),
-            "error": action.error if isinstance(action, protocol.Invalid) else None,
-            "error_message": action.message if isinstance(action, protocol.Invalid) else None,
-            "seconds": round(time.perf_counter() - started, 4),
-            "prompt_tokens": reply.prompt_tokens,
-            "new_prompt_tokens": reply.new_prompt_tokens,
-            "completion_tokens": len(reply.token_ids),
-        }
+        record = turn_record(turn, shown, pool, reply, action, started, list_limit=LIST_LIMIT)
         if dense:
             record["dense"] = [dense[0]["start"], dense[0]["end"]]  # type: ignore[typeddict-unknown-key]
         stats = getattr(model, "last_stats", None)
         if sparse and stats:
             record["kv"] = dict(stats)  # type: ignore[typeddict-unknown-key]
-        messages = [*messages, protocol.assistant_message(reply.text)]
-        update: dict[str, Any] = {"messages": messages, "turns": [record]}
-        if isinstance(action, protocol.Answer):
-            update.update(answer=action.answer, done=True, stop_reason="answered")
-        elif isinstance(action, protocol.Retrieve):
-            update["pending"] = [action.start, action.end]
-        elif last:
-            update.update(done=True, stop_reason="budget_exhausted")
-        else:
-            update["turn"] = turn + 1
-            update["messages"] = [
-                *messages,
-                protocol.user_message(
-                    turn=turn + 1,
-                    frames=[],
-                    timestamps=[],
-                    question=state["question"],
-                    options=state.get("options"),
-                    pool_size=len(pool),
-                    settings=settings,
-                    error=action.message,
-                ),
-            ]
-        return update
+        return after_reply(state, action, reply.text, record, settings)
 
     def select(state: AgentState) -> dict[str, Any]:
         start, end = state["pending"]
