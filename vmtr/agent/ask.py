@@ -89,8 +89,20 @@ def ask(
         guided_retrieve=guided_retrieve,
         first_turn_top=first_turn_top,
     )
+    return run_graph(graph, video, question, options, proto.max_turns, on_update)
+
+
+def run_graph(
+    graph: Any,
+    video: str | Path,
+    question: str,
+    options: Sequence[str] | None,
+    max_turns: int,
+    on_update: Callable[[str, dict[str, Any]], None] | None = None,
+) -> AskResult:
+    """Stream a compiled agent graph over one question and collect its result and trace."""
     inputs = {"video": str(video), "question": question, "options": list(options or []) or None}
-    config = {"recursion_limit": 4 * proto.max_turns + 10}
+    config = {"recursion_limit": 4 * max_turns + 10}
     state: dict[str, Any] = {}
     turns: list[TurnRecord] = []
     for chunk in graph.stream(inputs, config, stream_mode="updates"):

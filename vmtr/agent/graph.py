@@ -91,18 +91,7 @@ def build_graph(
                 settings=settings,
             ),
         ]
-        update: dict[str, Any] = {
-            "run_id": state.get("run_id") or uuid.uuid4().hex,
-            "question": question,
-            "options": options,
-            "duration": info.duration,
-            "pool": pool,
-            "messages": messages,
-            "turn": 1,
-            "pending": None,
-            "answer": None,
-            "done": False,
-        }
+        update = fresh_episode(state, question, options, info.duration, pool, messages)
         if scores is not None:
             update["pool_scores"] = [float(s) for s in scores]
         return update
@@ -163,6 +152,29 @@ def build_graph(
     builder.add_edge("select_segment", "reason")
     builder.add_edge("finish", END)
     return builder.compile(checkpointer=checkpointer, name=name)
+
+
+def fresh_episode(
+    state: AgentState,
+    question: str,
+    options: list[str] | None,
+    duration: float,
+    pool: list[float],
+    messages: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The state a `prepare` node starts an episode with (turn 1, nothing answered yet)."""
+    return {
+        "run_id": state.get("run_id") or uuid.uuid4().hex,
+        "question": question,
+        "options": options,
+        "duration": duration,
+        "pool": pool,
+        "messages": messages,
+        "turn": 1,
+        "pending": None,
+        "answer": None,
+        "done": False,
+    }
 
 
 def turn_record(

@@ -20,7 +20,6 @@ reproduces Video-MTR exactly and should not grow a second mode's branches.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 
 from vmtr.agent import protocol
-from vmtr.agent.ask import AskResult, split_settings
-from vmtr.agent.graph import PoolScorer, after_reply, turn_record
-from vmtr.agent.state import AgentInput, AgentState, TurnRecord
+from vmtr.agent.ask import AskResult, run_graph, split_settings
+from vmtr.agent.graph import PoolScorer, after_reply, fresh_episode, turn_record
+from vmtr.agent.state import AgentInput, AgentState
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.kv_sparse import SparseSettings
 from vmtr.models.sparse_lm import SparseVideoLM, strip_controls
@@ -144,18 +143,7 @@ def build_long_graph(
             protocol.system_message(settings),
             first_message(pool, question, options, settings, scores),
         ]
-        return {
-            "run_id": state.get("run_id") or uuid.uuid4().hex,
-            "question": question,
-            "options": options,
-            "duration": info.duration,
-            "pool": pool,
-            "messages": messages,
-            "turn": 1,
-            "pending": None,
-            "answer": None,
-            "done": False,
-        }
+        return fresh_episode(state, question, options, info.duration, pool, messages)
 
     def reason(state: AgentState) -> dict[str, Any]:
         turn, pool, messages = state["turn"], state["pool"], state["messages"]
@@ -258,27 +246,7 @@ def ask_long(
     graph = build_long_graph(
         lm, frames=frames, protocol_settings=proto, generation=gen, scorer=scorer
     )
-    inputs = {"video": str(video), "question": question, "options": list(options or []) or None}
-    config = {"recursion_limit": 4 * proto.max_turns + 10}
-    state: dict[str, Any] = {}
-    turns: list[TurnRecord] = []
-    for chunk in graph.stream(inputs, config, stream_mode="updates"):
-        for node, update in chunk.items():
-            update = update or {}
-            turns.extend(update.get("turns", []))
-            state.update({k: v for k, v in update.items() if k != "turns"})
-            if on_update is not None:
-                on_update(node, update)
-    return AskResult(
-        answer=state.get("answer"),
-        turns=turns,
-        stop_reason=state.get("stop_reason", "answered"),
-        video=str(video),
-        question=state.get("question", question),
-        options=state.get("options"),
-        duration=state.get("duration", 0.0),
-        pool=state.get("pool", []),
-    )
+    return run_graph(graph, video, question, options, proto.max_turns, on_update)
 
 
 ENCODERS = ("dense", "kv-sparse")
