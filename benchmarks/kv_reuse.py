@@ -117,9 +117,10 @@ def main() -> None:
     fetch = frames_for(args.frame_px)
     episode(reuse, fetch, "warmup", 2)
     runs: dict[str, list[list[float]]] = {"reuse": [], "recompute": []}
-    for r in range(args.repeats):  # alternate so drift in machine load hits both alike
-        runs["reuse"].append(episode(reuse, fetch, f"a{r}", args.new_tokens))
-        runs["recompute"].append(episode(recompute, fetch, f"b{r}", args.new_tokens))
+    for r in range(args.repeats):  # alternate (and swap the order) so drift hits both alike
+        order = [("reuse", reuse), ("recompute", recompute)]
+        for name, lm in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(episode(lm, fetch, f"{name}{r}", args.new_tokens))
     print(
         f"model: {params:.1f} M params, frames {args.frame_px}px, "
         f"{args.new_tokens} new tokens per turn, {args.repeats} repeats (median)"
