@@ -130,6 +130,24 @@ def build_graph(
         )
         return {"messages": [*state["messages"], message], "turn": turn, "pending": None}
 
+    return compile_agent(
+        _GraphState, model, prepare, reason, select, checkpointer=checkpointer, name=name
+    )
+
+
+def compile_agent(
+    state_schema: type,
+    model: VideoLM,
+    prepare: Callable[[Any], dict[str, Any]],
+    reason: Callable[[Any], dict[str, Any]],
+    select: Callable[[Any], dict[str, Any]],
+    *,
+    checkpointer: Any = None,
+    name: str = "vmtr",
+):
+    """Wire prepare -> reason -> (select_segment -> reason)* -> finish, routing on the state's
+    ``done`` and ``pending``; every agent graph (standard, long-context) shares this shape."""
+
     def finish(state: AgentState) -> dict[str, Any]:
         model.end_session(state["run_id"])
         return {"done": True}
@@ -141,7 +159,7 @@ def build_graph(
             return "select_segment"
         return "reason"
 
-    builder = StateGraph(_GraphState, input_schema=AgentInput)
+    builder = StateGraph(state_schema, input_schema=AgentInput)
     builder.add_node("prepare", prepare)
     builder.add_node("reason", reason)
     builder.add_node("select_segment", select)

@@ -24,12 +24,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
-
 from vmtr.agent import protocol
 from vmtr.agent.ask import AskResult, run_graph, split_settings
-from vmtr.agent.graph import PoolScorer, after_reply, fresh_episode, turn_record
-from vmtr.agent.state import AgentInput, AgentState
+from vmtr.agent.graph import (
+    PoolScorer,
+    after_reply,
+    compile_agent,
+    fresh_episode,
+    turn_record,
+)
+from vmtr.agent.state import AgentState
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.kv_sparse import SparseSettings
 from vmtr.models.sparse_lm import SparseVideoLM, strip_controls
@@ -182,28 +186,9 @@ def build_long_graph(
         )
         return {"messages": [*state["messages"], message], "turn": turn, "pending": None}
 
-    def finish(state: AgentState) -> dict[str, Any]:
-        model.end_session(state["run_id"])
-        return {"done": True}
-
-    def route(state: AgentState) -> str:
-        if state.get("done"):
-            return "finish"
-        if state.get("pending"):
-            return "select_segment"
-        return "reason"
-
-    builder = StateGraph(AgentState, input_schema=AgentInput)
-    builder.add_node("prepare", prepare)
-    builder.add_node("reason", reason)
-    builder.add_node("select_segment", select)
-    builder.add_node("finish", finish)
-    builder.add_edge(START, "prepare")
-    builder.add_edge("prepare", "reason")
-    builder.add_conditional_edges("reason", route, ["finish", "select_segment", "reason"])
-    builder.add_edge("select_segment", "reason")
-    builder.add_edge("finish", END)
-    return builder.compile(checkpointer=checkpointer, name=name)
+    return compile_agent(
+        AgentState, model, prepare, reason, select, checkpointer=checkpointer, name=name
+    )
 
 
 def sparse_model(model: VideoLM, sparse: SparseSettings | None = None) -> VideoLM:
