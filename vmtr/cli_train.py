@@ -52,6 +52,15 @@ def sft(
     eval_items: Annotated[
         int, typer.Option(min=0, help="Items held out of training and asked at the end.")
     ] = 40,
+    eval_every: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Also evaluate every N steps and keep the best model in best/ (0: off)."
+        ),
+    ] = 0,
+    keep_checkpoints: Annotated[
+        int, typer.Option(min=1, help="How many of the newest checkpoints to keep.")
+    ] = 2,
     retrieve_block: Annotated[
         int,
         typer.Option(
@@ -79,6 +88,8 @@ def sft(
             seed=seed,
             save_every=save_every,
             eval_items=eval_items,
+            eval_every=eval_every,
+            keep_checkpoints=keep_checkpoints,
             retrieve_block=retrieve_block,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))

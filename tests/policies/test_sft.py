@@ -108,6 +108,24 @@ def test_think_text_only_names_needles_that_were_shown(cached) -> None:
                 assert (named in text) == (needle["pool_index"] in shown)
 
 
+def test_think_text_names_only_border_frames_that_were_shown(cached) -> None:
+    for c, traj in _trajectories(cached, n_seeds=3):
+        first, last = c.item.extra["cue_pool_indices"]
+        shown: set[int] = set()
+        users = [m for m in traj.messages if m["role"] == "user"]
+        replies = [m for m in traj.messages if m["role"] == "assistant"]
+        for user, reply in zip(users, replies, strict=True):
+            shown |= set(protocol.frames_in(user))
+            framed = sorted(i for i in shown if first <= i <= last)
+            text = reply["content"][0]["text"]
+            if not framed:
+                assert text.startswith("<think>No border.")
+            elif len(framed) == 1:
+                assert text.startswith(f"<think>Border: frame {framed[0]}.")
+            else:
+                assert text.startswith(f"<think>Border: frames {framed[0]} to {framed[-1]}.")
+
+
 def test_retrieve_ranges_are_random_not_the_oracle(cached) -> None:
     ranges, hits = [], 0
     for c, traj in _trajectories(cached, n_seeds=10):
@@ -282,3 +300,17 @@ def test_block_ranges_are_aligned_and_cover_the_pool() -> None:
     assert ranges == {(s, min(59, s + 7)) for s in range(0, 60, 8)}
     free = {sft.random_range(rng, 60, (8, 16)) for _ in range(400)}
     assert all(8 <= e - s + 1 <= 16 and 0 <= s <= e <= 59 for s, e in free)
+
+
+def test_periodic_eval_keeps_the_best_model(data_dir: Path, tmp_path: Path) -> None:
+    config = _config(data_dir, tmp_path, steps=2).model_copy(update={"eval_every": 1})
+    recipe = sft.SFTRecipe(config, log=lambda _: None)
+    recipe.setup()
+    scores = iter([0.5, 0.25])
+    recipe.evaluate = lambda: {"accuracy": next(scores)}  # type: ignore[method-assign]
+    recipe.train()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["eval"]["accuracy"] for r in log if "eval" in r] == [0.5, 0.25]
+    best = json.loads((tmp_path / "best" / "vmtr_best.json").read_text())
+    assert best["step"] == 1  # the dip at step 2 did not replace it
+    assert (tmp_path / "best" / "config.json").exists()

@@ -7,8 +7,9 @@ protocol code the agent runs (`vmtr.agent.protocol` prompts and frame labels, th
 `select_segment` frame rules, `parse_reply` round-trips) and trains on the assistant's tokens
 only. The labels are written to be honest about what the frames show:
 
-- the reply's ``<think>`` lists the needles visible in the frames shown so far (from the
-  generator's ground truth), or says none were seen;
+- the reply's ``<think>`` says which of the frames shown so far carried the border (the cue)
+  and lists the needles visible in them (from the generator's ground truth), or says none were
+  seen;
 - the model answers as soon as the evidence the question needs has been shown (the one needle
   for colour and shape questions, every needle for order and count questions);
 - otherwise it retrieves a **random** range: where to look is left for RL to learn, so the
@@ -84,6 +85,12 @@ class SFTConfig(BaseModel):
     save_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_items: int = Field(40, ge=0, description="Items held out of training, asked at the end.")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Also ask the held-out items every N steps (0: only at the end) and keep "
+        "the most accurate model so far in best/: small models trained briefly peak and dip.",
+    )
     single_turn_share: float = Field(
         0.5, ge=0, le=1, description="Share of one-turn trajectories (half 16, half 32 frames)."
     )
@@ -132,13 +139,36 @@ def needles_of(item: QAItem) -> list[dict[str, Any]]:
     return needles
 
 
-def describe_seen(needles: Sequence[dict[str, Any]], seen: set[int]) -> str:
-    """What the frames shown so far reveal, in pool order: the honest part of every reply."""
+def describe_needles(needles: Sequence[dict[str, Any]], seen: set[int]) -> str:
+    """The needles among the frames shown so far, in pool order."""
     visible = sorted((n for n in needles if n["pool_index"] in seen), key=lambda n: n["pool_index"])
     if not visible:
         return "Seen: no shapes."
     listed = ", ".join(f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible)
     return f"Seen: {listed}."
+
+
+def describe_border(cue: Sequence[int] | None, seen: set[int]) -> str:
+    """Where the border (the cue) showed among the frames shown so far; empty if unknown.
+
+    This is reading, not aiming: it names only frames the model was shown, and it is the
+    evidence an RL-trained policy can learn to aim its retrieves from.
+    """
+    if not cue:
+        return ""
+    framed = sorted(i for i in seen if cue[0] <= i <= cue[1])
+    if not framed:
+        return "No border. "
+    if len(framed) == 1:
+        return f"Border: frame {framed[0]}. "
+    return f"Border: frames {framed[0]} to {framed[-1]}. "
+
+
+def describe_seen(item: QAItem, seen: set[int]) -> str:
+    """What the frames shown so far reveal: the honest part of every reply."""
+    return describe_border(item.extra.get("cue_pool_indices"), seen) + describe_needles(
+        needles_of(item), seen
+    )
 
 
 def answer_reply(seen_text: str, letter: str, guess: bool) -> str:
@@ -205,7 +235,7 @@ def plan_trajectory(
         )
         seen |= set(frames)
         last = turn == settings.max_turns
-        seen_text = describe_seen(needles, seen)
+        seen_text = describe_seen(item, seen)
         if needed <= seen or last:
             guess = not needed <= seen
             reply = answer_reply(seen_text, item.answer, guess)
@@ -429,11 +459,10 @@ def corpus_texts(items: Sequence[QAItem], n: int = 300, seed: int = 0) -> list[s
     for item in rng.sample(list(items), min(n, len(items))):
         texts.append(item.question)
         texts.extend(item.options)
-        needles = needles_of(item)
-        seen = {x["pool_index"] for x in needles}
-        described = describe_seen(needles, seen)
+        seen = {x["pool_index"] for x in needles_of(item)}
+        described = describe_seen(item, seen)
         texts.append(answer_reply(described, item.answer or "A", rng.random() < 0.3))
-        texts.append(retrieve_reply(describe_seen(needles, set()), 3, 17))
+        texts.append(retrieve_reply(describe_seen(item, set(range(2, 40, 3))), 3, 17))
     return texts
 
 
@@ -642,7 +671,31 @@ class SFTRecipe:
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
+                if cfg.eval_every and self.eval_items and self.step % cfg.eval_every == 0:
+                    log_file.write(
+                        json.dumps({"step": self.step, "eval": self.track_best()}) + "\n"
+                    )
+                    log_file.flush()
         bar.close()
+
+    def track_best(self) -> dict[str, Any]:
+        """Evaluate now; save to best/ when held-out accuracy beats every earlier evaluation.
+
+        Ties go to the later model, which has trained longer. The best score is read back from
+        best/ so a resumed run keeps comparing against it.
+        """
+        result = self.evaluate()
+        marker = self.cfg.out / "best" / "vmtr_best.json"
+        best = json.loads(marker.read_text())["eval"]["accuracy"] if marker.exists() else -1.0
+        if result["accuracy"] >= best:
+            self.save(self.cfg.out / "best")
+            marker.write_text(json.dumps({"step": self.step, "eval": result}, indent=2) + "\n")
+            self.log(f"step {self.step}: held-out accuracy {result['accuracy']:.1%}, new best")
+        else:
+            self.log(
+                f"step {self.step}: held-out accuracy {result['accuracy']:.1%} (best {best:.1%})"
+            )
+        return result
 
     # -- save -----------------------------------------------------------------------------------
 
@@ -706,7 +759,7 @@ def reads_first_turn(item: QAItem, turns: Sequence[dict[str, Any]]) -> bool | No
     shown = set(turns[0].get("frames", []))
     if not any(n["pool_index"] in shown for n in needles):
         return None
-    return f"<think>{describe_seen(needles, shown)}" in turns[0].get("raw", "")
+    return describe_needles(needles, shown) in turns[0].get("raw", "")
 
 
 def evaluate_items(
