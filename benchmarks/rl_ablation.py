@@ -1,153 +1,181 @@
-"""The Video-MTR ablation in miniature: warm start vs RL with three reward designs.
+"""The Video-MTR ablation in miniature: single-turn, warm start, and RL with three reward designs.
 
-    python benchmarks/rl_ablation.py --start runs/tiny/sft/final --train runs/tiny/data/train-s1000 \
-        --heldout runs/heldout-s5000 [--steps 30] [--n 200] [--out runs/ablation]
+    python benchmarks/rl_ablation.py --start tiny --train runs/tiny/data/train-s1001 \\
+        [--heldout runs/table/heldout-s5000] [--n 200] [--steps 20] [--parallel 2] [--out runs/ablation]
 
 Every arm starts from the same warm-started checkpoint and runs the same `vmtr train rl` recipe
-(GRPO, same seed, same steps), differing only in the reward:
+(GRPO, same seed, same steps, same data), differing only in the reward:
 - answer only: ``--no-frame-reward`` (format + answer terms);
 - gated bi-level: the released code's reward (frame terms only count with a right answer);
 - bi-level without the gate: ``--no-gate``.
-Then each checkpoint, and the warm start (single-turn 16 frames and multi-turn), is evaluated
-with `vmtr eval synthetic` (greedy) on the held-out set. It prints a Markdown table of accuracy,
-mean turns, retrieve rate and mean frames seen. Everything goes through the CLI, so each row can
-be re-run by hand; both commands resume, so an interrupted ablation picks up where it stopped.
+The warm start is asked single-turn (16 and 32 uniform frames) and multi-turn, each RL checkpoint
+multi-turn, all greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
+evaluation (`vmtr.ask` in worker processes). It prints a Markdown table of accuracy, mean turns,
+retrieve rate and mean frames seen. Per-item results are JSONL files under ``--out`` and RL runs
+resume from their checkpoints, so an interrupted ablation picks up where it stopped. With the
+defaults the held-out set and the warm start's rows are the ones `synthetic_table.py` makes, so
+the two tables share them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic_table import (  # noqa: E402
+    SETTINGS,
+    chance_row,
+    evaluate_model,
+    load_items,
+    markdown,
+    summary_row,
+)
 
 ARMS = {
     "RL, answer reward only": ["--no-frame-reward"],
     "RL, gated bi-level reward": [],
     "RL, bi-level reward, no gate": ["--no-gate"],
 }
+MULTI = "multi-turn (16 + 8 + 8, 3 turns)"
 
 
-def vmtr(*args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "vmtr.cli", *args]
-    print("$ vmtr " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
-def evaluate(model: str, heldout: Path, out: Path, n: int, extra: list[str]) -> dict:
-    vmtr(
-        "eval",
-        "synthetic",
+def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "vmtr.cli",
+        "train",
+        "rl",
         "--data",
-        str(heldout),
-        "--output",
-        str(out),
+        str(args.train / "annotations.json"),
+        "--out",
+        str(run_dir),
         "--model",
-        model,
-        "--limit",
-        str(n),
-        "--batch-size",
-        "4",
-        "--json",
-        *extra,
-    )
-    results = json.loads((out / "results.json").read_text())
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    scored = [s for s in samples if s.get("status") != "error"]
-    retrieved = [any(t["action"] == "retrieve" for t in s.get("turns", [])) for s in scored]
-    results["retrieve_rate"] = sum(retrieved) / max(len(scored), 1)
-    return results
+        args.start,
+        "--algo",
+        "grpo",
+        "--steps",
+        str(args.steps),
+        "--prompts-per-step",
+        str(args.prompts),
+        "--samples-per-prompt",
+        str(args.samples),
+        "--actor-lr",
+        str(args.lr),
+        "--temperature",
+        str(args.temperature),
+        "--top-p",
+        "1.0",
+        "--kl-coef",
+        str(args.kl_coef),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--save-every",
+        str(args.save_every),
+        "--seed",
+        str(args.seed),
+        *flags,
+    ]
+
+
+def train_arms(args: argparse.Namespace) -> dict[str, Path]:
+    """Run the RL arms (``--parallel`` at a time, one thread each); return their checkpoints."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    checkpoints, pending = {}, []
+    for name, flags in ARMS.items():
+        slug = name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
+        run_dir = args.out / f"rl-{slug}"
+        checkpoints[name] = run_dir / f"checkpoint-{args.steps}"
+        if not (checkpoints[name] / "config.json").exists():
+            pending.append((name, run_dir, flags))
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name, run_dir, flags = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            print(f"training arm: {name}", file=sys.stderr, flush=True)
+            log = (run_dir / "train.log").open("a")
+            running.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        rl_command(args, run_dir, flags), env=env, stdout=log, stderr=log
+                    ),
+                )
+            )
+        time.sleep(5)
+        for entry in list(running):
+            name, proc = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                if proc.returncode:
+                    sys.exit(
+                        f"error: RL arm '{name}' failed (exit {proc.returncode}); see its train.log"
+                    )
+    return checkpoints
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--start", required=True, help="Warm-started checkpoint folder.")
-    parser.add_argument("--train", type=Path, required=True, help="Training split folder.")
-    parser.add_argument("--heldout", type=Path, required=True, help="Held-out split folder.")
+    parser.add_argument("--start", default="tiny", help="Warm-started checkpoint (or tiny).")
+    parser.add_argument("--train", type=Path, required=True, help="RL training split folder.")
+    parser.add_argument("--heldout", type=Path, default=Path("runs/table/heldout-s5000"))
+    parser.add_argument("--heldout-seed", type=int, default=5000)
+    parser.add_argument("--heldout-minutes", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--kl-coef", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=10)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=2, help="RL arms trained at once.")
+    parser.add_argument("--workers", type=int, default=2, help="Evaluation processes.")
     args = parser.parse_args()
 
-    if not (args.heldout / "annotations.json").exists():
-        vmtr(
-            "synth",
-            str(args.heldout),
-            "--n",
-            str(args.n),
-            "--seed",
-            "5000",
-            "--minutes",
-            "1",
-            "--workers",
-            "2",
-        )
-    rows = []
-    base = evaluate(
+    items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
+    started = time.perf_counter()
+    tag = Path(args.start).name if args.start != "tiny" else "tiny"
+    warm, _ = evaluate_model(
         args.start,
-        args.heldout,
-        args.out / "eval-warm-single",
-        args.n,
-        ["--mode", "single-turn", "--frames", "16"],
+        items,
+        list(SETTINGS),
+        args.heldout / f"results-{tag}.jsonl",
+        args.workers,
+        args.max_new_tokens,
     )
-    rows.append(("warm start, single-turn 16 frames", base))
-    rows.append(
-        (
-            "warm start, multi-turn",
-            evaluate(args.start, args.heldout, args.out / "eval-warm-multi", args.n, []),
+    table = [chance_row(items)]
+    for setting in SETTINGS:
+        table.append(
+            summary_row([r for r in warm if r["setting"] == setting], f"warm start, {setting}")
         )
-    )
-    for name, flags in ARMS.items():
-        slug = name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
-        run_dir = args.out / f"rl-{slug}"
-        vmtr(
-            "train",
-            "rl",
-            "--data",
-            str(args.train / "annotations.json"),
-            "--out",
-            str(run_dir),
-            "--model",
-            args.start,
-            "--algo",
-            "grpo",
-            "--steps",
-            str(args.steps),
-            "--prompts-per-step",
-            str(args.prompts),
-            "--samples-per-prompt",
-            str(args.samples),
-            "--actor-lr",
-            str(args.lr),
-            "--max-new-tokens",
-            str(args.max_new_tokens),
-            "--save-every",
-            str(args.steps),
-            *flags,
+    for name, checkpoint in train_arms(args).items():
+        rows, _ = evaluate_model(
+            str(checkpoint),
+            items,
+            [MULTI],
+            checkpoint.parent / "heldout.jsonl",
+            args.workers,
+            args.max_new_tokens,
         )
-        checkpoint = run_dir / f"checkpoint-{args.steps}"
-        rows.append(
-            (name, evaluate(str(checkpoint), args.heldout, args.out / f"eval-{slug}", args.n, []))
-        )
+        table.append(summary_row(rows, f"{name}, {MULTI}"))
     print(
-        f"\nHeld-out synthetic set: {args.n} items; RL: GRPO, {args.steps} steps x "
-        f"{args.prompts} prompts x {args.samples} samples, lr {args.lr}\n"
+        f"Held-out synthetic set: {len(items)} items ({args.heldout}); warm start {args.start}; "
+        f"RL: GRPO, {args.steps} steps x {args.prompts} prompts x {args.samples} samples, "
+        f"lr {args.lr}, temperature {args.temperature}, seed {args.seed}; "
+        f"{time.perf_counter() - started:.0f} s.\n"
     )
-    print("| setting | accuracy | mean turns | retrieve rate | mean frames |")
-    print("|---|---|---|---|---|")
-    print("| chance | 25.0 % | - | - | 0 |")
-    for name, r in rows:
-        print(
-            f"| {name} | {100 * r['accuracy']:.1f} % | {r['mean_turns']:.2f} | "
-            f"{100 * r['retrieve_rate']:.0f} % | {r['mean_frames']:.1f} |"
-        )
+    print(markdown(table))
 
 
 if __name__ == "__main__":

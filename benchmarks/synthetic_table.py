@@ -70,6 +70,7 @@ def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[st
         "frames": len(result.frames_seen),
         "turns": len(result.turns),
         "invalid": sum(t["action"] == "invalid" for t in result.turns),
+        "retrieved": any(t["action"] == "retrieve" for t in result.turns),
         "stop_reason": result.stop_reason,
         # Did the first reply name exactly the needles its frames showed? (None: none shown.)
         "reads": reads_first_turn(
@@ -105,45 +106,90 @@ def load_items(folder: Path, n: int, seed: int, minutes: float) -> list[dict[str
     ]
 
 
+def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """Accuracy, frames, turns, retrieve rate and invalid replies over ``rows`` (one setting)."""
+    n = len(rows)
+    return {
+        "setting": label,
+        "accuracy": sum(r["correct"] for r in rows) / n,
+        "frames": sum(r["frames"] for r in rows) / n,
+        "turns": sum(r["turns"] for r in rows) / n,
+        "invalid": sum(r["invalid"] for r in rows) / n,
+        "retrieve_rate": sum(bool(r.get("retrieved")) for r in rows) / n,
+        "n": n,
+        "reads": [r["reads"] for r in rows if r.get("reads") is not None],
+    }
+
+
+def chance_row(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Expected accuracy of a uniform guess over each item's options."""
+    chance = sum(1 / len(it["options"]) for it in items) / len(items)
+    return {"setting": "chance", "accuracy": chance, "frames": 0.0, "turns": 0.0, "n": len(items)}
+
+
 def summarise(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One table row per setting, chance first."""
-    chance = sum(1 / len(it["options"]) for it in items) / len(items)
-    table = [
-        {"setting": "chance", "accuracy": chance, "frames": 0.0, "turns": 0.0, "n": len(items)}
-    ]
+    table = [chance_row(items)]
     for setting in SETTINGS:
         mine = [r for r in rows if r["setting"] == setting]
-        if not mine:
-            continue
-        n = len(mine)
-        table.append(
-            {
-                "setting": setting,
-                "accuracy": sum(r["correct"] for r in mine) / n,
-                "frames": sum(r["frames"] for r in mine) / n,
-                "turns": sum(r["turns"] for r in mine) / n,
-                "invalid": sum(r["invalid"] for r in mine) / n,
-                "n": n,
-                "reads": [r["reads"] for r in mine if r.get("reads") is not None],
-            }
-        )
+        if mine:
+            table.append(summary_row(mine, setting))
     return table
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
     """The table as the README shows it."""
     lines = [
-        "| Setting | Accuracy | Mean frames seen | Mean turns | Invalid replies / item | Items |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| Setting | Accuracy | Mean frames seen | Mean turns | Retrieve rate | Invalid replies / item | Items |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table:
         invalid = f"{row['invalid']:.2f}" if "invalid" in row else "–"
         turns = f"{row['turns']:.2f}" if row["turns"] else "–"
+        retrieves = f"{row['retrieve_rate']:.0%}" if "retrieve_rate" in row else "–"
         lines.append(
             f"| {row['setting']} | {row['accuracy']:.1%} | {row['frames']:.1f} | {turns} | "
-            f"{invalid} | {row['n']} |"
+            f"{retrieves} | {invalid} | {row['n']} |"
         )
     return "\n".join(lines)
+
+
+def evaluate_model(
+    model: str,
+    items: list[dict[str, Any]],
+    settings: list[str],
+    results: Path,
+    workers: int = 2,
+    max_new_tokens: int = 96,
+) -> tuple[list[dict[str, Any]], int]:
+    """Per-item rows of ``model`` under each named setting, resuming from ``results`` (JSONL).
+
+    Returns the rows of these items and settings, and how many runs were new.
+    """
+    done: list[dict[str, Any]] = []
+    if results.exists():
+        done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    finished = {(r["setting"], r["id"]) for r in done}
+    jobs = [(s, it) for s in settings for it in items if (s, it["id"]) not in finished]
+    if jobs:
+        from tqdm import tqdm
+
+        results.parent.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")
+        with (
+            ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_init_worker, initargs=(model,)
+            ) as pool,
+            results.open("a", encoding="utf-8") as sink,
+        ):
+            futures = [pool.submit(_run_one, s, it, max_new_tokens) for s, it in jobs]
+            for future in tqdm(as_completed(futures), total=len(futures), file=sys.stderr):
+                row = future.result()
+                done.append(row)
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+    wanted = {it["id"] for it in items}
+    return [r for r in done if r["id"] in wanted and r["setting"] in settings], len(jobs)
 
 
 def main() -> None:
@@ -162,35 +208,16 @@ def main() -> None:
     items = load_items(args.data, args.n, args.seed, args.minutes)
     model_tag = Path(args.model).name if args.model != "tiny" else "tiny"
     results = args.results or args.data / f"results-{model_tag}.jsonl"
-    done: list[dict[str, Any]] = []
-    if results.exists():
-        done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    finished = {(r["setting"], r["id"]) for r in done}
-    jobs = [(s, it) for s in SETTINGS for it in items if (s, it["id"]) not in finished]
     started = time.perf_counter()
-    if jobs:
-        from tqdm import tqdm
-
-        context = multiprocessing.get_context("spawn")
-        with (
-            ProcessPoolExecutor(
-                args.workers, mp_context=context, initializer=_init_worker, initargs=(args.model,)
-            ) as pool,
-            results.open("a", encoding="utf-8") as sink,
-        ):
-            futures = [pool.submit(_run_one, s, it, args.max_new_tokens) for s, it in jobs]
-            for future in tqdm(as_completed(futures), total=len(futures), file=sys.stderr):
-                row = future.result()
-                done.append(row)
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
+    rows, new_runs = evaluate_model(
+        args.model, items, list(SETTINGS), results, args.workers, args.max_new_tokens
+    )
     elapsed = time.perf_counter() - started
-    wanted = {it["id"] for it in items}
-    table = summarise([r for r in done if r["id"] in wanted], items)
+    table = summarise(rows, items)
     made = json.loads((args.data / "settings.json").read_text())
     print(
         f"Held-out synthetic set: {len(items)} items (seed {made['seed']}, {made['minutes']:g}-minute "
-        f"videos), model {args.model}, greedy decoding; {len(jobs)} runs in {elapsed:.0f} s.\n"
+        f"videos), model {args.model}, greedy decoding; {new_runs} runs in {elapsed:.0f} s.\n"
     )
     print(markdown(table))
     print()

@@ -1,67 +1,60 @@
 #!/usr/bin/env bash
 # Reproduce the bundled tiny model (vmtr/assets/tiny) from scratch, end to end:
-#   1. generate the training split (two synthetic sets: 1-minute and 2-minute videos),
-#   2. warm-start a freshly initialised tiny Qwen2.5-VL with `vmtr train sft` (450 steps, free
-#      random retrieve ranges, evaluated at 300 and 450 steps),
-#   3. fine-tune that for 120 steps with retrieves scripted as random aligned 8-frame blocks: the
-#      free ranges left greedy decoding writing malformed ranges ("2, 4, 4"),
-#   4. copy the result, with vmtr_tiny.json saying how it was made, into vmtr/assets/tiny.
-# Data, checkpoints and logs stay under runs/ (git-ignored). Re-running skips finished stages;
-# an interrupted training run continues from its last checkpoint.
-# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core, about 1.5 hours)
+#   1. generate the training splits with `vmtr synth`: two "drill" sets of short videos (16 s and
+#      32 s, so the 16 first-turn frames show all or half of the pool and the needles are often
+#      in view) and two sets of 1- and 2-minute videos (the benchmark's own shape);
+#   2. phase A: warm-start a freshly initialised tiny Qwen2.5-VL with `vmtr train sft` on the
+#      drills, where nearly every reply has something to read: this is where it learns to name
+#      the border frames and the needles' frame, colour and shape;
+#   3. phase B: continue on all four sets, so it also sees 60-64-frame pools and three-turn
+#      episodes, evaluating every EVAL_EVERY steps and keeping the best model;
+#   4. copy that best model, with vmtr_tiny.json saying how it was made, into vmtr/assets/tiny.
+# Retrieves are scripted as random aligned 8-frame blocks (never the oracle's range): free random
+# ranges left greedy decoding writing malformed ranges ("2, 4, 4").
+# Data, checkpoints and logs stay under RUN (git-ignored). Re-running skips finished stages; an
+# interrupted phase continues from its last checkpoint.
+# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core; see the README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# Training phases: the run stops at each step count, is evaluated on held-out items, then
-# continues with --resume (the cosine schedule is recomputed for the new total).
-PHASES=${PHASES:-"300 450"}
-BATCH=${BATCH:-4}
-LR=${LR:-5e-4}
-WARMUP=${WARMUP:-20}
+STEPS_A=${STEPS_A:-400}
+STEPS_B=${STEPS_B:-200}
+BATCH=${BATCH:-8}
+LR_A=${LR_A:-3e-4}
+LR_B=${LR_B:-1.5e-4}
 SEED=${SEED:-0}
+EVAL_EVERY=${EVAL_EVERY:-50}
 
-# seed, minutes, items (item i of a seed is the same whatever the count)
-for spec in "1000 1.0 1000" "1001 2.0 560"; do
+# name, seed, minutes, items (item i of a seed is the same whatever the count)
+for spec in "drill-s1100 1100 0.266667 800" "drill-s1101 1101 0.533333 600" \
+  "train-s1000 1000 1.0 1000" "train-s1001 1001 2.0 560"; do
   set -- $spec
-  dir="$RUN/data/train-s$1"
+  dir="$RUN/data/$1"
   if [ ! -f "$dir/annotations.json" ]; then
-    python -c "
-import time
-from vmtr.eval.synthetic import SyntheticSettings, generate
-t = time.time()
-generate('$dir', SyntheticSettings(n_items=$3, seed=$1, minutes=$2))
-print('generated $dir in', round(time.time() - t, 1), 's')
-"
+    vmtr synth "$dir" --n "$4" --seed "$2" --minutes "$3" --workers 2
   fi
 done
+D="$RUN/data"
 
-if vmtr train --help >/dev/null 2>&1; then TRAIN=(vmtr train); else TRAIN=(python -m vmtr.cli_train); fi
-for STEPS in $PHASES; do
-  done_steps=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" \
-    "$RUN/sft/report.json" 2>/dev/null || echo 0)
-  if [ "$done_steps" -ge "$STEPS" ]; then continue; fi
-  RESUME=()
-  if ls "$RUN"/sft/checkpoints/step-* >/dev/null 2>&1; then RESUME=(--resume); fi
-  "${TRAIN[@]}" sft --data "$RUN/data/train-s1000" --data "$RUN/data/train-s1001" \
-    --out "$RUN/sft" --model tiny --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" \
-    --warmup "$WARMUP" --seed "$SEED" --save-every 25 --eval-items 40 "${RESUME[@]}"
-  cp "$RUN/sft/report.json" "$RUN/sft/report-step$STEPS.json"
-done
+sft_phase() {  # out, model, steps, lr, warmup, data folders...
+  local out=$1 model=$2 steps=$3 lr=$4 warmup=$5
+  shift 5
+  if [ -f "$out/report.json" ]; then return; fi
+  local data=() resume=()
+  for d in "$@"; do data+=(--data "$d"); done
+  if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
+  vmtr train sft "${data[@]}" --out "$out" --model "$model" --steps "$steps" \
+    --batch-size "$BATCH" --lr "$lr" --warmup "$warmup" --seed "$SEED" --save-every 25 \
+    --eval-items 40 --eval-every "$EVAL_EVERY" --retrieve-block 8 "${resume[@]}"
+}
 
-BLOCK_STEPS=${BLOCK_STEPS:-120}
-if [ ! -f "$RUN/sft-blocks/report.json" ]; then
-  mkdir -p "$RUN/sft-blocks"
-  ln -sfn ../sft/frames "$RUN/sft-blocks/frames"  # reuse the decoded pools
-  RESUME=()
-  if ls "$RUN"/sft-blocks/checkpoints/step-* >/dev/null 2>&1; then RESUME=(--resume); fi
-  "${TRAIN[@]}" sft --data "$RUN/data/train-s1000" --data "$RUN/data/train-s1001" \
-    --out "$RUN/sft-blocks" --model "$RUN/sft/final" --steps "$BLOCK_STEPS" --batch-size "$BATCH" \
-    --lr 3e-4 --warmup 10 --seed 1 --save-every 20 --eval-items 40 --retrieve-block 8 \
-    "${RESUME[@]}"
-fi
+sft_phase "$RUN/sft-a" tiny "$STEPS_A" "$LR_A" 30 "$D/drill-s1100" "$D/drill-s1101"
+mkdir -p "$RUN/sft-b"
+sft_phase "$RUN/sft-b" "$RUN/sft-a/best" "$STEPS_B" "$LR_B" 10 \
+  "$D/drill-s1100" "$D/drill-s1101" "$D/train-s1000" "$D/train-s1001"
 
-python - "$RUN" "$BATCH" "$LR" "$SEED" "$PHASES" <<'PY'
+python - "$RUN" "$BATCH" "$SEED" "$STEPS_A" "$STEPS_B" "$LR_A" "$LR_B" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 
@@ -69,50 +62,48 @@ from transformers import AutoModelForImageTextToText
 
 from vmtr.models.tiny import TINY_DIR
 
-run, batch, lr, seed = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-report = json.loads((run / "sft-blocks" / "report.json").read_text())
-first = json.loads((run / "sft" / "report.json").read_text())
-e = report["eval"]
+run = Path(sys.argv[1])
+batch, seed, steps_a, steps_b = (int(x) for x in sys.argv[2:6])
+lr_a, lr_b = float(sys.argv[6]), float(sys.argv[7])
+best_a = json.loads((run / "sft-a" / "best" / "vmtr_best.json").read_text())
+best = json.loads((run / "sft-b" / "best" / "vmtr_best.json").read_text())
+e = best["eval"]
 shutil.rmtree(TINY_DIR, ignore_errors=True)
-shutil.copytree(report["final"], TINY_DIR)
+shutil.copytree(run / "sft-b" / "best", TINY_DIR)
+(TINY_DIR / "vmtr_best.json").unlink()
 params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(TINY_DIR).parameters())
+steps = best_a["step"] + best["step"]
 reads = e.get("reads_shown_needles")
-skill = (
-    "learned the reply format"
-    if e["invalid_turns"] <= 0.1 * e["items"]
-    else "often still breaks the reply format"
-)
-if reads is not None:
-    skill += (
-        f", and its first reply names the shapes its frames show in {reads:.0%} of the "
-        "held-out cases where one is shown"
-    )
 info = {
     "trained": True,
     "description": (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU with "
-        f"{first['steps'] + report['steps']} supervised steps "
-        f"({batch * (first['steps'] + report['steps'])} scripted trajectories of synthetic "
-        f"videos). It {skill}; it got {e['accuracy']:.0%} of {e['items']} held-out "
-        f"synthetic questions right (chance 25%) in {e['mean_turns']:.1f} turns on average. "
-        "It was taught random retrieve ranges, never where to look (that is left to RL)"
+        f"{steps} supervised steps ({batch * steps} scripted trajectories of synthetic videos). "
         + (
-            f"; {e['invalid_turns']} of its greedy replies broke the protocol"
-            if e["invalid_turns"]
+            f"Its first reply names exactly the shapes its frames show in {reads:.0%} of the "
+            "held-out cases where one is shown; "
+            if reads is not None
             else ""
         )
-        + ". It knows nothing of real videos."
+        + f"it got {e['accuracy']:.0%} of {e['items']} held-out synthetic questions right "
+        f"(chance 25%) in {e['mean_turns']:.1f} turns on average"
+        + (f", with {e['invalid_turns']} replies that broke the protocol" if e["invalid_turns"] else "")
+        + ". It was taught random retrieve ranges, never where to look (that is left to RL). "
+        "It knows nothing of real videos."
     ),
     "recipe": "scripts/train_tiny.sh",
     "sft": {
-        "steps": first["steps"] + report["steps"],
-        "phases": f"{sys.argv[5]} (free ranges), then {report['steps']} (aligned blocks)",
+        "steps": steps,
+        "phases": {
+            "A (16 s and 32 s drills)": {"best_step": best_a["step"], "of": steps_a, "lr": lr_a},
+            "B (all four training sets)": {"best_step": best["step"], "of": steps_b, "lr": lr_b},
+        },
         "batch_size": batch,
-        "lr": lr,
         "seed": seed,
+        "retrieves": "random aligned 8-frame blocks",
     },
     "heldout_eval": e,
-    "heldout_eval_before_blocks": first["eval"],
+    "heldout_eval_after_phase_a": best_a["eval"],
 }
 (TINY_DIR / "vmtr_tiny.json").write_text(json.dumps(info, indent=2) + "\n")
 print(info["description"])

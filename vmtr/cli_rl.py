@@ -22,6 +22,10 @@ def rl(
     critic_lr: Annotated[float, typer.Option()] = 1e-5,
     kl_coef: Annotated[float, typer.Option()] = 0.001,
     entropy_coef: Annotated[float, typer.Option()] = 0.001,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Sampling temperature of rollouts.")
+    ] = 0.7,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus of rollouts.")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
     reward: Annotated[str, typer.Option(help="code or paper reward variant.")] = "code",
     frame_reward: Annotated[bool, typer.Option(help="Turn-level frame term (ablation).")] = True,
@@ -49,6 +53,8 @@ def rl(
             critic_lr=critic_lr,
             kl_coef=kl_coef,
             entropy_coef=entropy_coef,
+            temperature=temperature,
+            top_p=top_p,
             max_new_tokens=max_new_tokens,
             lora_rank=lora_rank,
             quantization=quantization,
