@@ -74,6 +74,8 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str]) -> lis
         "1.0",
         "--kl-coef",
         str(args.kl_coef),
+        "--ppo-epochs",
+        str(args.ppo_epochs),
         "--max-new-tokens",
         str(args.max_new_tokens),
         "--save-every",
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--kl-coef", type=float, default=0.0)
+    parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=64)

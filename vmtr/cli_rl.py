@@ -26,6 +26,9 @@ def rl(
         float, typer.Option(min=0.0, help="Sampling temperature of rollouts.")
     ] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus of rollouts.")] = 0.95,
+    ppo_epochs: Annotated[
+        int, typer.Option(min=1, help="Optimizer passes over each step's rollouts.")
+    ] = 1,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
     reward: Annotated[str, typer.Option(help="code or paper reward variant.")] = "code",
     frame_reward: Annotated[bool, typer.Option(help="Turn-level frame term (ablation).")] = True,
@@ -55,6 +58,7 @@ def rl(
             entropy_coef=entropy_coef,
             temperature=temperature,
             top_p=top_p,
+            ppo_epochs=ppo_epochs,
             max_new_tokens=max_new_tokens,
             lora_rank=lora_rank,
             quantization=quantization,
