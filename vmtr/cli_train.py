@@ -61,6 +61,14 @@ def sft(
     keep_checkpoints: Annotated[
         int, typer.Option(min=1, help="How many of the newest checkpoints to keep.")
     ] = 2,
+    caption_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of short reading drills among examples."),
+    ] = 0.0,
+    schedule_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
+    ] = None,
     retrieve_block: Annotated[
         int,
         typer.Option(
@@ -91,6 +99,8 @@ def sft(
             eval_every=eval_every,
             keep_checkpoints=keep_checkpoints,
             retrieve_block=retrieve_block,
+            caption_share=caption_share,
+            schedule_steps=schedule_steps,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))
     except (SFTError, DatasetError, ModelLoadError, OSError) as err:

@@ -314,3 +314,25 @@ def test_periodic_eval_keeps_the_best_model(data_dir: Path, tmp_path: Path) -> N
     best = json.loads((tmp_path / "best" / "vmtr_best.json").read_text())
     assert best["step"] == 1  # the dip at step 2 did not replace it
     assert (tmp_path / "best" / "config.json").exists()
+
+
+def test_reading_drills_are_short_honest_and_answer_only_with_the_evidence(cached, tiny) -> None:
+    processor, _ = tiny
+    rng = random.Random(0)
+    with_answer = 0
+    for c in cached:
+        for _ in range(6):
+            traj = sft.plan_caption(c.item, c.pool, 8, rng)
+            shown = traj.frames
+            assert shown == list(range(shown[0], shown[0] + 8))
+            reply = traj.messages[-1]["content"][0]["text"]
+            assert reply.startswith(f"<think>{sft.describe_seen(c.item, set(shown))}</think>")
+            needed = {x["pool_index"] for x in c.item.extra["needles"]}
+            assert ("<answer>" in reply) == (needed <= set(shown))
+            with_answer += "<answer>" in reply
+            encoded = sft.encode_conversation(
+                processor, traj.messages, c.images(shown), traj.guesses
+            )
+            labelled = encoded["input_ids"][encoded["labels"] != sft.IGNORE]
+            assert processor.tokenizer.decode(labelled).startswith("<think>")
+    assert with_answer > len(cached) * 6 // 2  # most drills show every needle

@@ -104,6 +104,16 @@ class SFTConfig(BaseModel):
         "(starts at multiples of it): fewer distinct ranges, which greedy decoding reproduces "
         "well-formed.",
     )
+    caption_share: float = Field(
+        0.0, ge=0, le=1, description="Share of examples that are short reading drills (captions)."
+    )
+    caption_frames: int = Field(8, ge=1, description="Consecutive frames in a reading drill.")
+    schedule_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Steps the warmup + cosine schedule spans (default: steps); larger stops "
+        "the run part-way through a longer schedule.",
+    )
     tiny_sizes: dict[str, int] = Field(
         default_factory=lambda: {"vision_depth": 4, "vision_hidden": 128},
         description="tiny_config sizes for a fresh tiny model.",
@@ -260,6 +270,46 @@ def _same_action(got: protocol.Action, want: protocol.Action) -> bool:
     if isinstance(want, protocol.Answer):
         return isinstance(got, protocol.Answer) and got.answer == want.answer
     return isinstance(got, protocol.Retrieve) and (got.start, got.end) == (want.start, want.end)
+
+
+def plan_caption(
+    item: QAItem, pool: Sequence[float], frames: int, rng: random.Random
+) -> Trajectory:
+    """A short reading drill: ``frames`` consecutive pool frames, labelled as the protocol labels
+    them, then the question; the reply is the honest ``<think>`` of a protocol reply (border
+    frames, needles) and, when every needle the question needs is in view, the answer.
+
+    Much shorter than a protocol episode (no system prompt, no rules, a handful of frames), so
+    the model sees many more frames to read per second of training; the protocol episodes then
+    teach the turn structure around the same reply text. Most windows hold every needle; the rest
+    are anywhere in the pool and may show nothing.
+    """
+    if item.answer is None:
+        raise SFTError(f"item {item.id} has no answer")
+    n = len(pool)
+    k = min(frames, n)
+    needed = sorted(x["pool_index"] for x in needles_of(item))
+    lo, hi = max(0, needed[-1] - k + 1), min(needed[0], n - k)
+    start = rng.randint(lo, hi) if lo <= hi and rng.random() < 0.8 else rng.randint(0, n - k)
+    shown = list(range(start, start + k))
+    settings = ProtocolSettings()
+    content: list[dict[str, Any]] = []
+    for index in shown:
+        content.append({"type": "text", "text": protocol.frame_label(index, pool[index], settings)})
+        content.append({"type": "image", "frame": index, "timestamp": float(pool[index])})
+        content.append({"type": "text", "text": "\n"})
+    lines = [
+        f"Question: {item.question.strip()}",
+        "Options:",
+        *protocol.format_options(item.options),
+    ]
+    content.append({"type": "text", "text": "\n".join(lines)})
+    seen_text = describe_seen(item, set(shown))
+    reply = f"<think>{seen_text}</think>"
+    if set(needed) <= set(shown):
+        reply += f"<answer>{item.answer}</answer>"
+    messages = [{"role": "user", "content": content}, protocol.assistant_message(reply)]
+    return Trajectory(messages, [False], [], settings)
 
 
 def pick_settings(rng: random.Random, single_turn_share: float) -> ProtocolSettings:
@@ -525,7 +575,8 @@ class SFTRecipe:
             betas=(0.9, 0.95),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+            optimizer,
+            lambda s: lr_factor(s, cfg.schedule_steps or cfg.steps, cfg.warmup, cfg.min_lr_ratio),
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler
@@ -594,15 +645,18 @@ class SFTRecipe:
         examples, trajectories = [], []
         for _ in range(self.cfg.batch_size):
             cached = self.items[rng.randrange(len(self.items))]
-            settings = pick_settings(rng, self.cfg.single_turn_share)
-            traj = plan_trajectory(
-                cached.item,
-                cached.pool,
-                settings,
-                rng,
-                self.cfg.retrieve_width,
-                self.cfg.retrieve_block,
-            )
+            if rng.random() < self.cfg.caption_share:
+                traj = plan_caption(cached.item, cached.pool, self.cfg.caption_frames, rng)
+            else:
+                settings = pick_settings(rng, self.cfg.single_turn_share)
+                traj = plan_trajectory(
+                    cached.item,
+                    cached.pool,
+                    settings,
+                    rng,
+                    self.cfg.retrieve_width,
+                    self.cfg.retrieve_block,
+                )
             examples.append(
                 encode_conversation(
                     self.processor, traj.messages, cached.images(traj.frames), traj.guesses
