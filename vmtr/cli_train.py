@@ -65,6 +65,9 @@ def sft(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of short reading drills among examples."),
     ] = 0.0,
+    caption_frames: Annotated[
+        int, typer.Option(min=1, help="Consecutive frames in a reading drill.")
+    ] = 8,
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
@@ -100,6 +103,7 @@ def sft(
             keep_checkpoints=keep_checkpoints,
             retrieve_block=retrieve_block,
             caption_share=caption_share,
+            caption_frames=caption_frames,
             schedule_steps=schedule_steps,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))
