@@ -89,9 +89,9 @@ info = {
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
         "scripts/train_tiny.sh: protocol episodes on short videos, then reading drills, then "
         "protocol episodes again (supervised only; retrieve ranges random, never the oracle's). "
-        "It names the frames that show the border; it does not yet reliably name the coloured "
-        "shapes"
-        + (f" (right in {reads:.0%} of held-out first turns that show one)" if reads is not None else "")
+        "It learned the reply format, but it does not read its frames yet: neither the border "
+        "frames nor the coloured shapes"
+        + (f" (named right in {reads:.0%} of held-out first turns that show one)" if reads is not None else "")
         + f", so its answers are near chance: {e['accuracy']:.0%} of {e['items']} held-out "
         f"questions in {e['mean_turns']:.1f} turns on average. It knows nothing of real videos."
     ),
