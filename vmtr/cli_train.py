@@ -68,6 +68,10 @@ def sft(
     caption_frames: Annotated[
         int, typer.Option(min=1, help="Consecutive frames in a reading drill.")
     ] = 8,
+    caption_content_loss: Annotated[
+        bool,
+        typer.Option(help="Reading drills carry loss only on colours, shapes, digits, letters."),
+    ] = False,
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
@@ -104,6 +108,7 @@ def sft(
             retrieve_block=retrieve_block,
             caption_share=caption_share,
             caption_frames=caption_frames,
+            caption_content_loss=caption_content_loss,
             schedule_steps=schedule_steps,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))

@@ -336,3 +336,22 @@ def test_reading_drills_are_short_honest_and_answer_only_with_the_evidence(cache
             labelled = encoded["input_ids"][encoded["labels"] != sft.IGNORE]
             assert processor.tokenizer.decode(labelled).startswith("<think>")
     assert with_answer > len(cached) * 6 // 2  # most drills show every needle
+
+
+def test_content_loss_labels_only_what_was_read(cached, tiny) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    only = sft.content_token_ids(tok)
+    rng = random.Random(3)
+    c = cached[0]
+    traj = sft.plan_caption(c.item, c.pool, 8, rng)
+    full = sft.encode_conversation(processor, traj.messages, c.images(traj.frames))
+    narrow = sft.encode_conversation(processor, traj.messages, c.images(traj.frames), None, only)
+    kept = narrow["labels"] != sft.IGNORE
+    assert kept.any()
+    assert bool(((full["labels"] != sft.IGNORE) | ~kept).all())  # a subset of the reply's labels
+    words = tok.decode(narrow["input_ids"][kept])
+    needle = c.item.extra["needles"][0]
+    if needle["pool_index"] in traj.frames:
+        assert needle["colour"] in words and needle["shape"] in words
+    assert "Seen" not in words and "think" not in words

@@ -108,6 +108,11 @@ class SFTConfig(BaseModel):
         0.0, ge=0, le=1, description="Share of examples that are short reading drills (captions)."
     )
     caption_frames: int = Field(8, ge=1, description="Consecutive frames in a reading drill.")
+    caption_content_loss: bool = Field(
+        False,
+        description="Reading drills carry loss only on what was read (colours, shapes, digits, "
+        "letters; see `content_token_ids`).",
+    )
     schedule_steps: int | None = Field(
         None,
         ge=1,
@@ -409,8 +414,11 @@ def encode_conversation(
     messages: Sequence[protocol.Message],
     images: Sequence[Image.Image],
     guesses: Sequence[bool] | None = None,
+    only_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Processor outputs of a whole conversation plus ``labels`` on the assistant's tokens only.
+
+    ``only_ids`` narrows the labels further to those token ids (see `content_token_ids`).
 
     ``images`` are the frames of the placeholders in order. Labels are ``IGNORE`` everywhere but
     each reply and its ``<|im_end|>``; for a reply flagged in ``guesses`` the tokens inside
@@ -444,6 +452,8 @@ def encode_conversation(
             if open_id in reply and close_id in reply:
                 a, b = reply.index(open_id), reply.index(close_id)
                 labels[first + a + 1 : first + b] = IGNORE
+    if only_ids is not None:
+        labels = torch.where(torch.isin(labels, only_ids), labels, torch.full_like(labels, IGNORE))
     out = {
         "input_ids": ids,
         "attention_mask": encoded["attention_mask"][0],
@@ -454,6 +464,25 @@ def encode_conversation(
         out["pixel_values"] = encoded["pixel_values"]
         out["image_grid_thw"] = encoded["image_grid_thw"]
     return out
+
+
+def content_token_ids(tokenizer: Any) -> torch.Tensor:
+    """Ids of the tokens that carry what a reply read: colours, shapes, digits, option letters.
+
+    Measured here: with the loss on every reply token, a tiny model trained from scratch kept
+    the loss on colour words at chance for 600 steps of reading drills, while the same drills
+    with the loss on colour words alone taught colour in 100 steps. The format tokens are
+    learned early and their residual loss drowns the few tokens that need the image.
+    """
+    from vmtr.eval.synthetic import COLOURS, SHAPES
+
+    words = [f" {w}" for w in (*COLOURS, *SHAPES)] + [str(d) for d in range(10)] + list("ABCD")
+    ids = set()
+    for word in words:
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1:
+            ids.add(pieces[0])
+    return torch.tensor(sorted(ids))
 
 
 def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -645,8 +674,11 @@ class SFTRecipe:
         examples, trajectories = [], []
         for _ in range(self.cfg.batch_size):
             cached = self.items[rng.randrange(len(self.items))]
+            only = None
             if rng.random() < self.cfg.caption_share:
                 traj = plan_caption(cached.item, cached.pool, self.cfg.caption_frames, rng)
+                if self.cfg.caption_content_loss:
+                    only = content_token_ids(self.processor.tokenizer)
             else:
                 settings = pick_settings(rng, self.cfg.single_turn_share)
                 traj = plan_trajectory(
@@ -659,7 +691,7 @@ class SFTRecipe:
                 )
             examples.append(
                 encode_conversation(
-                    self.processor, traj.messages, cached.images(traj.frames), traj.guesses
+                    self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
                 )
             )
             cached.release()
