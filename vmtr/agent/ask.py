@@ -74,13 +74,7 @@ def ask(
     store's `scores_at`) ranks pool frames against the question; ``guided_retrieve`` then picks a
     retrieve's frames by that score and ``first_turn_top`` mixes that many top frames into turn 1.
     """
-    if isinstance(model, str):
-        settings["model"] = model
-        model = None
-    proto, gen, model_settings = split_settings(
-        settings, ProtocolSettings, GenerationSettings, ModelSettings
-    )
-    lm = model if model is not None else load_video_lm(model_settings)
+    lm, proto, gen = resolve_model(model, settings)
     graph = build_graph(
         lm,
         protocol_settings=proto,
@@ -90,6 +84,20 @@ def ask(
         first_turn_top=first_turn_top,
     )
     return run_graph(graph, video, question, options, proto.max_turns, on_update)
+
+
+def resolve_model(
+    model: VideoLM | str | None, settings: dict[str, Any]
+) -> tuple[VideoLM, ProtocolSettings, GenerationSettings]:
+    """The `VideoLM` to ask (``model`` itself, or loaded from a spec or the model keywords) and
+    the protocol and generation settings among ``settings``."""
+    if isinstance(model, str):
+        settings = {**settings, "model": model}
+        model = None
+    proto, gen, model_settings = split_settings(
+        settings, ProtocolSettings, GenerationSettings, ModelSettings
+    )
+    return (model if model is not None else load_video_lm(model_settings)), proto, gen
 
 
 def run_graph(

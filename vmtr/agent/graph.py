@@ -52,18 +52,10 @@ def build_graph(
     settings = protocol_settings or ProtocolSettings()
     gen = generation or GenerationSettings()
     cache = frame_cache if frame_cache is not None else video_tools.FrameCache()
-    budget = getattr(model, "pixel_budget", None) or {}
-
-    def fetch(video: str, pool: Sequence[float]) -> Callable[[Sequence[int]], list]:
-        def fetch_frames(indices: Sequence[int]) -> list:
-            return cache.get_many(video, [pool[i] for i in indices], **budget)
-
-        return fetch_frames
+    fetch = frame_fetcher(cache, model)
 
     def prepare(state: AgentState) -> dict[str, Any]:
-        question = (state.get("question") or "").strip()
-        if not question:
-            raise ValueError("the question is empty")
+        question = question_of(state)
         video = str(state["video"])
         info = video_tools.probe(video)
         pool = video_tools.pool_timestamps(
@@ -170,6 +162,29 @@ def compile_agent(
     builder.add_edge("select_segment", "reason")
     builder.add_edge("finish", END)
     return builder.compile(checkpointer=checkpointer, name=name)
+
+
+def frame_fetcher(
+    cache: video_tools.FrameCache, model: VideoLM
+) -> Callable[[str, Sequence[float]], Callable[[Sequence[int]], list]]:
+    """``fetch(video, pool)(indices)``: pool frames from ``cache`` at ``model``'s pixel budget."""
+    budget = getattr(model, "pixel_budget", None) or {}
+
+    def fetch(video: str, pool: Sequence[float]) -> Callable[[Sequence[int]], list]:
+        def fetch_frames(indices: Sequence[int]) -> list:
+            return cache.get_many(video, [pool[i] for i in indices], **budget)
+
+        return fetch_frames
+
+    return fetch
+
+
+def question_of(state: AgentState) -> str:
+    """The episode's question, stripped; an empty one is the caller's error."""
+    question = (state.get("question") or "").strip()
+    if not question:
+        raise ValueError("the question is empty")
+    return question
 
 
 def fresh_episode(

@@ -25,19 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from vmtr.agent import protocol
-from vmtr.agent.ask import AskResult, run_graph, split_settings
+from vmtr.agent.ask import AskResult, resolve_model, run_graph
 from vmtr.agent.graph import (
     PoolScorer,
     after_reply,
     compile_agent,
+    frame_fetcher,
     fresh_episode,
+    question_of,
     turn_record,
 )
 from vmtr.agent.state import AgentState
-from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.models.kv_sparse import SparseSettings
 from vmtr.models.sparse_lm import SparseVideoLM, strip_controls
-from vmtr.models.vlm import VideoLM, load_video_lm
+from vmtr.models.vlm import VideoLM
 from vmtr.tools import video as video_tools
 
 LIST_LIMIT = 64
@@ -124,19 +126,11 @@ def build_long_graph(
     settings = protocol_settings or ProtocolSettings()
     gen = generation or GenerationSettings()
     cache = frame_cache if frame_cache is not None else video_tools.FrameCache(max(frames, 256))
-    budget = getattr(model, "pixel_budget", None) or {}
     sparse = isinstance(model, SparseVideoLM)
-
-    def fetch(video: str, pool: Sequence[float]) -> Callable[[Sequence[int]], list]:
-        def fetch_frames(indices: Sequence[int]) -> list:
-            return cache.get_many(video, [pool[i] for i in indices], **budget)
-
-        return fetch_frames
+    fetch = frame_fetcher(cache, model)
 
     def prepare(state: AgentState) -> dict[str, Any]:
-        question = (state.get("question") or "").strip()
-        if not question:
-            raise ValueError("the question is empty")
+        question = question_of(state)
         video = str(state["video"])
         info = video_tools.probe(video)
         pool = long_pool(info, frames)
@@ -219,13 +213,7 @@ def ask_long(
     spec; other keywords are `ProtocolSettings`, `GenerationSettings` or `ModelSettings` fields,
     as for `vmtr.ask`. ``dense_baseline`` runs the same graph without the sparse encoder.
     """
-    if isinstance(model, str):
-        settings["model"] = model
-        model = None
-    proto, gen, model_settings = split_settings(
-        settings, ProtocolSettings, GenerationSettings, ModelSettings
-    )
-    lm = model if model is not None else load_video_lm(model_settings)
+    lm, proto, gen = resolve_model(model, settings)
     if not dense_baseline:
         lm = sparse_model(lm, sparse)
     graph = build_long_graph(

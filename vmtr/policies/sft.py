@@ -591,6 +591,9 @@ class SFTRecipe:
         self.processor = AutoProcessor.from_pretrained(source)
         model = load_model(source, dtype=torch.float32)  # GTA checkpoints stay GTA
         self.budget = self._pixel_budget(model)
+        self.content_ids = (
+            content_token_ids(self.processor.tokenizer) if cfg.caption_content_loss else None
+        )
         self.items = self._cache_frames(train_items)
 
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -677,8 +680,7 @@ class SFTRecipe:
             only = None
             if rng.random() < self.cfg.caption_share:
                 traj = plan_caption(cached.item, cached.pool, self.cfg.caption_frames, rng)
-                if self.cfg.caption_content_loss:
-                    only = content_token_ids(self.processor.tokenizer)
+                only = self.content_ids
             else:
                 settings = pick_settings(rng, self.cfg.single_turn_share)
                 traj = plan_trajectory(
