@@ -72,6 +72,14 @@ def sft(
         bool,
         typer.Option(help="Reading drills carry loss only on colours, shapes, digits, letters."),
     ] = False,
+    content_weight: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Loss weight of colours, shapes, digits and letters in whole replies "
+            "(retrieve ranges excepted).",
+        ),
+    ] = 1.0,
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
@@ -109,6 +117,7 @@ def sft(
             caption_share=caption_share,
             caption_frames=caption_frames,
             caption_content_loss=caption_content_loss,
+            content_weight=content_weight,
             schedule_steps=schedule_steps,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))

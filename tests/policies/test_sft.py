@@ -355,3 +355,43 @@ def test_content_loss_labels_only_what_was_read(cached, tiny) -> None:
     if needle["pool_index"] in traj.frames:
         assert needle["colour"] in words and needle["shape"] in words
     assert "Seen" not in words and "think" not in words
+
+
+def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    text = "<think>Seen: frame 3 red circle.</think><retrieve>8, 15</retrieve>"
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    labels = ids.clone()
+    labels[:2] = sft.IGNORE
+    content = sft.content_token_ids(tok)
+    opening, closing = tok.convert_tokens_to_ids(["<retrieve>", "</retrieve>"])
+    weights = sft.content_weights(ids, labels, content, 5.0, opening, closing)
+    words = tok.convert_ids_to_tokens(ids.tolist())
+    boosted = {w.strip("Ġ ") for w, x in zip(words, weights.tolist(), strict=True) if x == 5.0}
+    assert {"3", "red", "circle"} <= boosted
+    assert not {"8", "1", "5"} & boosted  # the retrieve range's digits stay at weight 1
+    assert weights[:2].tolist() == [0.0, 0.0]
+    assert set(weights[2:].tolist()) <= {1.0, 5.0}
+
+
+def test_weighted_token_loss_is_the_plain_one_when_weights_are_ones() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    labels = torch.randint(0, 11, (2, 6))
+    labels[0, :3] = sft.IGNORE
+    ones = (labels != sft.IGNORE).float()
+    plain = sft.token_loss(logits, labels)
+    assert torch.allclose(sft.token_loss(logits, labels, weights=ones), plain)
+    heavy = ones.clone()
+    heavy[1, 4] = 10.0
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11),
+        labels[:, 1:].reshape(-1),
+        reduction="none",
+        ignore_index=sft.IGNORE,
+    )
+    w = heavy[:, 1:].reshape(-1)
+    assert torch.allclose(
+        sft.token_loss(logits, labels, weights=heavy), (per_token * w).sum() / w.sum()
+    )

@@ -113,6 +113,13 @@ class SFTConfig(BaseModel):
         description="Reading drills carry loss only on what was read (colours, shapes, digits, "
         "letters; see `content_token_ids`).",
     )
+    content_weight: float = Field(
+        1.0,
+        ge=1.0,
+        description="Loss weight of the content tokens (colours, shapes, digits, letters) in "
+        "whole-reply examples, outside <retrieve> ranges, whose digits are random: > 1 keeps the "
+        "few tokens that need the image from drowning among the format tokens.",
+    )
     schedule_steps: int | None = Field(
         None,
         ge=1,
@@ -485,6 +492,24 @@ def content_token_ids(tokenizer: Any) -> torch.Tensor:
     return torch.tensor(sorted(ids))
 
 
+def content_weights(
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    content_ids: torch.Tensor,
+    weight: float,
+    retrieve_open: int,
+    retrieve_close: int,
+) -> torch.Tensor:
+    """Per-token loss weights: ``weight`` on labelled content tokens, 1 on other labelled ones,
+    0 where there is no label. Tokens between ``<retrieve>`` and ``</retrieve>`` stay at 1: the
+    scripted ranges are random, so weighting their digits would only add noise.
+    """
+    weights = (labels != IGNORE).float()
+    inside = torch.cumsum((ids == retrieve_open).long() - (ids == retrieve_close).long(), 0) > 0
+    boost = torch.isin(labels, content_ids) & ~inside
+    return torch.where(boost, weights * weight, weights)
+
+
 def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded conversations into one batch; images concatenated in order."""
     length = max(int(e["input_ids"].shape[0]) for e in examples)
@@ -494,7 +519,10 @@ def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[st
         ("attention_mask", 0),
         ("labels", IGNORE),
         ("mm_token_type_ids", 0),
+        ("loss_weights", 0.0),
     ):
+        if key not in examples[0]:
+            continue
         rows = [
             torch.nn.functional.pad(e[key], (0, length - e[key].shape[0]), value=fill)
             for e in examples
@@ -507,16 +535,28 @@ def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[st
     return batch
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over labelled positions (mean, or sum for accumulation)."""
+def token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy over labelled positions (mean, or sum for accumulation),
+    optionally weighted per label position (``weights`` aligned with ``labels``)."""
     shifted = logits[:, :-1].float()
     targets = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
+    losses = torch.nn.functional.cross_entropy(
         shifted.reshape(-1, shifted.shape[-1]),
         targets.reshape(-1),
         ignore_index=IGNORE,
-        reduction=reduction,
+        reduction="none",
     )
+    if weights is None:
+        weights = (targets != IGNORE).float()
+    else:
+        weights = weights[:, 1:]
+    total = (losses * weights.reshape(-1)).sum()
+    return total if reduction == "sum" else total / weights.sum().clamp(min=1e-9)
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
@@ -591,8 +631,9 @@ class SFTRecipe:
         self.processor = AutoProcessor.from_pretrained(source)
         model = load_model(source, dtype=torch.float32)  # GTA checkpoints stay GTA
         self.budget = self._pixel_budget(model)
-        self.content_ids = (
-            content_token_ids(self.processor.tokenizer) if cfg.caption_content_loss else None
+        self.content_ids = content_token_ids(self.processor.tokenizer)
+        self.retrieve_tags = self.processor.tokenizer.convert_tokens_to_ids(
+            ["<retrieve>", "</retrieve>"]
         )
         self.items = self._cache_frames(train_items)
 
@@ -680,7 +721,8 @@ class SFTRecipe:
             only = None
             if rng.random() < self.cfg.caption_share:
                 traj = plan_caption(cached.item, cached.pool, self.cfg.caption_frames, rng)
-                only = self.content_ids
+                if self.cfg.caption_content_loss:
+                    only = self.content_ids
             else:
                 settings = pick_settings(rng, self.cfg.single_turn_share)
                 traj = plan_trajectory(
@@ -691,11 +733,17 @@ class SFTRecipe:
                     self.cfg.retrieve_width,
                     self.cfg.retrieve_block,
                 )
-            examples.append(
-                encode_conversation(
-                    self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
-                )
+            example = encode_conversation(
+                self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
             )
+            example["loss_weights"] = content_weights(
+                example["input_ids"],
+                example["labels"],
+                self.content_ids,
+                self.cfg.content_weight if only is None else 1.0,
+                *self.retrieve_tags,
+            )
+            examples.append(example)
             cached.release()
             trajectories.append(traj)
         return examples, trajectories
@@ -727,14 +775,15 @@ class SFTRecipe:
         with log_path.open("a", encoding="utf-8") as log_file:
             while self.step < cfg.steps:
                 examples, _ = self.batch_at(self.step)
-                total_labels = sum(int((e["labels"] != IGNORE).sum()) for e in examples)
+                total_weight = sum(float(e["loss_weights"].sum()) for e in examples)
                 loss_sum, tokens = 0.0, 0
                 for batch in self.micro_batches(examples):
                     batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
                     labels = batch.pop("labels")
+                    weights = batch.pop("loss_weights")
                     out = self.model(**batch)
-                    # Sum over tokens / all labelled tokens of the step: a token-level mean.
-                    loss = token_loss(out.logits, labels, reduction="sum") / max(1, total_labels)
+                    # Weighted sum over tokens / all weight of the step: a token-level mean.
+                    loss = token_loss(out.logits, labels, "sum", weights) / max(1e-9, total_weight)
                     self.accelerator.backward(loss)
                     loss_sum += float(loss.detach())
                     tokens += int(batch["attention_mask"].sum())
@@ -826,13 +875,21 @@ class SFTRecipe:
     # -- evaluate -------------------------------------------------------------------------------
 
     def evaluate(self, settings: ProtocolSettings = MULTI_TURN) -> dict[str, Any]:
-        """Greedy multi-turn accuracy on the held-out items, through `vmtr.ask` itself."""
-        return evaluate_items(
-            self.accelerator.unwrap_model(self.model),
+        """Greedy multi-turn accuracy on the held-out items, through `vmtr.ask` itself, and the
+        teacher-forced reading accuracy (`vmtr.policies.reading`) on the same items."""
+        from vmtr.policies.reading import reading_accuracy
+
+        model = self.accelerator.unwrap_model(self.model)
+        result = evaluate_items(
+            model, self.processor, self.eval_items, settings, max_new_tokens=self.cfg.max_new_tokens
+        )
+        return result | reading_accuracy(
+            model,
             self.processor,
             self.eval_items,
+            self.cfg.out / "frames",
             settings,
-            max_new_tokens=self.cfg.max_new_tokens,
+            budget=self.budget,
         )
 
 
