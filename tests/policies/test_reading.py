@@ -58,3 +58,22 @@ def test_a_model_that_always_says_red_scores_the_share_of_red(setup, monkeypatch
         assert 0.0 < result["colour_accuracy"] <= 1.0
     real = reading.reading_accuracy(model, processor, items, Path(cache), budget=budget)
     assert real["needle_words"] == result["needle_words"]
+
+
+def test_reading_positions_name_each_clause(setup) -> None:
+    _, processor, _, _ = setup
+    tok = processor.tokenizer
+    reply = "<think>Border: frames 17 to 21. Seen: frame 34 blue cross.</think><answer>B</answer>"
+    ids = tok(reply, add_special_tokens=False)["input_ids"]
+    words = [tok.decode([i]) for i in ids]
+    found = {}
+    for kind, position in reading.reading_positions(ids, reading.reading_marks(tok)):
+        found.setdefault(kind, []).append(words[position].strip())
+    assert found == {
+        "border_first": ["Border"],
+        "border_digits": ["1", "7", "2", "1"],
+        "seen_first": ["frame"],
+        "seen_digits": ["3", "4"],
+        "colour": ["blue"],
+        "shape": ["cross"],
+    }

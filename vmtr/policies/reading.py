@@ -49,7 +49,6 @@ def reading_accuracy(
     ``budget`` is the frames' pixel budget (default: the inference backend's for ``model``), so
     the frames equal what the agent feeds the model; ``cache_dir`` keeps decoded pools.
     """
-    from vmtr.eval.synthetic import COLOURS, SHAPES
     from vmtr.policies.sft import CachedItem, encode_conversation, plan_trajectory
 
     if budget is None:
@@ -58,9 +57,9 @@ def reading_accuracy(
 
         budget = QwenVideoLM(model, processor, ModelSettings(model="sft")).pixel_budget
     tok = processor.tokenizer
-    kinds = {"colour": word_ids(tok, list(COLOURS)), "shape": word_ids(tok, list(SHAPES))}
-    hits = {k: 0 for k in kinds}
-    total = {k: 0 for k in kinds}
+    marks = reading_marks(tok)
+    hits: dict[str, int] = {}
+    total: dict[str, int] = {}
     was_training = model.training
     model.eval()
     rng = random.Random(seed)
@@ -71,15 +70,54 @@ def reading_accuracy(
         cached.release()
         labels = enc.pop("labels")
         batch = {k: (v[None] if v.dim() == 1 else v) for k, v in enc.items()}
-        logits = model(**batch).logits[0]
-        predicted = logits[:-1].argmax(-1)
-        targets = labels[1:]
-        for kind, ids in kinds.items():
-            where = torch.isin(targets, torch.tensor(list(ids)))
-            total[kind] += int(where.sum())
-            hits[kind] += int((predicted[where] == targets[where]).sum())
+        predicted = model(**batch).logits[0, :-1].argmax(-1).tolist()
+        targets = labels[1:].tolist()
+        for kind, position in reading_positions(targets, marks):
+            total[kind] = total.get(kind, 0) + 1
+            hits[kind] = hits.get(kind, 0) + int(predicted[position] == targets[position])
     if was_training:
         model.train()
+    out: dict[str, Any] = {f"{k}_accuracy": hits.get(k, 0) / n for k, n in sorted(total.items())}
+    return out | {"needle_words": total.get("colour", 0) + total.get("shape", 0)}
+
+
+def reading_marks(tokenizer: Any) -> dict[str, Any]:
+    """The token ids `reading_positions` steers by."""
+    from vmtr.eval.synthetic import COLOURS, SHAPES
+
+    one = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" Seen", "<think>")}
     return {
-        f"{kind}_accuracy": (hits[kind] / total[kind] if total[kind] else None) for kind in kinds
-    } | {"needle_words": sum(total.values())}
+        "colour": set(word_ids(tokenizer, list(COLOURS))),
+        "shape": set(word_ids(tokenizer, list(SHAPES))),
+        "digit": {tokenizer(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)},
+        "seen": one[" Seen"][0],
+        "think": one["<think>"][0],
+        "think_end": tokenizer.convert_tokens_to_ids("</think>"),
+    }
+
+
+def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tuple[str, int]]:
+    """(kind, position) of every scored target: ``colour`` and ``shape`` words;
+    ``border_digits`` and ``seen_digits``, the frame indices named in the border clause and in
+    the needle clause; ``border_first``, the first word after ``<think>`` ("Border" or "No");
+    ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame")."""
+    out: list[tuple[str, int]] = []
+    region = None
+    for i, t in enumerate(targets):
+        if t == marks["think"]:
+            region = "border"
+            if i + 1 < len(targets):
+                out.append(("border_first", i + 1))
+        elif t == marks["seen"] and region == "border":
+            region = "seen"
+            if i + 2 < len(targets):
+                out.append(("seen_first", i + 2))  # after " Seen" and ":"
+        elif t == marks["think_end"]:
+            region = None
+        elif region and t in marks["digit"]:
+            out.append((f"{region}_digits", i))
+        if t in marks["colour"]:
+            out.append(("colour", i))
+        elif t in marks["shape"]:
+            out.append(("shape", i))
+    return out
