@@ -1,16 +1,18 @@
 """Chunked prefill + bi-level KV (vmtr.models.kv_sparse) against dense prefill, side by side.
 
     python benchmarks/kv_sparse.py [--frames 128 256 512 1024] [--hidden 128 --layers 4]
-                                   [--frame-px 224] [--acc-n 60 --model tiny] [--plot out.png]
+                                   [--frame-px 224] [--frames-per-label 4]
+                                   [--acc-n 60 --model tiny] [--plot out.png]
 
 1. Scaling, on a random-weight Qwen2.5-VL whose text decoder dominates the compute (the vision
    tower is kept small, as the 7B model's is next to its LLM): for each frame count, the first
-   turn of the long-context mode (every frame as its own image with its ``frame_idx`` label, then
-   the question) is prefilled densely (one forward, as `QwenVideoLM` does) and sparsely (chunk by
-   chunk, window of earlier chunks, pooled KV, dense KV to disk, the model's attention picking
-   ``top_k`` dense chunks, then the question over the bi-level cache). Each measurement runs in
-   its own process: wall time of the model calls and peak resident memory above the level just
-   before them (VmHWM reset through /proc/self/clear_refs). Dense and sparse alternate.
+   turn of the long-context mode (every frame as its own image, one ``frame_idx:s-e`` label per
+   ``--frames-per-label`` frames, then the question) is prefilled densely (one forward, as
+   `QwenVideoLM` does) and sparsely (chunk by chunk, window of earlier chunks, pooled KV, dense
+   KV to disk, the model's attention picking ``top_k`` dense chunks, then the question over the
+   bi-level cache). Each measurement runs in its own process: wall time of the model calls and
+   peak resident memory above the level just before them (VmHWM reset through
+   /proc/self/clear_refs). Dense and sparse alternate.
 2. Decoding KV held: bytes of the cache the reply is decoded from, dense vs bi-level.
 3. Agreement: next-token distributions at every question token, dense vs sparse: top-1 match and
    KL(dense || sparse). With random weights these distributions are flat, so this is a
@@ -72,7 +74,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _first_turn(processor: Any, n: int, frame_px: int) -> dict[str, Any]:
+def _first_turn(processor: Any, n: int, frame_px: int, frames_per_label: int) -> dict[str, Any]:
     from PIL import Image
 
     from vmtr.agent import protocol
@@ -83,7 +85,7 @@ def _first_turn(processor: Any, n: int, frame_px: int) -> dict[str, Any]:
     pool = [float(i) + 0.5 for i in range(n)]
     messages = [
         protocol.system_message(settings),
-        first_message(pool, QUESTION, OPTIONS, settings),
+        first_message(pool, QUESTION, OPTIONS, settings, frames_per_label=frames_per_label),
     ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     rng = np.random.default_rng(0)
@@ -166,8 +168,9 @@ def worker(args: argparse.Namespace) -> None:
     processor = AutoProcessor.from_pretrained(args.model_dir)
     sparse = SparseSettings(**json.loads(args.sparse), offload="disk")
     with tempfile.TemporaryDirectory(prefix="vmtr-kvb-") as folder:
-        _prefill(model, _first_turn(processor, 2, args.frame_px), args.mode, sparse, folder)
-        encoded = _first_turn(processor, args.n, args.frame_px)
+        warm = _first_turn(processor, 2, args.frame_px, args.frames_per_label)
+        _prefill(model, warm, args.mode, sparse, folder)
+        encoded = _first_turn(processor, args.n, args.frame_px, args.frames_per_label)
         gc.collect()
         exact = _reset_peak()
         before = _status_kb("VmRSS") if exact else _status_kb("VmHWM")
@@ -250,6 +253,8 @@ def measure(args: argparse.Namespace, folder: Path, mode: str, n: int) -> dict[s
         str(args.repeats),
         "--repeat-limit",
         str(args.repeat_limit),
+        "--frames-per-label",
+        str(args.frames_per_label),
     ]
     # A fixed mmap threshold makes glibc hand big freed blocks back at once, so peak RSS tracks
     # live tensors in both modes instead of the allocator's fragmentation.
@@ -315,6 +320,7 @@ def accuracy(args: argparse.Namespace) -> tuple[float | None, float | None, str]
                     item.question,
                     item.options,
                     frames=args.acc_frames,
+                    frames_per_label=args.frames_per_label,
                     model=lm,
                     sparse=sparse,
                     dense_baseline=mode == "dense",
@@ -332,7 +338,7 @@ def accuracy(args: argparse.Namespace) -> tuple[float | None, float | None, str]
         )
     n = len(items)
     where = (
-        f"long-context mode, {args.acc_frames} frames"
+        f"long-context mode, {args.acc_frames} frames, {args.frames_per_label} a label"
         if args.acc_protocol == "long"
         else "default protocol (16 + 8 + 8 frames)"
     )
@@ -365,6 +371,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def main() -> None:
+    from vmtr.agent.long_context import FRAMES_PER_LABEL
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[128, 256, 512, 1024])
     parser.add_argument("--hidden", type=int, default=128)
@@ -381,6 +389,13 @@ def main() -> None:
         "--sparse",
         default='{"frames_per_chunk": 4, "window": 3, "pool_factor": 4, "top_k": 2}',
         help="SparseSettings fields as JSON.",
+    )
+    parser.add_argument(
+        "--frames-per-label",
+        type=int,
+        default=FRAMES_PER_LABEL,
+        help="Long-context mode: consecutive frames sharing one frame_idx:s-e label "
+        "(1 = a label per frame).",
     )
     parser.add_argument("--acc-n", type=int, default=60)
     parser.add_argument("--acc-protocol", choices=["default", "long"], default="default")
@@ -421,7 +436,8 @@ def main() -> None:
             params = build_random_model(args, folder)
             print(
                 f"model: random Qwen2.5-VL, {params:.1f} M params (hidden {args.hidden}, "
-                f"{args.layers} layers), frames {args.frame_px}px, sparse {args.sparse}, "
+                f"{args.layers} layers), frames {args.frame_px}px, "
+                f"{args.frames_per_label} frame(s) a label, sparse {args.sparse}, "
                 f"{args.threads} thread(s)",
                 file=sys.stderr,
             )

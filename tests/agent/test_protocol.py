@@ -144,6 +144,30 @@ def test_timestamp_labels_are_a_setting():
     )
 
 
+def test_group_labels_share_one_label_per_run_of_frames():
+    settings = ProtocolSettings()
+    common = dict(question="Q?", options=None, pool_size=10, settings=settings)
+    times = [float(i) for i in range(10)]
+    grouped = protocol.user_message(
+        turn=1, frames=list(range(10)), timestamps=times, frames_per_label=4, **common
+    )
+    body = [p.get("text", p.get("frame")) for p in grouped["content"][1:-1]]
+    assert body == [
+        "frame_idx:0-3, ", 0, 1, 2, 3, "\n",
+        "frame_idx:4-7, ", 4, 5, 6, 7, "\n",
+        "frame_idx:8-9, ", 8, 9, "\n",
+    ]  # fmt: skip
+    stamped = ProtocolSettings(label_timestamps=True)
+    assert protocol.group_label([4, 5], [2.0, 2.5], stamped) == "frame_idx:4-5 (time 2.0-2.5s), "
+    assert protocol.group_label([4], [2.0], settings) == protocol.frame_label(4, 2.0, settings)
+    # the default, one frame a label, is the Video-MTR protocol: label, image, new line
+    per_frame = protocol.user_message(turn=1, frames=[3, 4], timestamps=[1.0, 2.0], **common)
+    body = [p.get("text", p.get("frame")) for p in per_frame["content"][1:-1]]
+    assert body == ["frame_idx:3, ", 3, "\n", "frame_idx:4, ", 4, "\n"]
+    with pytest.raises(ValueError):
+        protocol.user_message(turn=1, frames=[1], timestamps=[1.0], frames_per_label=0, **common)
+
+
 def test_settings_validate():
     with pytest.raises(ValueError):
         ProtocolSettings(first_turn_frames=65)

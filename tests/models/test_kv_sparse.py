@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,13 @@ from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from vmtr.agent import protocol
-from vmtr.agent.long_context import ask_long, ask_with_encoder, build_long_graph, dense_message
+from vmtr.agent.long_context import (
+    ask_long,
+    ask_with_encoder,
+    build_long_graph,
+    dense_message,
+    first_message,
+)
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.kv_sparse import (
     DenseStore,
@@ -49,20 +57,25 @@ def _images(indices):
     ]
 
 
-def _encoded(lm: QwenVideoLM, n: int = N_FRAMES):
+def _encoded(lm: QwenVideoLM, n: int = N_FRAMES, frames_per_label: int | None = None):
+    """Turn 1 of the Video-MTR protocol, or with ``frames_per_label`` of the long mode."""
     settings = ProtocolSettings(pool_size=n, first_turn_frames=n)
-    messages = [
-        protocol.system_message(settings),
-        protocol.user_message(
+    question, options, times = "Which colour was the shape?", ["A. red", "B. blue"], range(n)
+    if frames_per_label is None:
+        first = protocol.user_message(
             turn=1,
             frames=list(range(n)),
-            timestamps=[float(i) for i in range(n)],
-            question="Which colour was the shape?",
-            options=["A. red", "B. blue"],
+            timestamps=[float(i) for i in times],
+            question=question,
+            options=options,
             pool_size=n,
             settings=settings,
-        ),
-    ]
+        )
+    else:
+        first = first_message(
+            [float(i) for i in times], question, options, settings, None, frames_per_label
+        )
+    messages = [protocol.system_message(settings), first]
     text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     encoded = dict(lm.processor(text=[text], images=_images(range(n)), return_tensors="pt"))
     positions, _ = lm.model.model.get_rope_index(
@@ -131,6 +144,50 @@ def test_plan_chunks_owns_labels_and_covers_the_video(tiny):
     )
 
 
+GROUPED = 10  # frames in the grouped-label tests: groups 0-3, 4-7, 8-9
+
+
+def _labels(tokenizer, ids: torch.Tensor) -> list[str]:
+    return re.findall(r"frame_idx:[\d-]+", tokenizer.decode(ids))
+
+
+@pytest.mark.parametrize("per_chunk", [4, 8, 3])
+def test_group_labels_are_owned_by_the_chunk_of_their_first_frame(tiny, per_chunk):
+    _, encoded, _ = _encoded(tiny, GROUPED, frames_per_label=4)
+    tokenizer = tiny.processor.tokenizer
+    ids = encoded["input_ids"][0]
+    assert _labels(tokenizer, ids) == ["frame_idx:0-3", "frame_idx:4-7", "frame_idx:8-9"]
+    config = tiny.model.config
+    markers = (config.vision_start_token_id, config.vision_end_token_id)
+    layout = plan_chunks(
+        encoded["mm_token_type_ids"][0], encoded["image_grid_thw"], 2, per_chunk, ids, markers
+    )
+    # chunk 0 starts at frame 0's first image token, so the first label sits in the prefix
+    assert _labels(tokenizer, ids[: layout.prefix_end]) == ["frame_idx:0-3"]
+    for chunk in layout.chunks:
+        text = ~(chunk.visual | chunk.marker)
+        owned = _labels(tokenizer, ids[chunk.start : chunk.end][text])
+        firsts = [f for f in (4, 8) if f in chunk.frames]  # first frames of groups 1 and 2
+        assert owned == [f"frame_idx:{f}-{min(f + 3, GROUPED - 1)}" for f in firsts]
+
+
+def test_group_labels_shrink_the_pooled_cache(tiny):
+    sizes = {}
+    for per_label in (1, 4):
+        _, encoded, positions = _encoded(tiny, GROUPED, frames_per_label=per_label)
+        settings = SparseSettings(frames_per_chunk=4, window=1)
+        video = chunked_prefill(tiny.model, encoded, positions, settings)
+        sizes[per_label] = (video.kv_bytes(()), video.dense_bytes())
+        stamps = sum(int(c.text[0][0].shape[-2]) for c in video.chunks)
+        # the labels and new lines the chunks keep whole (frame 0's label is in the prefix)
+        kept = "".join(f"\nframe_idx:{i}, " for i in range(1, GROUPED))
+        if per_label == 4:
+            kept = "\nframe_idx:4-7, \nframe_idx:8-9, "
+        assert stamps == len(tiny.processor.tokenizer(kept)["input_ids"])
+    assert sizes[4][0] < sizes[1][0] and sizes[4][1] < sizes[1][1]
+    assert sizes[4][0] / sizes[4][1] < sizes[1][0] / sizes[1][1]
+
+
 def test_split_at_images_tokenizes_like_the_whole_prompt(tiny):
     messages, encoded, _ = _encoded(tiny)
     text = tiny.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -145,11 +202,14 @@ def test_split_at_images_tokenizes_like_the_whole_prompt(tiny):
     assert torch.equal(torch.cat(ids, dim=1), encoded["input_ids"])
 
 
-def test_chunked_prefill_with_full_window_equals_dense(tiny):
-    _, encoded, positions = _encoded(tiny)
+@pytest.mark.parametrize(
+    ("n", "per_label", "per_chunk"), [(N_FRAMES, None, 2), (GROUPED, 4, 4), (GROUPED, 4, 3)]
+)
+def test_chunked_prefill_with_full_window_equals_dense(tiny, n, per_label, per_chunk):
+    _, encoded, positions = _encoded(tiny, n, frames_per_label=per_label)
     with torch.no_grad():
         dense = tiny.model(**encoded, position_ids=positions).logits
-    settings = SparseSettings(frames_per_chunk=2, window=N_FRAMES, pool_factor=4)
+    settings = SparseSettings(frames_per_chunk=per_chunk, window=n, pool_factor=4)
     video = chunked_prefill(tiny.model, encoded, positions, settings)
     logits = _tail_logits(tiny, video, encoded, positions, range(len(video.chunks)))
     end = video.layout.end
@@ -208,9 +268,10 @@ def _two_turns(lm, messages, new_images: bool):
     return first.token_ids, second.token_ids
 
 
+@pytest.mark.parametrize("per_label", [None, 4])
 @pytest.mark.parametrize("new_images", [False, True])
-def test_sparse_lm_all_dense_matches_dense_backend_over_two_turns(tiny, new_images):
-    messages, _, _ = _encoded(tiny)
+def test_sparse_lm_all_dense_matches_dense_backend_over_two_turns(tiny, new_images, per_label):
+    messages, _, _ = _encoded(tiny, frames_per_label=per_label)
     # attention relevance with top_k above the chunk count makes every chunk dense on turn 1
     everything = SparseSettings(
         frames_per_chunk=2, window=N_FRAMES, relevance="attention", top_k=99
@@ -257,18 +318,29 @@ def test_retrieve_makes_chunks_dense(tiny, relevance):
     lm.end_session("r")
 
 
-def test_long_graph_retrieve_sends_no_images(make_video):
+@pytest.mark.parametrize(
+    ("per_label", "labels"),
+    [
+        (None, ["0-3", "4-7", "8-11"]),
+        (5, ["0-4", "5-9", "10-11"]),
+        (1, [str(i) for i in range(12)]),
+    ],
+)
+def test_long_graph_retrieve_sends_no_images(make_video, per_label, labels):
     video = make_video(seconds=3.0, fps=10.0)
     lm = ScriptedVideoLM(
         ["<think>look</think><retrieve>3, 9</retrieve>", "<think>ok</think><answer>A</answer>"]
     )
-    graph = build_long_graph(lm, frames=12)
+    group = {} if per_label is None else {"frames_per_label": per_label}
+    graph = build_long_graph(lm, frames=12, **group)
     state = graph.invoke(
         {"video": str(video), "question": "What?", "options": ["red", "blue"]},
         {"recursion_limit": 30},
     )
     assert state["answer"] == "A"
     assert lm.frames_seen == [list(range(12)), []]
+    turn1 = "".join(p.get("text", "") for p in lm.calls[0][-1]["content"])
+    assert re.findall(r"frame_idx:([\d-]+)", turn1) == labels
     assert "Frames 3 to 9 are now shown in full detail." in lm.calls[1][-1]["content"][0]["text"]
 
 

@@ -5,8 +5,9 @@
 The same turn protocol and parser as the default agent, with two changes:
 
 - ``prepare`` samples a pool of N frames (spread over the whole video, at most one per decoded
-  frame) and shows all of them on turn 1; with a `SparseVideoLM` they are prefilled chunk by chunk
-  and held as pooled KV;
+  frame) and shows all of them on turn 1, one ``frame_idx:s-e`` label per group of
+  ``frames_per_label`` frames (`FRAMES_PER_LABEL`); with a `SparseVideoLM` they are prefilled
+  chunk by chunk and held as pooled KV;
 - ``select_segment`` sends no new images: the next user message says that frames s..e are now
   shown in full detail and carries a ``{"type": "dense"}`` control part, which the
   `SparseVideoLM` turns into dense KV for the chunks of that range.
@@ -45,6 +46,21 @@ from vmtr.tools import video as video_tools
 LIST_LIMIT = 64
 """Up to this many frames the turn-1 header lists every index, as the protocol does."""
 
+FRAMES_PER_LABEL = 4
+"""Consecutive frames that share one ``frame_idx:s-e`` label on turn 1 of the long mode.
+
+Video-XL-2 puts one timestamp before every group of 4 frames; a label per frame (about 10 tokens,
+digits tokenize one by one) would outweigh the 16 pooled tokens of a frame in the bi-level cache,
+where labels are kept whole. 4 is also `SparseSettings.frames_per_chunk`'s default, and
+`plan_chunks` starts each chunk right after the previous chunk's last image, so the label before
+a group's first frame belongs to that frame's chunk: with the defaults every chunk owns exactly
+the one label naming its frames (with ``frames_per_chunk`` a multiple of it, whole groups). A
+group that straddles two chunks still works: its label lies in the first one, whose text every
+later chunk sees. It is a setting of its own, not the chunk size, so that a larger chunk
+(Video-XL-2's 16 frames) keeps labels as fine as Video-XL-2's and the dense baseline, which has no
+chunks, gets the same prompt.
+"""
+
 
 def long_pool(info: video_tools.VideoInfo, frames: int) -> list[float]:
     """N timestamps spread over the whole video (capped by its frame count)."""
@@ -58,8 +74,10 @@ def first_message(
     options: Sequence[str] | None,
     settings: ProtocolSettings,
     scores: Sequence[float] | None = None,
+    frames_per_label: int = FRAMES_PER_LABEL,
 ) -> dict[str, Any]:
-    """Turn 1 with every pool frame; a compact header once the list would be long."""
+    """Turn 1 with every pool frame, one label per ``frames_per_label`` frames (1: the protocol's
+    label per frame); a compact header once the list would be long."""
     shown = list(range(len(pool)))
     message = protocol.user_message(
         turn=1,
@@ -69,6 +87,7 @@ def first_message(
         options=options,
         pool_size=len(pool),
         settings=settings,
+        frames_per_label=frames_per_label,
     )
     if len(shown) > LIST_LIMIT:
         header = message["content"][0]["text"].splitlines()
@@ -119,10 +138,11 @@ def build_long_graph(
     scorer: PoolScorer | None = None,
     checkpointer: Any = None,
     name: str = "vmtr-long",
+    frames_per_label: int = FRAMES_PER_LABEL,
 ):
     """Compile the long-context agent graph around ``model`` (a `SparseVideoLM`, or any
     `VideoLM` for the dense baseline). ``scorer`` gives per-frame relevance for
-    ``relevance="store"``."""
+    ``relevance="store"``; ``frames_per_label`` frames share one turn-1 label."""
     settings = protocol_settings or ProtocolSettings()
     gen = generation or GenerationSettings()
     cache = frame_cache if frame_cache is not None else video_tools.FrameCache(max(frames, 256))
@@ -139,7 +159,7 @@ def build_long_graph(
         options = protocol.format_options(state.get("options") or []) or None
         messages = [
             protocol.system_message(settings),
-            first_message(pool, question, options, settings, scores),
+            first_message(pool, question, options, settings, scores, frames_per_label),
         ]
         return fresh_episode(state, question, options, info.duration, pool, messages)
 
@@ -205,9 +225,11 @@ def ask_long(
     dense_baseline: bool = False,
     on_update: Callable[[str, dict[str, Any]], None] | None = None,
     scorer: PoolScorer | None = None,
+    frames_per_label: int = FRAMES_PER_LABEL,
     **settings: Any,
 ) -> AskResult:
-    """Answer ``question`` in long-context mode: ``frames`` frames on turn 1 as bi-level KV.
+    """Answer ``question`` in long-context mode: ``frames`` frames on turn 1 as bi-level KV,
+    ``frames_per_label`` of them under each label.
 
     ``model`` is a loaded `VideoLM` (a `QwenVideoLM` is wrapped in a `SparseVideoLM`) or a model
     spec; other keywords are `ProtocolSettings`, `GenerationSettings` or `ModelSettings` fields,
@@ -217,7 +239,12 @@ def ask_long(
     if not dense_baseline:
         lm = sparse_model(lm, sparse)
     graph = build_long_graph(
-        lm, frames=frames, protocol_settings=proto, generation=gen, scorer=scorer
+        lm,
+        frames=frames,
+        protocol_settings=proto,
+        generation=gen,
+        scorer=scorer,
+        frames_per_label=frames_per_label,
     )
     return run_graph(graph, video, question, options, proto.max_turns, on_update)
 

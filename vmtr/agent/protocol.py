@@ -8,7 +8,9 @@ the frame pool) and must reply with exactly one of
 
 The prompts carry the fields of the released Video-MTR code (turn number, frame count and pool
 indices, one `frame_idx:i` line per frame, the question, the options, a note on what the model may
-do, the format rule, the highest frame index); the wording is vmtr's own. The parser is as strict
+do, the format rule, the highest frame index); the wording is vmtr's own. The long-context mode
+(`vmtr.agent.long_context`) alone puts one label before a group of consecutive frames
+(`frame_idx:8-11`), as Video-XL-2 puts one timestamp before every 4 frames. The parser is as strict
 as the released one: anything else is an invalid turn, which uses up a turn and is explained to the
 model in the next message. Messages are plain JSON-able dicts in the Hugging Face chat format, with
 frames as ``{"type": "image", "frame": pool_index}`` placeholders that the model backend resolves.
@@ -160,6 +162,19 @@ def frame_label(index: int, timestamp: float, settings: ProtocolSettings) -> str
     return f"frame_idx:{index}, "
 
 
+def group_label(
+    indices: Sequence[int], timestamps: Sequence[float], settings: ProtocolSettings
+) -> str:
+    """The text put before a group of consecutive frames that share one label: ``frame_idx:8-11``
+    names the first and last pool index (a group of one gets `frame_label`)."""
+    if len(indices) == 1:
+        return frame_label(indices[0], timestamps[0], settings)
+    first, last = indices[0], indices[-1]
+    if settings.label_timestamps:
+        return f"frame_idx:{first}-{last} (time {timestamps[0]:.1f}-{timestamps[-1]:.1f}s), "
+    return f"frame_idx:{first}-{last}, "
+
+
 def user_message(
     *,
     turn: int,
@@ -170,12 +185,17 @@ def user_message(
     pool_size: int,
     settings: ProtocolSettings,
     error: str | None = None,
+    frames_per_label: int = 1,
 ) -> Message:
     """One user turn: the new frames (possibly none), the question and the rules for replying.
 
     ``timestamps`` are the pool timestamps of ``frames``. ``error`` explains why the previous reply
-    was rejected; such a turn carries no new frames.
+    was rejected; such a turn carries no new frames. ``frames_per_label`` consecutive frames share
+    one `group_label` and one line (1, the Video-MTR protocol: a label and a line per frame); it
+    is meant for runs of consecutive pool indices, as the long-context mode shows.
     """
+    if frames_per_label < 1:
+        raise ValueError(f"frames_per_label must be at least 1, got {frames_per_label}")
     last = turn >= settings.max_turns
     content: list[dict[str, Any]] = []
     lines = [f"Turn {turn} of {settings.max_turns}."]
@@ -187,9 +207,14 @@ def user_message(
     else:
         lines.append("No new frames are shown this turn.")
     content.append({"type": "text", "text": "\n".join(lines) + "\n"})
-    for index, ts in zip(frames, timestamps, strict=True):
-        content.append({"type": "text", "text": frame_label(index, ts, settings)})
-        content.append({"type": "image", "frame": int(index), "timestamp": float(ts)})
+    if len(frames) != len(timestamps):
+        raise ValueError(f"{len(frames)} frames but {len(timestamps)} timestamps")
+    for first in range(0, len(frames), frames_per_label):
+        group = frames[first : first + frames_per_label]
+        times = timestamps[first : first + frames_per_label]
+        content.append({"type": "text", "text": group_label(group, times, settings)})
+        for index, ts in zip(group, times, strict=True):
+            content.append({"type": "image", "frame": int(index), "timestamp": float(ts)})
         content.append({"type": "text", "text": "\n"})
     tail = [f"Question: {question.strip()}"]
     if options:

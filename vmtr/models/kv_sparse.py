@@ -3,8 +3,9 @@
 **Chunked prefill.** The frames of a long first turn are grouped into chunks of
 ``frames_per_chunk`` frames. Each chunk is run through the transformers Qwen2.5-VL model on its
 own, with a ``DynamicCache`` that holds only what the chunk may see — the text before the video,
-the timestamp tokens of every earlier chunk (in vmtr each frame's ``frame_idx:i`` label plays the
-part of Video-XL-2's "Time t s:" tokens) and the full KV (visual tokens and vision start/end
+the timestamp tokens of every earlier chunk (in vmtr the long mode's ``frame_idx:s-e`` label
+before every group of frames, 4 by default, plays the part of Video-XL-2's "Time t s:" tokens;
+any text between images counts) and the full KV (visual tokens and vision start/end
 markers) of the previous ``window`` chunks — plus a 4-D mask that is causal inside the chunk and
 open on that context. Nothing outside the window is computed: the visual work grows linearly with
 the number of frames and peak memory is bounded by the window plus what is kept (pooled visual
@@ -124,7 +125,8 @@ def plan_chunks(
     """Cut the sequence's images into chunks of ``frames_per_chunk`` frames.
 
     Chunk 0 starts at the first image token; chunk c > 0 starts right after chunk c-1's last
-    image, so it owns the labels of its own frames. Each image must have one temporal grid step
+    image, so it owns the labels of its own frames (a group label, before a group's first frame,
+    belongs to that frame's chunk; frame 0's label lies in the prefix). Each image must have one temporal grid step
     (vmtr sends every frame as its own image). Tokens of ``ids`` in ``marker_ids`` (the vision
     start/end markers) are marked: they carry no time, so later chunks need not see them.
     """
