@@ -203,6 +203,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--results", type=Path, help="JSONL of per-item results (resumable).")
     parser.add_argument("--json", action="store_true", help="Print the table as JSON too.")
+    parser.add_argument(
+        "--no-reading", action="store_true", help="Skip the teacher-forced reading check."
+    )
     args = parser.parse_args()
 
     items = load_items(args.data, args.n, args.seed, args.minutes)
@@ -228,8 +231,36 @@ def main() -> None:
                 f"- {row['setting']}: first reply names exactly the shapes its frames showed in "
                 f"{sum(reads)}/{len(reads)} runs where a shape was shown ({sum(reads) / len(reads):.0%})"
             )
+    if not args.no_reading:
+        print(reading_line(args.model, items, args.data / "frames"))
     if args.json:
         print(json.dumps([{k: v for k, v in row.items() if k != "reads"} for row in table]))
+
+
+def reading_line(model: str, items: list[dict[str, Any]], cache: Path) -> str:
+    """Teacher-forced reading (`vmtr.policies.reading`) on the same items, as one line."""
+    from vmtr.agent.ask import resolve_model
+    from vmtr.eval.datasets import load_video_mtr_json
+    from vmtr.policies.reading import reading_accuracy
+
+    lm, _, _ = resolve_model(model, {"device": "cpu"})
+    wanted = {item["id"] for item in items}
+    qa = [q for q in load_video_mtr_json(cache.parent / "annotations.json") if q.id in wanted]
+    cache.mkdir(parents=True, exist_ok=True)
+    r = reading_accuracy(lm.model, lm.processor, qa, cache)
+    names = {
+        "colour_accuracy": "colour",
+        "shape_accuracy": "shape",
+        "border_digits_accuracy": "border frame digits",
+        "seen_first_accuracy": "shape or none",
+        "seen_digits_accuracy": "needle frame digits",
+    }
+    parts = [f"{label} {r[key]:.0%}" for key, label in names.items() if r.get(key) is not None]
+    return (
+        f"- teacher-forced reading over the scripted multi-turn episodes of these {len(qa)} items "
+        f"(top-1 at each word of the warm start's own labels; chance 17 % for colour, 25 % for "
+        f"shape): {', '.join(parts)}"
+    )
 
 
 if __name__ == "__main__":
