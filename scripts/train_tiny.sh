@@ -13,7 +13,7 @@
 # ranges left greedy decoding writing malformed ranges ("2, 4, 4").
 # Data, checkpoints and logs stay under RUN (git-ignored). Re-running skips finished stages; an
 # interrupted stage continues from its last checkpoint.
-# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core, about 1.5 hours)
+# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core, about 2.5 hours)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
@@ -43,6 +43,7 @@ stage() {
   shift 4
   local out="$RUN/$name" model=$from resume=()
   if [ "$from" != tiny ]; then model="$RUN/$from/final"; fi
+  case "$from" in */*) model="$RUN/$from" ;; esac
   if [ -f "$out/report.json" ]; then return; fi
   if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
   vmtr train sft --out "$out" --model "$model" --steps "$steps" --schedule-steps "$schedule" \
@@ -65,7 +66,18 @@ stage 5-protocol 4-read2 150 150 --data "$D/drill-s1100" --data "$D/drill-s1101"
   --data "$D/drill-big-s1102" --data "$D/train-s1000" --data "$D/train-s1001" --batch-size 8 \
   --lr 5e-4 --warmup 5 --seed 9 --caption-share 0.5 --caption-frames 4 --retrieve-block 8 \
   --eval-every 50
-FINAL="$RUN/5-protocol/best"
+# 6-7. Protocol episodes only, with the loss on what the replies read (colours, shapes, frame
+# indices, the answer letter) weighted 5x (--content-weight): with plain full-reply loss those
+# few tokens drown among the format tokens, and stages 1-5 left the model blind. This is the
+# stage that taught it to read (teacher-forced colour 23 % -> 47 % in 100 steps, border frame
+# digits 21 % -> 43 %) while keeping the format.
+stage 6-weighted 5-protocol/best 200 200 --data "$D/drill-s1100" --data "$D/drill-s1101" \
+  --data "$D/drill-big-s1102" --data "$D/train-s1000" --data "$D/train-s1001" --batch-size 8 \
+  --lr 3e-4 --warmup 10 --seed 27 --retrieve-block 8 --content-weight 5
+stage 7-weighted 6-weighted 300 300 --data "$D/drill-s1100" --data "$D/drill-s1101" \
+  --data "$D/drill-big-s1102" --data "$D/train-s1000" --data "$D/train-s1001" --batch-size 8 \
+  --lr 3e-4 --warmup 10 --seed 31 --retrieve-block 8 --content-weight 10 --eval-every 100
+FINAL="$RUN/7-weighted/best"
 
 python - "$FINAL" <<'PY'
 import json, shutil, sys
@@ -82,22 +94,26 @@ shutil.rmtree(TINY_DIR, ignore_errors=True)
 shutil.copytree(final, TINY_DIR)
 (TINY_DIR / "vmtr_best.json").unlink()
 params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(TINY_DIR).parameters())
-reads = e.get("reads_shown_needles")
+reading = {k.removesuffix("_accuracy"): round(v, 3) for k, v in e.items() if k.endswith("_accuracy")}
 info = {
     "trained": True,
     "description": (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
-        "scripts/train_tiny.sh: protocol episodes on short videos, then reading drills, then "
-        "protocol episodes again (supervised only; retrieve ranges random, never the oracle's). "
-        "It learned the reply format, but it does not read its frames yet: neither the border "
-        "frames nor the coloured shapes"
-        + (f" (named right in {reads:.0%} of held-out first turns that show one)" if reads is not None else "")
-        + f", so its answers are near chance: {e['accuracy']:.0%} of {e['items']} held-out "
-        f"questions in {e['mean_turns']:.1f} turns on average. It knows nothing of real videos."
+        "scripts/train_tiny.sh: supervised only (retrieve ranges random aligned blocks, never "
+        "the oracle's), in stages: protocol episodes, reading drills, then protocol episodes "
+        "with the loss on what replies read weighted 5x, then 10x. It has started to read its "
+        "frames: teacher-forced on 40 held-out items of its training mix (16 s to 2 min videos, "
+        f"some with large needles) it names the border's frame digits right "
+        f"{e['border_digits_accuracy']:.0%} of the time and the needle's colour "
+        f"{e['colour_accuracy']:.0%} (chance 17 %); on the README's 2-minute held-out set, 67 % "
+        "and 27 %. Greedy, it answers near chance (README table): it writes retrieve ranges "
+        "near the border but often malformed, and it cannot yet find a needle among 16 frames. "
+        "It knows nothing of real videos."
     ),
     "recipe": "scripts/train_tiny.sh",
     "best_step_of_last_stage": best["step"],
     "heldout_eval": e,
+    "teacher_forced_reading": reading,
 }
 (TINY_DIR / "vmtr_tiny.json").write_text(json.dumps(info, indent=2) + "\n")
 print(info["description"])
