@@ -9,7 +9,9 @@ import typer
 
 
 def rl(
-    data: Annotated[Path, typer.Option(help="Video-MTR training json (annotations.json).")],
+    data: Annotated[
+        Path, typer.Option(help="Video-MTR training json, or a folder holding annotations.json.")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder: checkpoints, metrics.jsonl/png.")],
     model: Annotated[
         str, typer.Option(help="Start checkpoint: tiny, a folder or a hub id.")

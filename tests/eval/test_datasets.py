@@ -17,6 +17,7 @@ from vmtr.eval.datasets import (
     load_mlvu_dev,
     load_mlvu_test,
     load_synthetic,
+    load_video_mtr_json,
     load_videomme,
 )
 
@@ -127,6 +128,12 @@ def test_synthetic_folder_loads_annotations(tmp_path: Path) -> None:
     (tmp_path / "annotations.json").write_text(json.dumps([entry]))
     (item,) = load_synthetic(tmp_path)
     assert item.answer == "B" and item.video == tmp_path / "videos/s-1.mp4"
+    # The training-file loader (`vmtr train rl --data`) takes the folder as well as the file.
+    assert load_video_mtr_json(tmp_path) == load_video_mtr_json(tmp_path / "annotations.json")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="without annotations.json"):
+        load_video_mtr_json(empty)
 
 
 def test_load_benchmark_front_door(tmp_path: Path) -> None:

@@ -162,8 +162,15 @@ def video_mtr_item(entry: Any, base: Path) -> QAItem:
 
 
 def load_video_mtr_json(path: str | Path) -> list[QAItem]:
-    """Items of a JSON list in Video-MTR's training-file shape (the synthetic benchmark's too)."""
+    """Items of a JSON list in Video-MTR's training-file shape (the synthetic benchmark's too).
+
+    ``path`` may also be a split folder holding ``annotations.json`` (what `vmtr synth` writes).
+    """
     path = Path(path)
+    if path.is_dir():
+        if not (path / "annotations.json").exists():
+            raise DatasetError(f"{path}: a folder without annotations.json")
+        path = path / "annotations.json"
     data = read_json(path)
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
