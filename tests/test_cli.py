@@ -124,3 +124,18 @@ def test_demo_runs_offline():
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["turns"] and data["video"].endswith(".mp4")
+
+
+def test_ask_kv_sparse_labels_groups_of_frames(clip):
+    args = ["ask", str(clip), "What colour?", *FAST, "--max-turns", "1", "--json"]
+    kv = {}
+    for per_label in ("1", "3"):
+        result = runner.invoke(
+            app,
+            [*args, "--encoder", "kv-sparse", "--frames", "12", "--frames-per-label", per_label],
+        )
+        assert result.exit_code == 0, result.output
+        first = json.loads(result.stdout)["turns"][0]
+        assert first["frames"] == list(range(12))
+        kv[per_label] = first["kv"]["kv_bytes"]
+    assert kv["3"] < kv["1"]  # 4 labels instead of 12 in the pooled cache

@@ -144,6 +144,7 @@ def run_ask(
     first_turn_top: int = 0,
     encoder: str = "dense",
     frames: int = 256,
+    frames_per_label: int = 4,
     **settings: Any,
 ) -> Any:
     """Shared body of `ask` and `demo`: validate, load, run with progress, print."""
@@ -178,6 +179,7 @@ def run_ask(
             options or None,
             encoder=encoder,
             frames=frames,
+            **({"frames_per_label": frames_per_label} if encoder == "kv-sparse" else {}),
             model=lm,
             on_update=progress_printer(status, proto.max_turns),
             scorer=scorer,
@@ -237,6 +239,12 @@ def ask(
         ),
     ] = "dense",
     frames: Annotated[int, typer.Option(min=1, help="kv-sparse: frames taken in on turn 1.")] = 256,
+    frames_per_label: Annotated[
+        int,
+        typer.Option(
+            min=1, help="kv-sparse: consecutive frames under one frame_idx:s-e label on turn 1."
+        ),
+    ] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
@@ -263,6 +271,7 @@ def ask(
             first_turn_top=first_turn_top,
             encoder=encoder,
             frames=frames,
+            frames_per_label=frames_per_label,
         )
 
 
