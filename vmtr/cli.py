@@ -179,7 +179,7 @@ def run_ask(
             options or None,
             encoder=encoder,
             frames=frames,
-            **({"frames_per_label": frames_per_label} if encoder == "kv-sparse" else {}),
+            frames_per_label=frames_per_label,
             model=lm,
             on_update=progress_printer(status, proto.max_turns),
             scorer=scorer,

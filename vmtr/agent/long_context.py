@@ -261,6 +261,7 @@ def ask_with_encoder(
     encoder: str = "dense",
     frames: int = 256,
     sparse: SparseSettings | None = None,
+    frames_per_label: int = FRAMES_PER_LABEL,
     **kwargs: Any,
 ) -> AskResult:
     """`vmtr.ask` for ``encoder="dense"``, `ask_long` for ``"kv-sparse"`` (the CLI's switch).
@@ -278,5 +279,13 @@ def ask_with_encoder(
         kwargs.pop("first_turn_top", None)
         if sparse is None and kwargs.get("scorer") is not None:
             sparse = SparseSettings(relevance="store")
-        return ask_long(video, question, options, frames=frames, sparse=sparse, **kwargs)
+        return ask_long(
+            video,
+            question,
+            options,
+            frames=frames,
+            sparse=sparse,
+            frames_per_label=frames_per_label,
+            **kwargs,
+        )
     raise ValueError(f"unknown encoder {encoder!r}: use one of {', '.join(ENCODERS)}")

@@ -21,14 +21,13 @@ import torch
 from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import QAItem
 
-MULTI_TURN = ProtocolSettings()
 
-
-def word_ids(tokenizer: Any, words: Sequence[str]) -> dict[int, str]:
-    """Token id -> word, for the words that are one token with a leading space."""
+def word_ids(tokenizer: Any, words: Sequence[str], prefix: str = " ") -> dict[int, str]:
+    """Token id -> word, for the words that are one token after ``prefix`` (a leading space, as
+    inside a sentence, by default)."""
     out = {}
     for word in words:
-        pieces = tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
+        pieces = tokenizer(f"{prefix}{word}", add_special_tokens=False)["input_ids"]
         if len(pieces) == 1:
             out[pieces[0]] = word
     return out
@@ -40,7 +39,7 @@ def reading_accuracy(
     processor: Any,
     items: Sequence[QAItem],
     cache_dir: Path,
-    settings: ProtocolSettings = MULTI_TURN,
+    settings: ProtocolSettings | None = None,
     seed: int = 0,
     budget: dict[str, int] | None = None,
 ) -> dict[str, Any]:
@@ -49,13 +48,15 @@ def reading_accuracy(
     ``budget`` is the frames' pixel budget (default: the inference backend's for ``model``), so
     the frames equal what the agent feeds the model; ``cache_dir`` keeps decoded pools.
     """
-    from vmtr.policies.sft import CachedItem, encode_conversation, plan_trajectory
+    from vmtr.policies.sft import (
+        CachedItem,
+        backend_pixel_budget,
+        encode_conversation,
+        plan_trajectory,
+    )
 
-    if budget is None:
-        from vmtr.config import ModelSettings
-        from vmtr.models.qwen import QwenVideoLM
-
-        budget = QwenVideoLM(model, processor, ModelSettings(model="sft")).pixel_budget
+    settings = settings or ProtocolSettings()
+    budget = budget or backend_pixel_budget(model, processor)
     tok = processor.tokenizer
     marks = reading_marks(tok)
     hits: dict[str, int] = {}
@@ -89,7 +90,7 @@ def reading_marks(tokenizer: Any) -> dict[str, Any]:
     return {
         "colour": set(word_ids(tokenizer, list(COLOURS))),
         "shape": set(word_ids(tokenizer, list(SHAPES))),
-        "digit": {tokenizer(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)},
+        "digit": set(word_ids(tokenizer, [str(d) for d in range(10)], prefix="")),
         "seen": one[" Seen"][0],
         "think": one["<think>"][0],
         "think_end": tokenizer.convert_tokens_to_ids("</think>"),

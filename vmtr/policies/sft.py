@@ -349,6 +349,14 @@ def decode_pool(video: Path, budget: dict[str, int]) -> tuple[list[float], np.nd
     return pool, np.stack([np.asarray(im.convert("RGB")) for im in images])
 
 
+def backend_pixel_budget(model: Any, processor: Any) -> dict[str, int]:
+    """The frame size the inference backend would use for ``model``, so training frames equal
+    what the agent feeds it."""
+    from vmtr.models.qwen import QwenVideoLM
+
+    return QwenVideoLM(model, processor, ModelSettings(model="sft")).pixel_budget
+
+
 @dataclass
 class CachedItem:
     """A training item whose pool is decoded on first use and kept on disk as ``.npz``.
@@ -482,13 +490,10 @@ def content_token_ids(tokenizer: Any) -> torch.Tensor:
     learned early and their residual loss drowns the few tokens that need the image.
     """
     from vmtr.eval.synthetic import COLOURS, SHAPES
+    from vmtr.policies.reading import word_ids
 
-    words = [f" {w}" for w in (*COLOURS, *SHAPES)] + [str(d) for d in range(10)] + list("ABCD")
-    ids = set()
-    for word in words:
-        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1:
-            ids.add(pieces[0])
+    ids = set(word_ids(tokenizer, [*COLOURS, *SHAPES]))
+    ids |= set(word_ids(tokenizer, [*map(str, range(10)), *"ABCD"], prefix=""))
     return torch.tensor(sorted(ids))
 
 
@@ -630,7 +635,7 @@ class SFTRecipe:
         torch.manual_seed(cfg.seed)
         self.processor = AutoProcessor.from_pretrained(source)
         model = load_model(source, dtype=torch.float32)  # GTA checkpoints stay GTA
-        self.budget = self._pixel_budget(model)
+        self.budget = backend_pixel_budget(model, self.processor)
         self.content_ids = content_token_ids(self.processor.tokenizer)
         self.retrieve_tags = self.processor.tokenizer.convert_tokens_to_ids(
             ["<retrieve>", "</retrieve>"]
@@ -698,11 +703,6 @@ class SFTRecipe:
                 **self.cfg.tiny_sizes,
             )
         return init
-
-    def _pixel_budget(self, model: Any) -> dict[str, int]:
-        from vmtr.models.qwen import QwenVideoLM
-
-        return QwenVideoLM(model, self.processor, ModelSettings(model="sft")).pixel_budget
 
     def _cache_frames(self, items: Sequence[QAItem]) -> list[CachedItem]:
         cache_dir = self.cfg.out / "frames"
