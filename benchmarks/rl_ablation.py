@@ -34,6 +34,7 @@ from synthetic_table import (  # noqa: E402
     evaluate_model,
     load_items,
     markdown,
+    model_tag,
     summary_row,
 )
 
@@ -148,7 +149,7 @@ def main() -> None:
 
     items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
     started = time.perf_counter()
-    tag = Path(args.start).name if args.start != "tiny" else "tiny"
+    tag = model_tag(args.start)
     warm, _ = evaluate_model(
         args.start,
         items,
@@ -167,7 +168,7 @@ def main() -> None:
             str(checkpoint),
             items,
             [MULTI],
-            checkpoint.parent / "heldout.jsonl",
+            checkpoint.parent / f"heldout-{checkpoint.name}.jsonl",
             args.workers,
             args.max_new_tokens,
         )

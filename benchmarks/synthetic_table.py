@@ -192,6 +192,14 @@ def evaluate_model(
     return [r for r in done if r["id"] in wanted and r["setting"] in settings], len(jobs)
 
 
+def model_tag(model: str) -> str:
+    """A results-file tag naming ``model`` by its whole path, so that two checkpoints both
+    called ``best`` never share (and resume from) each other's rows."""
+    if model == "tiny":
+        return "tiny"
+    return "-".join(p for p in Path(model).parts if p not in ("/", "..", "."))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("runs/table/heldout-s5000"))
@@ -206,11 +214,16 @@ def main() -> None:
     parser.add_argument(
         "--no-reading", action="store_true", help="Skip the teacher-forced reading check."
     )
+    parser.add_argument(
+        "--needle-wording",
+        choices=["colour-first", "frame-first"],
+        default="colour-first",
+        help="How the model was taught to name needles (for the reading check's labels).",
+    )
     args = parser.parse_args()
 
     items = load_items(args.data, args.n, args.seed, args.minutes)
-    model_tag = Path(args.model).name if args.model != "tiny" else "tiny"
-    results = args.results or args.data / f"results-{model_tag}.jsonl"
+    results = args.results or args.data / f"results-{model_tag(args.model)}.jsonl"
     started = time.perf_counter()
     rows, new_runs = evaluate_model(
         args.model, items, list(SETTINGS), results, args.workers, args.max_new_tokens
@@ -232,12 +245,14 @@ def main() -> None:
                 f"{sum(reads)}/{len(reads)} runs where a shape was shown ({sum(reads) / len(reads):.0%})"
             )
     if not args.no_reading:
-        print(reading_line(args.model, items, args.data / "frames"))
+        print(reading_line(args.model, items, args.data / "frames", args.needle_wording))
     if args.json:
         print(json.dumps([{k: v for k, v in row.items() if k != "reads"} for row in table]))
 
 
-def reading_line(model: str, items: list[dict[str, Any]], cache: Path) -> str:
+def reading_line(
+    model: str, items: list[dict[str, Any]], cache: Path, wording: str = "colour-first"
+) -> str:
     """Teacher-forced reading (`vmtr.policies.reading`) on the same items, as one line."""
     from vmtr.agent.ask import resolve_model
     from vmtr.eval.datasets import load_video_mtr_json
@@ -247,7 +262,7 @@ def reading_line(model: str, items: list[dict[str, Any]], cache: Path) -> str:
     wanted = {item["id"] for item in items}
     qa = [q for q in load_video_mtr_json(cache.parent / "annotations.json") if q.id in wanted]
     cache.mkdir(parents=True, exist_ok=True)
-    r = reading_accuracy(lm.model, lm.processor, qa, cache)
+    r = reading_accuracy(lm.model, lm.processor, qa, cache, wording=wording)
     names = {
         "colour_accuracy": "colour",
         "shape_accuracy": "shape",

@@ -80,6 +80,12 @@ def sft(
             "(retrieve ranges excepted).",
         ),
     ] = 1.0,
+    needle_wording: Annotated[
+        str,
+        typer.Option(
+            help='colour-first ("red circle at frame 37") or frame-first ("frame 37 red circle").'
+        ),
+    ] = "colour-first",
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
@@ -118,6 +124,7 @@ def sft(
             caption_frames=caption_frames,
             caption_content_loss=caption_content_loss,
             content_weight=content_weight,
+            needle_wording=needle_wording,
             schedule_steps=schedule_steps,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -104,8 +105,39 @@ def test_think_text_only_names_needles_that_were_shown(cached) -> None:
             shown |= set(protocol.frames_in(user))
             text = reply["content"][0]["text"]
             for needle in c.item.extra["needles"]:
-                named = f"frame {needle['pool_index']} {needle['colour']} {needle['shape']}"
+                named = f"{needle['colour']} {needle['shape']} at frame {needle['pool_index']}"
                 assert (named in text) == (needle["pool_index"] in shown)
+
+
+def test_needle_wording_changes_only_how_a_needle_is_named(cached) -> None:
+    needles = [
+        {"pool_index": 12, "colour": "red", "shape": "circle"},
+        {"pool_index": 40, "colour": "blue", "shape": "square"},
+    ]
+    shown = {12, 13, 40}
+    assert sft.describe_needles(needles, shown) == (
+        "Seen: red circle at frame 12, blue square at frame 40."
+    )
+    assert sft.describe_needles(needles, shown, "frame-first") == (
+        "Seen: frame 12 red circle, frame 40 blue square."
+    )
+    c = cached[0]
+    for wording in ("colour-first", "frame-first"):
+        traj = sft.plan_trajectory(
+            c.item, c.pool, sft.MULTI_TURN, random.Random(3), wording=wording
+        )
+        again = sft.plan_trajectory(c.item, c.pool, sft.MULTI_TURN, random.Random(3))
+        assert traj.actions == again.actions and traj.frames == again.frames
+    # The reading check of a greedy reply accepts either wording.
+    turns = [
+        {
+            "frames": sorted(shown),
+            "raw": "<think>Seen: frame 12 red circle, frame 40 blue "
+            "square.</think><answer>A</answer>",
+        }
+    ]
+    item = dataclasses.replace(c.item, extra=c.item.extra | {"needles": needles})
+    assert sft.reads_first_turn(item, turns) is True
 
 
 def test_think_text_names_only_border_frames_that_were_shown(cached) -> None:
@@ -360,7 +392,7 @@ def test_content_loss_labels_only_what_was_read(cached, tiny) -> None:
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer
-    text = "<think>Seen: frame 3 red circle.</think><retrieve>8, 15</retrieve>"
+    text = "<think>Seen: red circle at frame 3.</think><retrieve>8, 15</retrieve>"
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     labels = ids.clone()
     labels[:2] = sft.IGNORE

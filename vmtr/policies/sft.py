@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -59,6 +59,11 @@ IGNORE = -100
 MULTI_TURN = ProtocolSettings()
 SINGLE_16 = ProtocolSettings(max_turns=1)
 SINGLE_32 = ProtocolSettings(max_turns=1, first_turn_frames=32)
+
+
+NeedleWording = Literal["colour-first", "frame-first"]
+"""How a reply names a needle: "red circle at frame 37" (the default) or "frame 37 red circle"
+(stages 1-7 of the bundled model's recipe were trained on the latter)."""
 
 
 class SFTError(RuntimeError):
@@ -113,6 +118,9 @@ class SFTConfig(BaseModel):
         description="Reading drills carry loss only on what was read (colours, shapes, digits, "
         "letters; see `content_token_ids`).",
     )
+    needle_wording: NeedleWording = Field(
+        "colour-first", description="How replies name a needle (see `NeedleWording`)."
+    )
     content_weight: float = Field(
         1.0,
         ge=1.0,
@@ -161,12 +169,25 @@ def needles_of(item: QAItem) -> list[dict[str, Any]]:
     return needles
 
 
-def describe_needles(needles: Sequence[dict[str, Any]], seen: set[int]) -> str:
-    """The needles among the frames shown so far, in pool order."""
+def describe_needles(
+    needles: Sequence[dict[str, Any]], seen: set[int], wording: NeedleWording = "colour-first"
+) -> str:
+    """The needles among the frames shown so far, in pool order.
+
+    What comes before where ("red circle at frame 37"): the colour is then read by looking for
+    any saturated object among the frames, and the frame index is named once the model's
+    attention is already on it. Written the other way round, the colour had to be read off the
+    one frame the model had just named, which a 4-layer model did not learn (teacher-forced
+    colour stayed under 45 %).
+    """
     visible = sorted((n for n in needles if n["pool_index"] in seen), key=lambda n: n["pool_index"])
     if not visible:
         return "Seen: no shapes."
-    listed = ", ".join(f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible)
+    if wording == "frame-first":
+        named = [f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible]
+    else:
+        named = [f"{n['colour']} {n['shape']} at frame {n['pool_index']}" for n in visible]
+    listed = ", ".join(named)
     return f"Seen: {listed}."
 
 
@@ -186,10 +207,10 @@ def describe_border(cue: Sequence[int] | None, seen: set[int]) -> str:
     return f"Border: frames {framed[0]} to {framed[-1]}. "
 
 
-def describe_seen(item: QAItem, seen: set[int]) -> str:
+def describe_seen(item: QAItem, seen: set[int], wording: NeedleWording = "colour-first") -> str:
     """What the frames shown so far reveal: the honest part of every reply."""
     return describe_border(item.extra.get("cue_pool_indices"), seen) + describe_needles(
-        needles_of(item), seen
+        needles_of(item), seen, wording
     )
 
 
@@ -228,6 +249,7 @@ def plan_trajectory(
     rng: random.Random,
     retrieve_width: tuple[int, int] = (8, 16),
     retrieve_block: int = 0,
+    wording: NeedleWording = "colour-first",
 ) -> Trajectory:
     """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
 
@@ -257,7 +279,7 @@ def plan_trajectory(
         )
         seen |= set(frames)
         last = turn == settings.max_turns
-        seen_text = describe_seen(item, seen)
+        seen_text = describe_seen(item, seen, wording)
         if needed <= seen or last:
             guess = not needed <= seen
             reply = answer_reply(seen_text, item.answer, guess)
@@ -285,7 +307,11 @@ def _same_action(got: protocol.Action, want: protocol.Action) -> bool:
 
 
 def plan_caption(
-    item: QAItem, pool: Sequence[float], frames: int, rng: random.Random
+    item: QAItem,
+    pool: Sequence[float],
+    frames: int,
+    rng: random.Random,
+    wording: NeedleWording = "colour-first",
 ) -> Trajectory:
     """A short reading drill: ``frames`` consecutive pool frames, labelled as the protocol labels
     them, then the question; the reply is the honest ``<think>`` of a protocol reply (border
@@ -316,7 +342,7 @@ def plan_caption(
         *protocol.format_options(item.options),
     ]
     content.append({"type": "text", "text": "\n".join(lines)})
-    seen_text = describe_seen(item, set(shown))
+    seen_text = describe_seen(item, set(shown), wording)
     reply = f"<think>{seen_text}</think>"
     if set(needed) <= set(shown):
         reply += f"<answer>{item.answer}</answer>"
@@ -720,7 +746,9 @@ class SFTRecipe:
             cached = self.items[rng.randrange(len(self.items))]
             only = None
             if rng.random() < self.cfg.caption_share:
-                traj = plan_caption(cached.item, cached.pool, self.cfg.caption_frames, rng)
+                traj = plan_caption(
+                    cached.item, cached.pool, self.cfg.caption_frames, rng, self.cfg.needle_wording
+                )
                 if self.cfg.caption_content_loss:
                     only = self.content_ids
             else:
@@ -732,6 +760,7 @@ class SFTRecipe:
                     rng,
                     self.cfg.retrieve_width,
                     self.cfg.retrieve_block,
+                    self.cfg.needle_wording,
                 )
             example = encode_conversation(
                 self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
@@ -890,11 +919,13 @@ class SFTRecipe:
             self.cfg.out / "frames",
             settings,
             budget=self.budget,
+            wording=self.cfg.needle_wording,
         )
 
 
 def reads_first_turn(item: QAItem, turns: Sequence[dict[str, Any]]) -> bool | None:
-    """Whether the first reply names exactly the needles its frames showed (None: none shown).
+    """Whether the first reply names exactly the needles its frames showed (None: none shown),
+    in either `NeedleWording`.
 
     A direct check of reading, apart from answer accuracy, which a lucky guess can inflate.
     """
@@ -904,7 +935,8 @@ def reads_first_turn(item: QAItem, turns: Sequence[dict[str, Any]]) -> bool | No
     shown = set(turns[0].get("frames", []))
     if not any(n["pool_index"] in shown for n in needles):
         return None
-    return describe_needles(needles, shown) in turns[0].get("raw", "")
+    raw = turns[0].get("raw", "")
+    return any(describe_needles(needles, shown, w) in raw for w in get_args(NeedleWording))
 
 
 def evaluate_items(
