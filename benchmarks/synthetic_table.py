@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument(
         "--needle-wording",
         choices=["colour-first", "frame-first"],
-        default="colour-first",
+        default="frame-first",
         help="How the model was taught to name needles (for the reading check's labels).",
     )
     args = parser.parse_args()
@@ -251,7 +251,7 @@ def main() -> None:
 
 
 def reading_line(
-    model: str, items: list[dict[str, Any]], cache: Path, wording: str = "colour-first"
+    model: str, items: list[dict[str, Any]], cache: Path, wording: str = "frame-first"
 ) -> str:
     """Teacher-forced reading (`vmtr.policies.reading`) on the same items, as one line."""
     from vmtr.agent.ask import resolve_model

@@ -83,9 +83,9 @@ def sft(
     needle_wording: Annotated[
         str,
         typer.Option(
-            help='colour-first ("red circle at frame 37") or frame-first ("frame 37 red circle").'
+            help='frame-first ("frame 37 red circle") or colour-first ("red circle at frame 37").'
         ),
-    ] = "colour-first",
+    ] = "frame-first",
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),

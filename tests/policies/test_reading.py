@@ -63,9 +63,7 @@ def test_a_model_that_always_says_red_scores_the_share_of_red(setup, monkeypatch
 def test_reading_positions_name_each_clause(setup) -> None:
     _, processor, _, _ = setup
     tok = processor.tokenizer
-    reply = (
-        "<think>Border: frames 17 to 21. Seen: blue cross at frame 34.</think><answer>B</answer>"
-    )
+    reply = "<think>Border: frames 17 to 21. Seen: frame 34 blue cross.</think><answer>B</answer>"
     ids = tok(reply, add_special_tokens=False)["input_ids"]
     words = [tok.decode([i]) for i in ids]
     found = {}
@@ -74,7 +72,7 @@ def test_reading_positions_name_each_clause(setup) -> None:
     assert found == {
         "border_first": ["Border"],
         "border_digits": ["1", "7", "2", "1"],
-        "seen_first": ["blue"],
+        "seen_first": ["frame"],
         "seen_digits": ["3", "4"],
         "colour": ["blue"],
         "shape": ["cross"],

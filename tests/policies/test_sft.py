@@ -105,7 +105,7 @@ def test_think_text_only_names_needles_that_were_shown(cached) -> None:
             shown |= set(protocol.frames_in(user))
             text = reply["content"][0]["text"]
             for needle in c.item.extra["needles"]:
-                named = f"{needle['colour']} {needle['shape']} at frame {needle['pool_index']}"
+                named = f"frame {needle['pool_index']} {needle['colour']} {needle['shape']}"
                 assert (named in text) == (needle["pool_index"] in shown)
 
 
@@ -116,10 +116,10 @@ def test_needle_wording_changes_only_how_a_needle_is_named(cached) -> None:
     ]
     shown = {12, 13, 40}
     assert sft.describe_needles(needles, shown) == (
-        "Seen: red circle at frame 12, blue square at frame 40."
-    )
-    assert sft.describe_needles(needles, shown, "frame-first") == (
         "Seen: frame 12 red circle, frame 40 blue square."
+    )
+    assert sft.describe_needles(needles, shown, "colour-first") == (
+        "Seen: red circle at frame 12, blue square at frame 40."
     )
     c = cached[0]
     for wording in ("colour-first", "frame-first"):
@@ -392,7 +392,7 @@ def test_content_loss_labels_only_what_was_read(cached, tiny) -> None:
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer
-    text = "<think>Seen: red circle at frame 3.</think><retrieve>8, 15</retrieve>"
+    text = "<think>Seen: frame 3 red circle.</think><retrieve>8, 15</retrieve>"
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     labels = ids.clone()
     labels[:2] = sft.IGNORE

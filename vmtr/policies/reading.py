@@ -4,7 +4,7 @@ Greedy held-out accuracy mixes three skills (the format, where to look, what is 
 lucky guess inflates it. This check isolates the last one. It scripts each item's episode with
 `plan_trajectory` (the warm start's own labels), feeds the whole conversation, and scores the
 model's top-1 prediction at every colour and shape word of the replies, given everything before
-it (so in "blue square at frame 37" the colour is given when the shape is scored). Chance is 1/6 for colours and 1/4
+it (so the frame index in "frame 37 red circle" is given too). Chance is 1/6 for colours and 1/4
 for shapes among the words themselves; a model that has not learned to read sits well below
 that, as its top-1 is often another word altogether.
 """
@@ -45,7 +45,7 @@ def reading_accuracy(
     settings: ProtocolSettings | None = None,
     seed: int = 0,
     budget: dict[str, int] | None = None,
-    wording: NeedleWording = "colour-first",
+    wording: NeedleWording = "frame-first",
 ) -> dict[str, Any]:
     """Top-1 accuracy at the colour and at the shape words of scripted episodes of ``items``.
 
@@ -106,7 +106,7 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
     """(kind, position) of every scored target: ``colour`` and ``shape`` words;
     ``border_digits`` and ``seen_digits``, the frame indices named in the border clause and in
     the needle clause; ``border_first``, the first word after ``<think>`` ("Border" or "No");
-    ``seen_first``, the first word after "Seen:" ("no" shapes or a colour)."""
+    ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame")."""
     out: list[tuple[str, int]] = []
     region = None
     for i, t in enumerate(targets):

@@ -61,9 +61,11 @@ SINGLE_16 = ProtocolSettings(max_turns=1)
 SINGLE_32 = ProtocolSettings(max_turns=1, first_turn_frames=32)
 
 
-NeedleWording = Literal["colour-first", "frame-first"]
-"""How a reply names a needle: "red circle at frame 37" (the default) or "frame 37 red circle"
-(stages 1-7 of the bundled model's recipe were trained on the latter)."""
+NeedleWording = Literal["frame-first", "colour-first"]
+"""How a reply names a needle: "frame 37 red circle" (the bundled model's) or "red circle at
+frame 37". Colour first was tried as a way to let the colour be read off any saturated object
+rather than off the one frame just named; 300 steps of it from the bundled model did not read
+colours better (README, "Training the tiny model")."""
 
 
 class SFTError(RuntimeError):
@@ -119,7 +121,7 @@ class SFTConfig(BaseModel):
         "letters; see `content_token_ids`).",
     )
     needle_wording: NeedleWording = Field(
-        "colour-first", description="How replies name a needle (see `NeedleWording`)."
+        "frame-first", description="How replies name a needle (see `NeedleWording`)."
     )
     content_weight: float = Field(
         1.0,
@@ -170,23 +172,16 @@ def needles_of(item: QAItem) -> list[dict[str, Any]]:
 
 
 def describe_needles(
-    needles: Sequence[dict[str, Any]], seen: set[int], wording: NeedleWording = "colour-first"
+    needles: Sequence[dict[str, Any]], seen: set[int], wording: NeedleWording = "frame-first"
 ) -> str:
-    """The needles among the frames shown so far, in pool order.
-
-    What comes before where ("red circle at frame 37"): the colour is then read by looking for
-    any saturated object among the frames, and the frame index is named once the model's
-    attention is already on it. Written the other way round, the colour had to be read off the
-    one frame the model had just named, which a 4-layer model did not learn (teacher-forced
-    colour stayed under 45 %).
-    """
+    """The needles among the frames shown so far, in pool order, worded as ``wording``."""
     visible = sorted((n for n in needles if n["pool_index"] in seen), key=lambda n: n["pool_index"])
     if not visible:
         return "Seen: no shapes."
-    if wording == "frame-first":
-        named = [f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible]
-    else:
+    if wording == "colour-first":
         named = [f"{n['colour']} {n['shape']} at frame {n['pool_index']}" for n in visible]
+    else:
+        named = [f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible]
     listed = ", ".join(named)
     return f"Seen: {listed}."
 
@@ -207,7 +202,7 @@ def describe_border(cue: Sequence[int] | None, seen: set[int]) -> str:
     return f"Border: frames {framed[0]} to {framed[-1]}. "
 
 
-def describe_seen(item: QAItem, seen: set[int], wording: NeedleWording = "colour-first") -> str:
+def describe_seen(item: QAItem, seen: set[int], wording: NeedleWording = "frame-first") -> str:
     """What the frames shown so far reveal: the honest part of every reply."""
     return describe_border(item.extra.get("cue_pool_indices"), seen) + describe_needles(
         needles_of(item), seen, wording
@@ -249,7 +244,7 @@ def plan_trajectory(
     rng: random.Random,
     retrieve_width: tuple[int, int] = (8, 16),
     retrieve_block: int = 0,
-    wording: NeedleWording = "colour-first",
+    wording: NeedleWording = "frame-first",
 ) -> Trajectory:
     """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
 
@@ -311,7 +306,7 @@ def plan_caption(
     pool: Sequence[float],
     frames: int,
     rng: random.Random,
-    wording: NeedleWording = "colour-first",
+    wording: NeedleWording = "frame-first",
 ) -> Trajectory:
     """A short reading drill: ``frames`` consecutive pool frames, labelled as the protocol labels
     them, then the question; the reply is the honest ``<think>`` of a protocol reply (border
