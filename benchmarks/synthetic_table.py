@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="JSONL of per-item results (resumable).")
     parser.add_argument("--json", action="store_true", help="Print the table as JSON too.")
     parser.add_argument(
+        "--json-out", type=Path, help="Also write the table and the reading check to this file."
+    )
+    parser.add_argument(
         "--no-reading", action="store_true", help="Skip the teacher-forced reading check."
     )
     parser.add_argument(
@@ -244,16 +247,22 @@ def main() -> None:
                 f"- {row['setting']}: first reply names exactly the shapes its frames showed in "
                 f"{sum(reads)}/{len(reads)} runs where a shape was shown ({sum(reads) / len(reads):.0%})"
             )
+    reading = None
     if not args.no_reading:
-        print(reading_line(args.model, items, args.data / "frames", args.needle_wording))
+        reading = reading_check(args.model, items, args.data / "frames", args.needle_wording)
+        print(reading_line(reading))
+    plain = [{k: v for k, v in row.items() if k != "reads"} for row in table]
     if args.json:
-        print(json.dumps([{k: v for k, v in row.items() if k != "reads"} for row in table]))
+        print(json.dumps(plain))
+    if args.json_out:
+        report = {"model": args.model, "heldout": made, "rows": plain, "reading": reading}
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def reading_line(
+def reading_check(
     model: str, items: list[dict[str, Any]], cache: Path, wording: str = "frame-first"
-) -> str:
-    """Teacher-forced reading (`vmtr.policies.reading`) on the same items, as one line."""
+) -> dict[str, Any]:
+    """Teacher-forced reading (`vmtr.policies.reading`) of ``model`` on the same items."""
     from vmtr.agent.ask import resolve_model
     from vmtr.eval.datasets import load_video_mtr_json
     from vmtr.policies.reading import reading_accuracy
@@ -262,7 +271,11 @@ def reading_line(
     wanted = {item["id"] for item in items}
     qa = [q for q in load_video_mtr_json(cache.parent / "annotations.json") if q.id in wanted]
     cache.mkdir(parents=True, exist_ok=True)
-    r = reading_accuracy(lm.model, lm.processor, qa, cache, wording=wording)
+    return reading_accuracy(lm.model, lm.processor, qa, cache, wording=wording) | {"items": len(qa)}
+
+
+def reading_line(r: dict[str, Any]) -> str:
+    """`reading_check`'s result as one line under the table."""
     names = {
         "colour_accuracy": "colour",
         "shape_accuracy": "shape",
@@ -272,7 +285,7 @@ def reading_line(
     }
     parts = [f"{label} {r[key]:.0%}" for key, label in names.items() if r.get(key) is not None]
     return (
-        f"- teacher-forced reading over the scripted multi-turn episodes of these {len(qa)} items "
+        f"- teacher-forced reading over the scripted multi-turn episodes of these {r['items']} items "
         f"(top-1 at each word of the warm start's own labels; chance 17 % for colour, 25 % for "
         f"shape): {', '.join(parts)}"
     )

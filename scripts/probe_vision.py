@@ -1,0 +1,83 @@
+"""Does the vision tower see a needle's colour? A linear probe on its output, apart from the LM.
+
+    python scripts/probe_vision.py --model tiny --data runs/tiny/data/train-s1001 [--items 300]
+
+For every needle of the first ``--items`` items, the frame it is on goes through the model's own
+vision tower (the frame exactly as the agent would feed it); the merged visual tokens are
+max-pooled into one vector, and a logistic regression is fitted on 70 % of the needles and
+scored on the rest. High probe accuracy with low teacher-forced colour accuracy
+(`vmtr.policies.reading`) puts the failure in the language model, not in the tower.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from vmtr.agent.ask import resolve_model
+from vmtr.eval.datasets import load_video_mtr_json
+from vmtr.policies.sft import CachedItem, needles_of
+
+
+@torch.no_grad()
+def features(model, processor, items, cache: Path, budget) -> tuple[torch.Tensor, list[str]]:
+    """One max-pooled vision vector per needle, and the needle's colour."""
+    xs, colours = [], []
+    for item in items:
+        cached = CachedItem(item, cache, budget)
+        for needle in needles_of(item):
+            image = cached.images([needle["pool_index"]])
+            enc = processor.image_processor(images=image, return_tensors="pt")
+            out = model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+            tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+            xs.append(tokens.max(0).values)
+            colours.append(needle["colour"])
+        cached.release()
+    return torch.stack(xs), colours
+
+
+def probe(x: torch.Tensor, y: torch.Tensor, classes: int, train_share: float = 0.7) -> float:
+    """Held-out accuracy of an L2-regularised logistic regression fitted with Adam."""
+    n_train = int(len(y) * train_share)
+    mean, std = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
+    x = (x - mean) / std
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=1e-2)
+    for _ in range(500):
+        opt.zero_grad()
+        logits = x[:n_train] @ weight + bias
+        loss = torch.nn.functional.cross_entropy(logits, y[:n_train]) + 1e-3 * weight.square().sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return ((x[n_train:] @ weight + bias).argmax(1) == y[n_train:]).float().mean().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--data", type=Path, required=True, help="A `vmtr synth` split folder.")
+    parser.add_argument("--items", type=int, default=300)
+    parser.add_argument("--cache", type=Path, help="Decoded-frame cache (default: DATA/frames).")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    lm, _, _ = resolve_model(args.model, {"device": "cpu"})
+    items = load_video_mtr_json(args.data / "annotations.json")[: args.items]
+    cache = args.cache or args.data / "frames"
+    cache.mkdir(parents=True, exist_ok=True)
+    x, colours = features(lm.model.eval(), lm.processor, items, cache, lm.pixel_budget)
+    names = sorted(set(colours))
+    y = torch.tensor([names.index(c) for c in colours])
+    accuracy = probe(x, y, len(names))
+    majority = max(colours.count(c) for c in names) / len(colours)
+    print(
+        f"vision probe: {len(y)} needles, {len(names)} colours; held-out colour accuracy "
+        f"{accuracy:.1%} (majority class {majority:.1%})"
+    )
+
+
+if __name__ == "__main__":
+    main()
