@@ -97,45 +97,5 @@ FINAL="$RUN/8-rl/checkpoint-$RL_STEPS"
 # 9. The README's held-out table and reading check for the final model, kept beside it.
 python benchmarks/synthetic_table.py --model "$FINAL" --workers 2 --json-out "$FINAL/heldout.json"
 
-python - "$FINAL" "$WARM" <<'PY'
-import json, shutil, sys
-from pathlib import Path
-
-from transformers import AutoModelForImageTextToText
-
-from vmtr.models.tiny import TINY_DIR
-
-final, warm = Path(sys.argv[1]), Path(sys.argv[2])
-report = json.loads((final / "heldout.json").read_text())
-rows = {row["setting"].split(" (")[0]: row for row in report["rows"]}
-reading = {k.removesuffix("_accuracy"): round(v, 3) for k, v in report["reading"].items() if k.endswith("_accuracy")}
-warm_eval = json.loads((warm / "vmtr_best.json").read_text())
-shutil.rmtree(TINY_DIR, ignore_errors=True)
-shutil.copytree(final, TINY_DIR, ignore=shutil.ignore_patterns("trainer_state.pt", "heldout.json"))
-params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(TINY_DIR).parameters())
-multi, single = rows["multi-turn"], rows["single-turn, 16 uniform frames"]
-held = report["heldout"]
-info = {
-    "trained": True,
-    "description": (
-        f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
-        "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
-        "the oracle's; protocol episodes, reading drills, then protocol episodes with the loss "
-        "on what replies read weighted up), then GRPO with the gated bi-level reward. On "
-        f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
-        f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving "
-        f"{multi['retrieve_rate']:.0%} of the time) and {single['accuracy']:.0%} from 16 uniform "
-        f"frames (chance 25 %). It names where the white border was among its frames "
-        f"(teacher-forced frame digits {reading['border_digits']:.0%}) and aims its retrieves "
-        f"there, but reads a needle's colour only {reading['colour']:.0%} of the time (chance "
-        "17 %), so its answers are near chance. It knows nothing of real videos."
-    ),
-    "recipe": "scripts/train_tiny.sh",
-    "warm_start_best_step": warm_eval["step"],
-    "heldout": report,
-    "teacher_forced_reading": reading,
-}
-(TINY_DIR / "vmtr_tiny.json").write_text(json.dumps(info, indent=2) + "\n")
-print(info["description"])
-PY
+python scripts/bundle_tiny.py "$FINAL" "$WARM"
 du -sh "$(python -c 'from vmtr.models.tiny import TINY_DIR; print(TINY_DIR)')"
