@@ -1,7 +1,8 @@
 """The Video-MTR ablation in miniature: single-turn, warm start, and RL with three reward designs.
 
-    python benchmarks/rl_ablation.py --start tiny --train runs/tiny/data/train-s1001 \\
-        [--heldout runs/table/heldout-s5000] [--n 200] [--steps 20] [--parallel 2] [--out runs/ablation]
+    python benchmarks/rl_ablation.py --start runs/tiny/7-weighted/best \\
+        --train runs/tiny/data/train-s1001 [--heldout runs/table/heldout-s5000] [--n 200] \\
+        [--steps 30] [--parallel 2] [--out runs/ablation30]
 
 Every arm starts from the same warm-started checkpoint and runs the same `vmtr train rl` recipe
 (GRPO, same seed, same steps, same data), differing only in the reward:
@@ -12,9 +13,9 @@ The warm start is asked single-turn (16 and 32 uniform frames) and multi-turn, e
 multi-turn, all greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
 evaluation (`vmtr.ask` in worker processes). It prints a Markdown table of accuracy, mean turns,
 retrieve rate and mean frames seen. Per-item results are JSONL files under ``--out`` and RL runs
-resume from their checkpoints, so an interrupted ablation picks up where it stopped. With the
-defaults the held-out set and the warm start's rows are the ones `synthetic_table.py` makes, so
-the two tables share them.
+resume from their checkpoints, so an interrupted ablation picks up where it stopped. The held-out
+set and the warm start's rows are the ones `synthetic_table.py --model START` makes, so the two
+tables share them.
 """
 
 from __future__ import annotations
@@ -126,14 +127,19 @@ def train_arms(args: argparse.Namespace) -> dict[str, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--start", default="tiny", help="Warm-started checkpoint (or tiny).")
+    parser.add_argument(
+        "--start",
+        required=True,
+        help="The supervised warm start (train_tiny.sh leaves it in RUN/7-weighted/best; the "
+        "bundled `tiny` is already RL-trained).",
+    )
     parser.add_argument("--train", type=Path, required=True, help="RL training split folder.")
     parser.add_argument("--heldout", type=Path, default=Path("runs/table/heldout-s5000"))
     parser.add_argument("--heldout-seed", type=int, default=5000)
     parser.add_argument("--heldout-minutes", type=float, default=2.0)
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation30"))
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
