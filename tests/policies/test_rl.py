@@ -170,17 +170,21 @@ def test_two_processes_under_accelerate(data, tmp_path):
 
 @pytest.mark.slow
 def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
-    """From the bundled warm-started model, a few GRPO steps on colour questions raise reward."""
+    """From the bundled model, GRPO on two colour questions raises the mean rollout reward.
+
+    Eight samples of each question per step give each group a clear best answer to move
+    towards, so the rise shows within ten steps at the recipe's own learning rate; the means of
+    three steps at each end keep it from resting on one lucky batch."""
     data = generate(
-        tmp_path / "data", SyntheticSettings(n_items=4, seed=4242, minutes=0.5, kinds=("colour",))
+        tmp_path / "data", SyntheticSettings(n_items=2, seed=4242, minutes=0.5, kinds=("colour",))
     )
     settings = RLSettings(
         algo="grpo",
-        steps=8,
-        prompts_per_step=4,
-        samples_per_prompt=4,
+        steps=10,
+        prompts_per_step=2,
+        samples_per_prompt=8,
         max_new_tokens=48,
-        actor_lr=1e-3,
+        actor_lr=1e-4,
         kl_coef=0.0,
         entropy_coef=0.0,
         temperature=1.0,
@@ -200,5 +204,5 @@ def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
         json.loads(line)["reward"]
         for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert len(rewards) == 8
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:2]) / 2, rewards
+    assert len(rewards) == 10
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
