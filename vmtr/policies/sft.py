@@ -64,7 +64,7 @@ SINGLE_32 = ProtocolSettings(max_turns=1, first_turn_frames=32)
 NeedleWording = Literal["frame-first", "colour-first"]
 """How a reply names a needle: "frame 37 red circle" (the bundled model's) or "red circle at
 frame 37". Colour first was tried as a way to let the colour be read off any saturated object
-rather than off the one frame just named; 300 steps of it from the bundled model did not read
+rather than off the one frame just named; 300 steps of it from the warm start did not read
 colours better (README, "The tiny model")."""
 
 

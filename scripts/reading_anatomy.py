@@ -1,0 +1,155 @@
+"""Where does reading a needle's colour fail: finding the needle, or what is found there?
+
+    python scripts/reading_anatomy.py --model runs/tiny/7-weighted/best \\
+        --data runs/table/heldout-s5000 [--items 200]
+
+Over the scripted multi-turn episodes of `vmtr.policies.reading` (frame-first wording, "frame 37
+red circle"), at each colour word of a needle it reports:
+- top-1 accuracy of the colour word (as the reading check does);
+- per layer and head, the attention mass from the position that predicts the colour to the
+  image tokens of the frame just named, against the mean other frame, and the share of that
+  frame's mass on the merged-token cells the needle covers;
+- a linear probe (5-fold cross-validated) for the colour on the needle cells' hidden state entering each
+  layer: how much colour the attended tokens carry.
+High attention on the needle with a weak probe puts the failure in what the tokens carry; a
+strong probe with diffuse attention puts it in the routing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vmtr.config import ProtocolSettings
+from vmtr.eval.datasets import load_video_mtr_json
+from vmtr.models.tiny import TINY_DIR
+from vmtr.policies.reading import reading_marks, reading_positions
+from vmtr.policies.sft import CachedItem, backend_pixel_budget, encode_conversation, plan_trajectory
+
+
+def needle_cells(box: list[int], frame_px: int, grid: int) -> list[int]:
+    """Raster indices of the merged-token cells a needle's box overlaps."""
+    cell = frame_px / grid
+    return [
+        gy * grid + gx
+        for gy in range(grid)
+        for gx in range(grid)
+        if gx * cell < box[2]
+        and (gx + 1) * cell > box[0]
+        and gy * cell < box[3]
+        and (gy + 1) * cell > box[1]
+    ]
+
+
+def probe_accuracy(x: torch.Tensor, y: torch.Tensor, classes: int, folds: int = 5) -> float:
+    """Cross-validated accuracy of an L2-regularised logistic regression (``folds`` folds of a
+    fixed shuffle): a few hundred samples make one split too noisy to compare layers by."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    right = 0
+    for fold in order.chunk(folds):
+        train = order[~torch.isin(order, fold)]
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+        xs = (x - mean) / std
+        weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+        bias = torch.zeros(classes, requires_grad=True)
+        opt = torch.optim.Adam([weight, bias], lr=1e-2)
+        for _ in range(300):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(xs[train] @ weight + bias, y[train])
+            (loss + 1e-2 * weight.square().sum()).backward()
+            opt.step()
+        with torch.no_grad():
+            right += int(((xs[fold] @ weight + bias).argmax(1) == y[fold]).sum())
+    return right / len(y)
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(TINY_DIR))
+    parser.add_argument("--data", type=Path, default=Path("runs/table/heldout-s5000"))
+    parser.add_argument("--items", type=int, default=200)
+    args = parser.parse_args()
+    model = AutoModelForImageTextToText.from_pretrained(
+        args.model, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    budget = backend_pixel_budget(model, processor)
+    items = load_video_mtr_json(args.data / "annotations.json")[: args.items]
+    cache = args.data / "frames"
+    cache.mkdir(parents=True, exist_ok=True)
+    tok, marks = processor.tokenizer, reading_marks(processor.tokenizer)
+    text = model.config.text_config
+    on_named = torch.zeros(text.num_hidden_layers, text.num_attention_heads)
+    on_other, on_needle = torch.zeros_like(on_named), torch.zeros_like(on_named)
+    features, colours, hits, cell_share = [], [], 0, 0.0
+    rng = random.Random(0)
+    for item in items:
+        cached = CachedItem(item, cache, budget)
+        traj = plan_trajectory(item, cached.pool, ProtocolSettings(), rng, retrieve_block=8)
+        frame_px = cached.images(traj.frames[:1])[0].width
+        enc = encode_conversation(processor, traj.messages, cached.images(traj.frames))
+        cached.release()
+        labels = enc.pop("labels")
+        batch = {k: (v[None] if v.dim() == 1 else v) for k, v in enc.items()}
+        out = model(**batch, output_attentions=True, output_hidden_states=True)
+        image_positions = (enc["input_ids"] == model.config.image_token_id).nonzero().flatten()
+        per_frame = len(image_positions) // len(traj.frames)
+        grid = int(per_frame**0.5)
+        spans = image_positions.view(len(traj.frames), per_frame)
+        targets = labels[1:].tolist()
+        predicted = out.logits[0, :-1].argmax(-1)
+        needles = {n["colour"]: n for n in item.extra["needles"]}
+        for kind, i in reading_positions(targets, marks):
+            needle = needles.get(tok.decode([targets[i]]).strip()) if kind == "colour" else None
+            if needle is None:
+                continue
+            named = [
+                s for f, s in zip(traj.frames, spans, strict=True) if f == needle["pool_index"]
+            ]
+            other = [
+                s for f, s in zip(traj.frames, spans, strict=True) if f != needle["pool_index"]
+            ]
+            if not named or not other:
+                continue
+            cells = named[0][needle_cells(needle["box"], frame_px, grid)]
+            cell_share += len(cells) / per_frame
+            for layer, attention in enumerate(out.attentions):
+                row = attention[0, :, i]
+                on_named[layer] += row[:, torch.cat(named)].sum(-1) / len(named)
+                on_other[layer] += row[:, torch.cat(other)].sum(-1) / len(other)
+                on_needle[layer] += row[:, cells].sum(-1) / row[:, named[0]].sum(-1).clamp_min(1e-9)
+            features.append(torch.stack([h[0, cells].mean(0) for h in out.hidden_states]))
+            colours.append(needle["colour"])
+            hits += int(predicted[i] == targets[i])
+    n = len(colours)
+    if n == 0:
+        raise SystemExit("error: no needle colour word in these items' scripted episodes")
+    print(f"{n} needle colour words; top-1 {hits / n:.0%}")
+    print("attention at the colour word: named frame / mean other frame (ratio); share on needle")
+    print(f"(the needle covers {cell_share / n:.0%} of a frame's tokens)")
+    for layer in range(on_named.shape[0]):
+        heads = [
+            f"h{h} {on_named[layer, h] / n:.3f}/{on_other[layer, h] / n:.3f} "
+            f"({on_named[layer, h] / on_other[layer, h].clamp_min(1e-9):.0f}x; "
+            f"{on_needle[layer, h] / n:.0%})"
+            for h in range(on_named.shape[1])
+        ]
+        print(f"layer {layer}: " + "  ".join(heads))
+    names = sorted(set(colours))
+    x, y = torch.stack(features), torch.tensor([names.index(c) for c in colours])
+    with torch.enable_grad():
+        probes = [probe_accuracy(x[:, k], y, len(names)) for k in range(x.shape[1])]
+    print(
+        "linear probe for the colour on the needle cells entering each layer (5-fold CV): "
+        + ", ".join(f"layer {k} {a:.0%}" for k, a in enumerate(probes[:-1]))
+        + f", after the last {probes[-1]:.0%}"
+    )
+
+
+if __name__ == "__main__":
+    main()
