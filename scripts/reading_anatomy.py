@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 
 import torch
+from probe_vision import probe_accuracy  # a sibling script in scripts/
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vmtr.config import ProtocolSettings
@@ -43,28 +44,6 @@ def needle_cells(box: list[int], frame_px: int, grid: int) -> list[int]:
         and gy * cell < box[3]
         and (gy + 1) * cell > box[1]
     ]
-
-
-def probe_accuracy(x: torch.Tensor, y: torch.Tensor, classes: int, folds: int = 5) -> float:
-    """Cross-validated accuracy of an L2-regularised logistic regression (``folds`` folds of a
-    fixed shuffle): a few hundred samples make one split too noisy to compare layers by."""
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    right = 0
-    for fold in order.chunk(folds):
-        train = order[~torch.isin(order, fold)]
-        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-        xs = (x - mean) / std
-        weight = torch.zeros(x.shape[1], classes, requires_grad=True)
-        bias = torch.zeros(classes, requires_grad=True)
-        opt = torch.optim.Adam([weight, bias], lr=1e-2)
-        for _ in range(300):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(xs[train] @ weight + bias, y[train])
-            (loss + 1e-2 * weight.square().sum()).backward()
-            opt.step()
-        with torch.no_grad():
-            right += int(((xs[fold] @ weight + bias).argmax(1) == y[fold]).sum())
-    return right / len(y)
 
 
 @torch.no_grad()
