@@ -24,7 +24,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
@@ -217,9 +217,11 @@ def main() -> None:
     parser.add_argument(
         "--no-reading", action="store_true", help="Skip the teacher-forced reading check."
     )
+    from vmtr.policies.sft import NeedleWording
+
     parser.add_argument(
         "--needle-wording",
-        choices=["colour-first", "frame-first"],
+        choices=get_args(NeedleWording),
         default="frame-first",
         help="How the model was taught to name needles (for the reading check's labels).",
     )

@@ -18,18 +18,17 @@ strong probe with diffuse attention puts it in the routing.
 from __future__ import annotations
 
 import argparse
-import random
+import json
 from pathlib import Path
 
 import torch
 from probe_vision import probe_accuracy  # a sibling script in scripts/
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.models.tiny import TINY_DIR
-from vmtr.policies.reading import reading_marks, reading_positions
-from vmtr.policies.sft import CachedItem, backend_pixel_budget, encode_conversation, plan_trajectory
+from vmtr.policies.reading import reading_marks, reading_positions, scripted_episodes
+from vmtr.policies.sft import backend_pixel_budget
 
 
 def needle_cells(box: list[int], frame_px: int, grid: int) -> list[int]:
@@ -66,21 +65,15 @@ def main() -> None:
     on_named = torch.zeros(text.num_hidden_layers, text.num_attention_heads)
     on_other, on_needle = torch.zeros_like(on_named), torch.zeros_like(on_named)
     features, colours, hits, cell_share = [], [], 0, 0.0
-    rng = random.Random(0)
-    for item in items:
-        cached = CachedItem(item, cache, budget)
-        traj = plan_trajectory(item, cached.pool, ProtocolSettings(), rng, retrieve_block=8)
-        frame_px = cached.images(traj.frames[:1])[0].width
-        enc = encode_conversation(processor, traj.messages, cached.images(traj.frames))
-        cached.release()
-        labels = enc.pop("labels")
-        batch = {k: (v[None] if v.dim() == 1 else v) for k, v in enc.items()}
-        out = model(**batch, output_attentions=True, output_hidden_states=True)
-        image_positions = (enc["input_ids"] == model.config.image_token_id).nonzero().flatten()
+    frame_px = json.loads((args.data / "settings.json").read_text())["frame_size"]  # box units
+    for item, traj, inputs, targets in scripted_episodes(processor, items, cache, budget):
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+        image_positions = (
+            (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+        )
         per_frame = len(image_positions) // len(traj.frames)
         grid = int(per_frame**0.5)
         spans = image_positions.view(len(traj.frames), per_frame)
-        targets = labels[1:].tolist()
         predicted = out.logits[0, :-1].argmax(-1)
         needles = {n["colour"]: n for n in item.extra["needles"]}
         for kind, i in reading_positions(targets, marks):

@@ -12,7 +12,7 @@ that, as its top-1 is often another word altogether.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import QAItem
 
 if TYPE_CHECKING:
-    from vmtr.policies.sft import NeedleWording
+    from vmtr.policies.sft import NeedleWording, Trajectory
 
 
 def word_ids(tokenizer: Any, words: Sequence[str], prefix: str = " ") -> dict[int, str]:
@@ -34,6 +34,32 @@ def word_ids(tokenizer: Any, words: Sequence[str], prefix: str = " ") -> dict[in
         if len(pieces) == 1:
             out[pieces[0]] = word
     return out
+
+
+def scripted_episodes(
+    processor: Any,
+    items: Sequence[QAItem],
+    cache_dir: Path,
+    budget: dict[str, int],
+    settings: ProtocolSettings | None = None,
+    seed: int = 0,
+    wording: NeedleWording = "frame-first",
+) -> Iterator[tuple[QAItem, Trajectory, dict[str, torch.Tensor], list[int]]]:
+    """Each item's scripted multi-turn episode (`plan_trajectory`, 8-frame retrieve blocks) as
+    the model sees it: the item, its trajectory, the model inputs with a batch dimension, and
+    the next-token targets (``targets[i]`` is what the logits at position ``i`` predict)."""
+    from vmtr.policies.sft import CachedItem, encode_conversation, plan_trajectory
+
+    settings = settings or ProtocolSettings()
+    rng = random.Random(seed)
+    for item in items:
+        cached = CachedItem(item, cache_dir, budget)
+        traj = plan_trajectory(item, cached.pool, settings, rng, retrieve_block=8, wording=wording)
+        enc = encode_conversation(processor, traj.messages, cached.images(traj.frames))
+        cached.release()
+        labels = enc.pop("labels")
+        inputs = {k: (v[None] if v.dim() == 1 else v) for k, v in enc.items()}
+        yield item, traj, inputs, labels[1:].tolist()
 
 
 @torch.no_grad()
@@ -53,31 +79,17 @@ def reading_accuracy(
     the frames equal what the agent feeds the model; ``cache_dir`` keeps decoded pools;
     ``wording`` is the `NeedleWording` the model was taught.
     """
-    from vmtr.policies.sft import (
-        CachedItem,
-        backend_pixel_budget,
-        encode_conversation,
-        plan_trajectory,
-    )
+    from vmtr.policies.sft import backend_pixel_budget
 
-    settings = settings or ProtocolSettings()
     budget = budget or backend_pixel_budget(model, processor)
-    tok = processor.tokenizer
-    marks = reading_marks(tok)
+    marks = reading_marks(processor.tokenizer)
     hits: dict[str, int] = {}
     total: dict[str, int] = {}
     was_training = model.training
     model.eval()
-    rng = random.Random(seed)
-    for item in items:
-        cached = CachedItem(item, cache_dir, budget)
-        traj = plan_trajectory(item, cached.pool, settings, rng, retrieve_block=8, wording=wording)
-        enc = encode_conversation(processor, traj.messages, cached.images(traj.frames))
-        cached.release()
-        labels = enc.pop("labels")
-        batch = {k: (v[None] if v.dim() == 1 else v) for k, v in enc.items()}
-        predicted = model(**batch).logits[0, :-1].argmax(-1).tolist()
-        targets = labels[1:].tolist()
+    episodes = scripted_episodes(processor, items, cache_dir, budget, settings, seed, wording)
+    for _, _, inputs, targets in episodes:
+        predicted = model(**inputs).logits[0, :-1].argmax(-1).tolist()
         for kind, position in reading_positions(targets, marks):
             total[kind] = total.get(kind, 0) + 1
             hits[kind] = hits.get(kind, 0) + int(predicted[position] == targets[position])
