@@ -96,6 +96,14 @@ def sft(
             min=0, help="Script retrieves as random aligned blocks of N frames (0: free ranges)."
         ),
     ] = 0,
+    vision_aux_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of an auxiliary loss that classes each merged visual token by the "
+            "needle colour and shape covering it (synthetic data only; 0: off).",
+        ),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Supervised warm start on scripted multi-turn trajectories (format + reading frames)."""
@@ -126,6 +134,7 @@ def sft(
             content_weight=content_weight,
             needle_wording=needle_wording,
             schedule_steps=schedule_steps,
+            vision_aux_weight=vision_aux_weight,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))
     except (SFTError, DatasetError, ModelLoadError, OSError) as err:

@@ -31,6 +31,7 @@ SYNTHETIC.md: without it Qwen2.5-VL silently falls back to 1-D positions).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -50,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmtr.agent import protocol
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
+from vmtr.policies.vision_aux import NeedleHeads, capture_merged_tokens, example_labels
 from vmtr.tools import video as video_tools
 from vmtr.tools.select import first_turn_frames, select_segment
 
@@ -142,6 +144,13 @@ class SFTConfig(BaseModel):
     )
     tiny_vocab: int = Field(1024, ge=300)
     max_new_tokens: int = Field(96, ge=8, description="Reply length limit in the final eval.")
+    vision_aux_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the auxiliary needle loss on the vision tower's merged tokens "
+        "(`vmtr.policies.vision_aux`): each token's cell is classed by the needle colour and "
+        "shape covering it, or none. 0 turns it off.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,9 +564,9 @@ def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[st
         ]
         batch[key] = torch.stack(rows)
     with_images = [e for e in examples if "pixel_values" in e]
-    if with_images:
-        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
-        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+    for key in ("pixel_values", "image_grid_thw", "aux_colour", "aux_shape"):
+        if with_images and key in with_images[0]:
+            batch[key] = torch.cat([e[key] for e in with_images])
     return batch
 
 
@@ -662,14 +671,18 @@ class SFTRecipe:
             ["<retrieve>", "</retrieve>"]
         )
         self.items = self._cache_frames(train_items)
+        self.heads = self._needle_heads(model, source)
 
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
         rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": rest, "weight_decay": 0},
+        ]
+        if self.heads is not None:
+            groups.append({"params": list(self.heads.parameters()), "weight_decay": 0})
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": rest, "weight_decay": 0},
-            ],
+            groups,
             lr=cfg.lr,
             betas=(0.9, 0.95),
         )
@@ -694,11 +707,19 @@ class SFTRecipe:
 
     def _load_items(self) -> list[QAItem]:
         items: list[QAItem] = []
+        self.frame_px: dict[str, int] = {}  # item id -> the needle boxes' pixel space
         for folder in self.cfg.data:
             path = folder / "annotations.json" if folder.is_dir() else folder
             if not path.exists():
                 raise SFTError(f"{folder}: no annotations.json (generate one with `vmtr synth`)")
-            items.extend(load_video_mtr_json(path))
+            loaded = load_video_mtr_json(path)
+            settings = path.parent / "settings.json"
+            if self.cfg.vision_aux_weight > 0:
+                if not settings.exists():
+                    raise SFTError(f"{folder}: no settings.json, which --vision-aux-weight needs")
+                size = int(json.loads(settings.read_text())["frame_size"])
+                self.frame_px.update((item.id, size) for item in loaded)
+            items.extend(loaded)
         if not items:
             raise SFTError("the training data holds no items")
         for item in items[:1]:
@@ -724,6 +745,22 @@ class SFTRecipe:
                 **self.cfg.tiny_sizes,
             )
         return init
+
+    def _needle_heads(self, model: Any, source: Path) -> NeedleHeads | None:
+        """The auxiliary vision heads (`vmtr.policies.vision_aux`), when asked for; a source
+        checkpoint that trained them passes them on."""
+        if self.cfg.vision_aux_weight <= 0:
+            return None
+        from vmtr.eval.synthetic import COLOURS, SHAPES
+
+        hidden = model.config.vision_config.out_hidden_size
+        heads = NeedleHeads(hidden, len(COLOURS), len(SHAPES))
+        state_file = Path(source) / "trainer_state.pt"
+        if state_file.exists():
+            state = torch.load(state_file, weights_only=False)
+            if "needle_heads" in state:
+                heads.load_state_dict(state["needle_heads"])
+        return heads.to(self.accelerator.device)
 
     def _cache_frames(self, items: Sequence[QAItem]) -> list[CachedItem]:
         cache_dir = self.cfg.out / "frames"
@@ -760,6 +797,10 @@ class SFTRecipe:
             example = encode_conversation(
                 self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
             )
+            if self.heads is not None and traj.frames:
+                example["aux_colour"], example["aux_shape"] = self._aux_labels(
+                    cached, traj, example
+                )
             example["loss_weights"] = content_weights(
                 example["input_ids"],
                 example["labels"],
@@ -771,6 +812,21 @@ class SFTRecipe:
             cached.release()
             trajectories.append(traj)
         return examples, trajectories
+
+    def _aux_labels(
+        self, cached: CachedItem, traj: Trajectory, example: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from vmtr.eval.synthetic import COLOURS, SHAPES
+
+        return example_labels(
+            needles_of(cached.item),
+            traj.frames,
+            example["image_grid_thw"],
+            self.processor.image_processor.merge_size,
+            self.frame_px[cached.item.id],
+            list(COLOURS),
+            SHAPES,
+        )
 
     def micro_batches(
         self, examples: list[dict[str, torch.Tensor]]
@@ -800,16 +856,23 @@ class SFTRecipe:
             while self.step < cfg.steps:
                 examples, _ = self.batch_at(self.step)
                 total_weight = sum(float(e["loss_weights"].sum()) for e in examples)
-                loss_sum, tokens = 0.0, 0
+                loss_sum, aux_sum, tokens = 0.0, 0.0, 0
+                n_micro = math.ceil(len(examples) / cfg.micro_batch)
                 for batch in self.micro_batches(examples):
                     batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
                     labels = batch.pop("labels")
                     weights = batch.pop("loss_weights")
-                    out = self.model(**batch)
+                    aux = batch.pop("aux_colour", None), batch.pop("aux_shape", None)
+                    with self._capture() as merged:
+                        out = self.model(**batch)
                     # Weighted sum over tokens / all weight of the step: a token-level mean.
                     loss = token_loss(out.logits, labels, "sum", weights) / max(1e-9, total_weight)
-                    self.accelerator.backward(loss)
                     loss_sum += float(loss.detach())
+                    if self.heads is not None and aux[0] is not None and merged:
+                        aux_loss = self.heads.loss(torch.cat(merged), *aux) / n_micro
+                        aux_sum += float(aux_loss.detach())
+                        loss = loss + cfg.vision_aux_weight * aux_loss
+                    self.accelerator.backward(loss)
                     tokens += int(batch["attention_mask"].sum())
                 norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
@@ -820,6 +883,7 @@ class SFTRecipe:
                 record = {
                     "step": self.step,
                     "loss": round(loss_sum, 5),
+                    **({"vision_aux_loss": round(aux_sum, 5)} if self.heads is not None else {}),
                     "grad_norm": round(float(norm), 4),
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens": tokens,
@@ -838,6 +902,12 @@ class SFTRecipe:
                     )
                     log_file.flush()
         bar.close()
+
+    def _capture(self) -> Any:
+        """Collect the merged visual tokens for the auxiliary loss (nothing when it is off)."""
+        if self.heads is None:
+            return contextlib.nullcontext([])
+        return capture_merged_tokens(self.accelerator.unwrap_model(self.model).model.visual)
 
     def track_best(self) -> dict[str, Any]:
         """Evaluate now; save to best/ when held-out accuracy beats every earlier evaluation.
@@ -880,6 +950,8 @@ class SFTRecipe:
             "step": self.step,
             "config": self.cfg.model_dump(mode="json"),
         }
+        if self.heads is not None:
+            state["needle_heads"] = self.heads.state_dict()
         torch.save(state, tmp / "trainer_state.pt")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
