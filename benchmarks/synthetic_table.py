@@ -284,6 +284,7 @@ def reading_line(r: dict[str, Any]) -> str:
         "border_digits_accuracy": "border frame digits",
         "seen_first_accuracy": "shape or none",
         "seen_digits_accuracy": "needle frame digits",
+        "answer_accuracy": "answer letter once every needle was seen",
     }
     parts = [f"{label} {r[key]:.0%}" for key, label in names.items() if r.get(key) is not None]
     return (

@@ -4,8 +4,9 @@ made and what it scored (the last step of scripts/train_tiny.sh).
     python scripts/bundle_tiny.py FINAL WARM
 
 FINAL is the model to bundle, holding the ``heldout.json`` that `benchmarks/synthetic_table.py
---json-out` wrote for it; WARM is the supervised warm start it was trained from (its
-``vmtr_best.json`` names the step kept). The description is written from those measurements,
+--json-out` wrote for it; WARM is the supervised warm start it was trained from (a ``best/``
+folder's ``vmtr_best.json``, or a ``final/`` folder's run ``report.json``, gives its step and
+held-out check). The description is written from those measurements,
 so it never states a figure the bundled weights did not score.
 """
 
@@ -34,8 +35,9 @@ def describe(params: int, report: dict[str, Any]) -> str:
     return (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
         "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
-        "the oracle's; protocol episodes, reading drills, then protocol episodes with the loss "
-        "on what replies read weighted up), then GRPO with the gated bi-level reward. On "
+        "the oracle's; protocol episodes, reading drills, protocol episodes with the loss on "
+        "what replies read weighted up, and an auxiliary needle loss on the vision tower), then "
+        "GRPO with the gated bi-level reward. On "
         f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
         f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving in "
         f"{multi['retrieve_rate']:.0%} of episodes) and {single['accuracy']:.0%} from 16 uniform "
@@ -47,10 +49,19 @@ def describe(params: int, report: dict[str, Any]) -> str:
     )
 
 
+def warm_check(warm: Path) -> dict[str, Any]:
+    """The warm start's step and last held-out check, from a best/ or a final/ folder."""
+    best = warm / "vmtr_best.json"
+    if best.exists():
+        return json.loads(best.read_text())
+    run = json.loads((warm.parent / "report.json").read_text())
+    return {"step": run["steps"], "eval": run["eval"]}
+
+
 def main() -> None:
     final, warm = Path(sys.argv[1]), Path(sys.argv[2])
     report = json.loads((final / "heldout.json").read_text())
-    warm_best = json.loads((warm / "vmtr_best.json").read_text())
+    warm_best = warm_check(warm)
     shutil.rmtree(TINY_DIR, ignore_errors=True)
     shutil.copytree(final, TINY_DIR, ignore=shutil.ignore_patterns(*LEFT_BEHIND))
     model = AutoModelForImageTextToText.from_pretrained(TINY_DIR)
@@ -62,7 +73,7 @@ def main() -> None:
         "recipe": "scripts/train_tiny.sh",
         "warm_start": {
             "path": str(warm),
-            "best_step": warm_best["step"],
+            "step": warm_best["step"],
             "eval": warm_best["eval"],
         },
         "heldout": report,

@@ -68,6 +68,15 @@ def sft(
     caption_frames: Annotated[
         int, typer.Option(min=1, help="Consecutive frames in a reading drill.")
     ] = 8,
+    answer_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of text-only answer drills: a scripted reading, then the matching "
+            "option's letter (the only token with loss).",
+        ),
+    ] = 0.0,
     caption_content_loss: Annotated[
         bool,
         typer.Option(help="Reading drills carry loss only on colours, shapes, digits, letters."),
@@ -131,6 +140,7 @@ def sft(
             caption_share=caption_share,
             caption_frames=caption_frames,
             caption_content_loss=caption_content_loss,
+            answer_share=answer_share,
             content_weight=content_weight,
             needle_wording=needle_wording,
             schedule_steps=schedule_steps,

@@ -76,4 +76,5 @@ def test_reading_positions_name_each_clause(setup) -> None:
         "seen_digits": ["3", "4"],
         "colour": ["blue"],
         "shape": ["cross"],
+        "answer": ["B"],
     }

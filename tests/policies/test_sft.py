@@ -389,6 +389,26 @@ def test_content_loss_labels_only_what_was_read(cached, tiny) -> None:
     assert "Seen" not in words and "think" not in words
 
 
+def test_answer_drills_are_text_only_and_label_only_the_letter(cached, tiny) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    item = cached[0].item
+    traj = sft.plan_answer_drill(item)
+    assert traj.frames == []
+    reply = traj.messages[-1]["content"]
+    reply = reply if isinstance(reply, str) else reply[0]["text"]
+    action = protocol.parse_reply(reply, max_index=63, options=item.options)
+    assert isinstance(action, protocol.Answer) and action.answer == item.answer
+    for needle in item.extra["needles"]:
+        assert f"frame {needle['pool_index']} {needle['colour']} {needle['shape']}" in reply
+    enc = sft.encode_conversation(processor, traj.messages, [])
+    labels = sft.answer_only(
+        enc["input_ids"], enc["labels"], *tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    )
+    kept = labels != sft.IGNORE
+    assert tok.decode(enc["input_ids"][kept]).strip() == item.answer
+
+
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer

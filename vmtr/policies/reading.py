@@ -88,9 +88,11 @@ def reading_accuracy(
     was_training = model.training
     model.eval()
     episodes = scripted_episodes(processor, items, cache_dir, budget, settings, seed, wording)
-    for _, _, inputs, targets in episodes:
+    for _, traj, inputs, targets in episodes:
         predicted = model(**inputs).logits[0, :-1].argmax(-1).tolist()
         for kind, position in reading_positions(targets, marks):
+            if kind == "answer" and traj.guesses[-1]:
+                continue  # a scripted guess's letter is not something the frames showed
             total[kind] = total.get(kind, 0) + 1
             hits[kind] = hits.get(kind, 0) + int(predicted[position] == targets[position])
     if was_training:
@@ -111,6 +113,7 @@ def reading_marks(tokenizer: Any) -> dict[str, Any]:
         "seen": one[" Seen"][0],
         "think": one["<think>"][0],
         "think_end": tokenizer.convert_tokens_to_ids("</think>"),
+        "answer": tokenizer.convert_tokens_to_ids("<answer>"),
     }
 
 
@@ -118,7 +121,8 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
     """(kind, position) of every scored target: ``colour`` and ``shape`` words;
     ``border_digits`` and ``seen_digits``, the frame indices named in the border clause and in
     the needle clause; ``border_first``, the first word after ``<think>`` ("Border" or "No");
-    ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame")."""
+    ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame"); ``answer``, the
+    letter after ``<answer>``."""
     out: list[tuple[str, int]] = []
     region = None
     for i, t in enumerate(targets):
@@ -134,6 +138,8 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
             region = None
         elif region and t in marks["digit"]:
             out.append((f"{region}_digits", i))
+        if t == marks["answer"] and i + 1 < len(targets):
+            out.append(("answer", i + 1))
         if t in marks["colour"]:
             out.append(("colour", i))
         elif t in marks["shape"]:

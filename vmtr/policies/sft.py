@@ -117,6 +117,13 @@ class SFTConfig(BaseModel):
         0.0, ge=0, le=1, description="Share of examples that are short reading drills (captions)."
     )
     caption_frames: int = Field(8, ge=1, description="Consecutive frames in a reading drill.")
+    answer_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of examples that are text-only answer drills (`plan_answer_drill`): "
+        "the letter that matches a scripted reading, with loss on the letter alone.",
+    )
     caption_content_loss: bool = Field(
         False,
         description="Reading drills carry loss only on what was read (colours, shapes, digits, "
@@ -352,6 +359,40 @@ def plan_caption(
         reply += f"<answer>{item.answer}</answer>"
     messages = [{"role": "user", "content": content}, protocol.assistant_message(reply)]
     return Trajectory(messages, [False], [], settings)
+
+
+def plan_answer_drill(item: QAItem, wording: NeedleWording = "frame-first") -> Trajectory:
+    """A text-only drill for the last step of an answer: the question and options, then a reply
+    whose ``<think>`` names every needle (as a reply does once all were seen) and answers.
+
+    Measured on a warm start that reads colours (82 % teacher-forced): given that scripted
+    ``<think>``, the answer letter was right 11 % of the time, so matching what was read to
+    the option's letter is a separate skill. It needs no frames, so these examples are short;
+    only the letter carries loss (see `answer_only`).
+    """
+    if item.answer is None:
+        raise SFTError(f"item {item.id} has no answer")
+    lines = [
+        f"Question: {item.question.strip()}",
+        "Options:",
+        *protocol.format_options(item.options),
+    ]
+    seen = {n["pool_index"] for n in needles_of(item)}
+    reply = answer_reply(describe_seen(item, seen, wording), item.answer, guess=False)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "\n".join(lines)}]},
+        protocol.assistant_message(reply),
+    ]
+    return Trajectory(messages, [False], [], ProtocolSettings())
+
+
+def answer_only(
+    ids: torch.Tensor, labels: torch.Tensor, open_id: int, close_id: int
+) -> torch.Tensor:
+    """``labels`` kept only strictly between ``<answer>`` and ``</answer>``."""
+    inside = torch.cumsum((ids == open_id).long() - (ids == close_id).long(), 0) > 0
+    inside &= ids != open_id
+    return torch.where(inside, labels, torch.full_like(labels, IGNORE))
 
 
 def pick_settings(rng: random.Random, single_turn_share: float) -> ProtocolSettings:
@@ -670,6 +711,7 @@ class SFTRecipe:
         self.retrieve_tags = self.processor.tokenizer.convert_tokens_to_ids(
             ["<retrieve>", "</retrieve>"]
         )
+        self.answer_tags = self.processor.tokenizer.convert_tokens_to_ids(["<answer>", "</answer>"])
         self.items = self._cache_frames(train_items)
         self.heads = self._needle_heads(model, source)
 
@@ -777,7 +819,11 @@ class SFTRecipe:
         for _ in range(self.cfg.batch_size):
             cached = self.items[rng.randrange(len(self.items))]
             only = None
-            if rng.random() < self.cfg.caption_share:
+            # (no draw when off, so runs without answer drills keep their data stream)
+            answer_drill = self.cfg.answer_share > 0 and rng.random() < self.cfg.answer_share
+            if answer_drill:
+                traj = plan_answer_drill(cached.item, self.cfg.needle_wording)
+            elif rng.random() < self.cfg.caption_share:
                 traj = plan_caption(
                     cached.item, cached.pool, self.cfg.caption_frames, rng, self.cfg.needle_wording
                 )
@@ -797,6 +843,10 @@ class SFTRecipe:
             example = encode_conversation(
                 self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
             )
+            if answer_drill:
+                example["labels"] = answer_only(
+                    example["input_ids"], example["labels"], *self.answer_tags
+                )
             if self.heads is not None and traj.frames:
                 example["aux_colour"], example["aux_shape"] = self._aux_labels(
                     cached, traj, example
