@@ -1,6 +1,6 @@
 """The Video-MTR ablation in miniature: single-turn, warm start, and RL with three reward designs.
 
-    python benchmarks/rl_ablation.py --start runs/tiny/7-weighted/best \\
+    python benchmarks/rl_ablation.py --start runs/tiny/10-mixed/final \\
         --train runs/tiny/data/train-s1001 [--heldout runs/table/heldout-s5000] [--n 200] \\
         [--steps 30] [--parallel 2] [--out runs/ablation30]
 
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument(
         "--start",
         required=True,
-        help="The supervised warm start (train_tiny.sh leaves it in RUN/7-weighted/best; the "
+        help="The supervised warm start (train_tiny.sh leaves it in RUN/10-mixed/final; the "
         "bundled `tiny` is already RL-trained).",
     )
     parser.add_argument("--train", type=Path, required=True, help="RL training split folder.")

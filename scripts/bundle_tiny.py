@@ -32,6 +32,7 @@ def describe(params: int, report: dict[str, Any]) -> str:
     reading = report["reading"]
     held = report["heldout"]
     weak = reading["colour_accuracy"] < 0.5
+    letter = reading.get("answer_accuracy")
     return (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
         "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
@@ -45,6 +46,12 @@ def describe(params: int, report: dict[str, Any]) -> str:
         f"the border's frame digits {reading['border_digits_accuracy']:.0%} of the time and a "
         f"needle's colour {reading['colour_accuracy']:.0%} (chance 17 %)."
         + (" Reading the needle is what it has not learned." if weak else "")
+        + (
+            f" Given a correct reading, it picks the matching option's letter {letter:.0%} of "
+            "the time (chance 25 %): that step is what it has not learned."
+            if letter is not None and letter < 0.5 and not weak
+            else ""
+        )
         + " It knows nothing of real videos."
     )
 
