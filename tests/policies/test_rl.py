@@ -173,7 +173,8 @@ def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
     """From the bundled model, GRPO on two colour questions raises the mean rollout reward.
 
     Eight samples of each question per step give each group a clear best answer to move
-    towards, so the rise shows within ten steps at the recipe's own learning rate; the means of
+    towards, so the rise shows within ten steps at 3x the recipe's learning rate (measured with
+    the bundled model: 0.27 -> 0.52 at 3e-4, 0.16 -> 0.24 at the recipe's 1e-4); the means of
     three steps at each end keep it from resting on one lucky batch."""
     data = generate(
         tmp_path / "data", SyntheticSettings(n_items=2, seed=4242, minutes=0.5, kinds=("colour",))
@@ -184,7 +185,7 @@ def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
         prompts_per_step=2,
         samples_per_prompt=8,
         max_new_tokens=48,
-        actor_lr=1e-4,
+        actor_lr=3e-4,
         kl_coef=0.0,
         entropy_coef=0.0,
         temperature=1.0,
