@@ -347,18 +347,19 @@ def plan_caption(
         content.append({"type": "text", "text": protocol.frame_label(index, pool[index], settings)})
         content.append({"type": "image", "frame": index, "timestamp": float(pool[index])})
         content.append({"type": "text", "text": "\n"})
-    lines = [
-        f"Question: {item.question.strip()}",
-        "Options:",
-        *protocol.format_options(item.options),
-    ]
-    content.append({"type": "text", "text": "\n".join(lines)})
+    content.append({"type": "text", "text": question_block(item)})
     seen_text = describe_seen(item, set(shown), wording)
     reply = f"<think>{seen_text}</think>"
     if set(needed) <= set(shown):
         reply += f"<answer>{item.answer}</answer>"
     messages = [{"role": "user", "content": content}, protocol.assistant_message(reply)]
     return Trajectory(messages, [False], [], settings)
+
+
+def question_block(item: QAItem) -> str:
+    """The question and its lettered options, as the drills show them after any frames."""
+    lines = [f"Question: {item.question.strip()}", "Options:"]
+    return "\n".join([*lines, *protocol.format_options(item.options)])
 
 
 def plan_answer_drill(item: QAItem, wording: NeedleWording = "frame-first") -> Trajectory:
@@ -372,26 +373,26 @@ def plan_answer_drill(item: QAItem, wording: NeedleWording = "frame-first") -> T
     """
     if item.answer is None:
         raise SFTError(f"item {item.id} has no answer")
-    lines = [
-        f"Question: {item.question.strip()}",
-        "Options:",
-        *protocol.format_options(item.options),
-    ]
     seen = {n["pool_index"] for n in needles_of(item)}
     reply = answer_reply(describe_seen(item, seen, wording), item.answer, guess=False)
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "\n".join(lines)}]},
+        {"role": "user", "content": [{"type": "text", "text": question_block(item)}]},
         protocol.assistant_message(reply),
     ]
     return Trajectory(messages, [False], [], ProtocolSettings())
+
+
+def between_tags(ids: torch.Tensor, open_id: int, close_id: int) -> torch.Tensor:
+    """True at the tokens strictly between an ``open_id`` tag and its ``close_id``."""
+    inside = torch.cumsum((ids == open_id).long() - (ids == close_id).long(), 0) > 0
+    return inside & (ids != open_id)
 
 
 def answer_only(
     ids: torch.Tensor, labels: torch.Tensor, open_id: int, close_id: int
 ) -> torch.Tensor:
     """``labels`` kept only strictly between ``<answer>`` and ``</answer>``."""
-    inside = torch.cumsum((ids == open_id).long() - (ids == close_id).long(), 0) > 0
-    inside &= ids != open_id
+    inside = between_tags(ids, open_id, close_id)
     return torch.where(inside, labels, torch.full_like(labels, IGNORE))
 
 
@@ -581,7 +582,7 @@ def content_weights(
     scripted ranges are random, so weighting their digits would only add noise.
     """
     weights = (labels != IGNORE).float()
-    inside = torch.cumsum((ids == retrieve_open).long() - (ids == retrieve_close).long(), 0) > 0
+    inside = between_tags(ids, retrieve_open, retrieve_close)
     boost = torch.isin(labels, content_ids) & ~inside
     return torch.where(boost, weights * weight, weights)
 
