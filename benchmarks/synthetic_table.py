@@ -217,13 +217,19 @@ def main() -> None:
     parser.add_argument(
         "--no-reading", action="store_true", help="Skip the teacher-forced reading check."
     )
-    from vmtr.policies.sft import NeedleWording
+    from vmtr.policies.sft import AnswerForm, NeedleWording
 
     parser.add_argument(
         "--needle-wording",
         choices=get_args(NeedleWording),
         default="frame-first",
         help="How the model was taught to name needles (for the reading check's labels).",
+    )
+    parser.add_argument(
+        "--answer-form",
+        choices=get_args(AnswerForm),
+        default="letter",
+        help="What the model was taught to put inside <answer> (for the reading check).",
     )
     args = parser.parse_args()
 
@@ -251,18 +257,30 @@ def main() -> None:
             )
     reading = None
     if not args.no_reading:
-        reading = reading_check(args.model, items, args.data / "frames", args.needle_wording)
+        reading = reading_check(
+            args.model, items, args.data / "frames", args.needle_wording, args.answer_form
+        )
         print(reading_line(reading))
     plain = [{k: v for k, v in row.items() if k != "reads"} for row in table]
     if args.json:
         print(json.dumps(plain))
     if args.json_out:
-        report = {"model": args.model, "heldout": made, "rows": plain, "reading": reading}
+        report = {
+            "model": args.model,
+            "heldout": made,
+            "rows": plain,
+            "reading": reading,
+            "answer_form": args.answer_form,
+        }
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def reading_check(
-    model: str, items: list[dict[str, Any]], cache: Path, wording: str = "frame-first"
+    model: str,
+    items: list[dict[str, Any]],
+    cache: Path,
+    wording: str = "frame-first",
+    answer_form: str = "letter",
 ) -> dict[str, Any]:
     """Teacher-forced reading (`vmtr.policies.reading`) of ``model`` on the same items."""
     from vmtr.agent.ask import resolve_model
@@ -273,7 +291,10 @@ def reading_check(
     wanted = {item["id"] for item in items}
     qa = [q for q in load_video_mtr_json(cache.parent / "annotations.json") if q.id in wanted]
     cache.mkdir(parents=True, exist_ok=True)
-    return reading_accuracy(lm.model, lm.processor, qa, cache, wording=wording) | {"items": len(qa)}
+    result = reading_accuracy(
+        lm.model, lm.processor, qa, cache, wording=wording, answer_form=answer_form
+    )
+    return result | {"items": len(qa)}
 
 
 def reading_line(r: dict[str, Any]) -> str:
@@ -284,7 +305,7 @@ def reading_line(r: dict[str, Any]) -> str:
         "border_digits_accuracy": "border frame digits",
         "seen_first_accuracy": "shape or none",
         "seen_digits_accuracy": "needle frame digits",
-        "answer_accuracy": "answer letter once every needle was seen",
+        "answer_accuracy": "answer once every needle was seen",
     }
     parts = [f"{label} {r[key]:.0%}" for key, label in names.items() if r.get(key) is not None]
     return (

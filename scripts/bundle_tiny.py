@@ -33,12 +33,20 @@ def describe(params: int, report: dict[str, Any]) -> str:
     held = report["heldout"]
     weak = reading["colour_accuracy"] < 0.5
     letter = reading.get("answer_accuracy")
+    text_answers = report.get("answer_form") == "text"
     return (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
         "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
         "the oracle's; protocol episodes, reading drills, protocol episodes with the loss on "
         "what replies read weighted up, and an auxiliary needle loss on the vision tower), then "
-        "GRPO with the gated bi-level reward. On "
+        "GRPO with the gated bi-level reward."
+        + (
+            " It answers by repeating the chosen option's text, which the parser maps to the "
+            "option's letter."
+            if text_answers
+            else ""
+        )
+        + " On "
         f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
         f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving in "
         f"{multi['retrieve_rate']:.0%} of episodes) and {single['accuracy']:.0%} from 16 uniform "
@@ -47,8 +55,8 @@ def describe(params: int, report: dict[str, Any]) -> str:
         f"needle's colour {reading['colour_accuracy']:.0%} (chance 17 %)."
         + (" Reading the needle is what it has not learned." if weak else "")
         + (
-            f" Given a correct reading, it picks the matching option's letter {letter:.0%} of "
-            "the time (chance 25 %): that step is what it has not learned."
+            f" Given a correct reading, it names the matching option {letter:.0%} of the time "
+            "(chance 25 %): that step is what it has not learned."
             if letter is not None and letter < 0.5 and not weak
             else ""
         )
@@ -78,6 +86,7 @@ def main() -> None:
         "trained": True,
         "description": describe(params, report),
         "recipe": "scripts/train_tiny.sh",
+        "answer_form": report.get("answer_form", "letter"),
         "warm_start": {
             "path": str(warm),
             "step": warm_best["step"],

@@ -95,6 +95,13 @@ def sft(
             help='frame-first ("frame 37 red circle") or colour-first ("red circle at frame 37").'
         ),
     ] = "frame-first",
+    answer_form: Annotated[
+        str,
+        typer.Option(
+            help='letter ("<answer>C</answer>") or text ("<answer> yellow</answer>", which the '
+            "parser maps to the option's letter)."
+        ),
+    ] = "letter",
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
@@ -143,6 +150,7 @@ def sft(
             answer_share=answer_share,
             content_weight=content_weight,
             needle_wording=needle_wording,
+            answer_form=answer_form,
             schedule_steps=schedule_steps,
             vision_aux_weight=vision_aux_weight,
         )

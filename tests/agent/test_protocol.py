@@ -20,11 +20,20 @@ OPTIONS = ["A. red", "B. green", "C. blue", "D. yellow"]
         ("<think>x</think><answer>(D)</answer>", "D"),
         ("<think>x</think><answer>A. red</answer>", "A"),
         ("<think>x</think><answer>b</answer>", "B"),
+        ("<think>x</think><answer> green</answer>", "B"),
+        ("<think>x</think><answer>Yellow.</answer>", "D"),
     ],
 )
 def test_answers(text, letter):
     action = parse_reply(text, max_index=63, options=OPTIONS)
     assert action == Answer(letter, action.think)
+
+
+def test_option_text_matches_one_option_only():
+    assert protocol.option_by_text("the  Red one", ["A. the red one", "B. the blue one"]) == "A"
+    assert protocol.option_by_text("red", ["A. red", "B. red"]) is None  # ambiguous
+    assert protocol.option_by_text("re", OPTIONS) is None  # no prefix matching
+    assert protocol.option_text("B. green") == "green"
 
 
 def test_retrieve_and_think_text():

@@ -78,3 +78,16 @@ def test_reading_positions_name_each_clause(setup) -> None:
         "shape": ["cross"],
         "answer": ["B"],
     }
+
+
+def test_reading_positions_score_a_text_answer_as_the_answer(setup) -> None:
+    _, processor, _, _ = setup
+    tok = processor.tokenizer
+    reply = "<think>Seen: frame 34 blue cross.</think><answer> blue</answer>"
+    ids = tok(reply, add_special_tokens=False)["input_ids"]
+    words = [tok.decode([i]).strip() for i in ids]
+    found = {}
+    for kind, position in reading.reading_positions(ids, reading.reading_marks(tok)):
+        found.setdefault(kind, []).append(words[position])
+    assert found["colour"] == ["blue"]  # the reading's, not the answer's
+    assert found["answer"] == ["blue"]

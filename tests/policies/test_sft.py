@@ -409,6 +409,27 @@ def test_answer_drills_are_text_only_and_label_only_the_letter(cached, tiny) -> 
     assert tok.decode(enc["input_ids"][kept]).strip() == item.answer
 
 
+def test_text_answers_name_the_option_and_parse_to_its_letter(tiny, cached) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    for c in cached[:4]:
+        item = c.item
+        body = sft.answer_body(item, "text")
+        wanted = protocol.option_text(item.options[item.letters.index(item.answer)])
+        assert body == f" {wanted}"
+        traj = sft.plan_trajectory(
+            item, c.pool, sft.MULTI_TURN, random.Random(0), answer_form="text"
+        )
+        reply = traj.messages[-1]["content"]
+        reply = reply if isinstance(reply, str) else reply[0]["text"]
+        assert f"<answer>{body}</answer>" in reply
+        assert traj.actions[-1] == protocol.Answer(item.answer, traj.actions[-1].think)
+        # the words of the answer are the very tokens the reading uses
+        inside = tok(f"<answer>{body}</answer>", add_special_tokens=False)["input_ids"][1:-1]
+        assert tok.decode(inside) == body
+        assert len(inside) == len(wanted.split()) or wanted.isdigit()
+
+
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer

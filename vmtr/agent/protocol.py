@@ -82,6 +82,27 @@ def option_letters(options: Sequence[str] | None) -> list[str]:
     return letters
 
 
+def _plain(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+def option_text(option: str) -> str:
+    """An option without its letter: "B. blue" -> "blue"."""
+    return _OPTION_RE.sub("", option, count=1).strip()
+
+
+def option_by_text(body: str, options: Sequence[str]) -> str | None:
+    """The letter of the one option whose text ``body`` repeats (case, spacing and a final full
+    stop aside), as lmms-eval matches free answers; None if no option or several match."""
+    wanted = _plain(body)
+    hits = [
+        letter
+        for letter, text in zip(option_letters(options), options, strict=True)
+        if _plain(option_text(text)) == wanted
+    ]
+    return hits[0] if len(hits) == 1 else None
+
+
 def format_options(options: Sequence[str]) -> list[str]:
     """Options as "A. text" strings, labelling any that arrive without a letter."""
     letters = option_letters(options)
@@ -100,8 +121,9 @@ def parse_reply(
 ) -> Action:
     """Parse one model reply into an action, strictly, as the released parser does.
 
-    ``max_index`` is the highest valid pool index. With options, an answer must be one of their
-    letters ("B", "B.", "(B)" and "B. full option text" are all read as "B"). On the last turn a
+    ``max_index`` is the highest valid pool index. With options, an answer must name one of them:
+    by letter ("B", "B.", "(B)" and "B. full option text" are all read as "B") or by repeating an
+    option's text ("blue" is read as the letter of "B. blue"). On the last turn a
     retrieve is invalid because no turn is left to show its frames.
     """
     answer = _ANSWER_RE.match(text)
@@ -115,10 +137,13 @@ def parse_reply(
         letter_match = _LETTER_RE.match(body)
         letter = letter_match.group(1).upper() if letter_match else None
         if letter not in letters:
+            letter = option_by_text(body, options)
+        if letter is None:
             allowed = ", ".join(letters)
             return Invalid(
                 "answer_option",
-                f"the answer must be one option letter ({allowed}), got {body[:40]!r}.",
+                f"the answer must be one option's letter ({allowed}) or its text, "
+                f"got {body[:40]!r}.",
             )
         return Answer(letter, think)
     retrieve = _RETRIEVE_RE.match(text)
@@ -232,7 +257,7 @@ def user_message(
         )
         tail.append(f"Reply exactly in one of these forms: {ANSWER_SHAPE} or {RETRIEVE_SHAPE}")
     if options:
-        tail.append("Inside the answer tag put only the letter of the chosen option.")
+        tail.append("Inside the answer tag put only the chosen option: its letter or its text.")
     tail.append(f"Frame indices run from 0 to {pool_size - 1}.")
     content.append({"type": "text", "text": "\n".join(tail)})
     return {"role": "user", "content": content}

@@ -22,7 +22,7 @@ from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import QAItem
 
 if TYPE_CHECKING:
-    from vmtr.policies.sft import NeedleWording, Trajectory
+    from vmtr.policies.sft import AnswerForm, NeedleWording, Trajectory
 
 
 def word_ids(tokenizer: Any, words: Sequence[str], prefix: str = " ") -> dict[int, str]:
@@ -44,6 +44,7 @@ def scripted_episodes(
     settings: ProtocolSettings | None = None,
     seed: int = 0,
     wording: NeedleWording = "frame-first",
+    answer_form: AnswerForm = "letter",
 ) -> Iterator[tuple[QAItem, Trajectory, dict[str, torch.Tensor], list[int]]]:
     """Each item's scripted multi-turn episode (`plan_trajectory`, 8-frame retrieve blocks) as
     the model sees it: the item, its trajectory, the model inputs with a batch dimension, and
@@ -54,7 +55,15 @@ def scripted_episodes(
     rng = random.Random(seed)
     for item in items:
         cached = CachedItem(item, cache_dir, budget)
-        traj = plan_trajectory(item, cached.pool, settings, rng, retrieve_block=8, wording=wording)
+        traj = plan_trajectory(
+            item,
+            cached.pool,
+            settings,
+            rng,
+            retrieve_block=8,
+            wording=wording,
+            answer_form=answer_form,
+        )
         enc = encode_conversation(processor, traj.messages, cached.images(traj.frames))
         cached.release()
         labels = enc.pop("labels")
@@ -72,12 +81,14 @@ def reading_accuracy(
     seed: int = 0,
     budget: dict[str, int] | None = None,
     wording: NeedleWording = "frame-first",
+    answer_form: AnswerForm = "letter",
 ) -> dict[str, Any]:
     """Top-1 accuracy at the colour and at the shape words of scripted episodes of ``items``.
 
     ``budget`` is the frames' pixel budget (default: the inference backend's for ``model``), so
     the frames equal what the agent feeds the model; ``cache_dir`` keeps decoded pools;
-    ``wording`` is the `NeedleWording` the model was taught.
+    ``wording`` and ``answer_form`` are what the model was taught (`NeedleWording`,
+    `AnswerForm`). An answer counts as read when every token of it is the top-1.
     """
     from vmtr.policies.sft import backend_pixel_budget
 
@@ -87,14 +98,22 @@ def reading_accuracy(
     total: dict[str, int] = {}
     was_training = model.training
     model.eval()
-    episodes = scripted_episodes(processor, items, cache_dir, budget, settings, seed, wording)
+    episodes = scripted_episodes(
+        processor, items, cache_dir, budget, settings, seed, wording, answer_form
+    )
     for _, traj, inputs, targets in episodes:
         predicted = model(**inputs).logits[0, :-1].argmax(-1).tolist()
+        answer_right: list[bool] = []
         for kind, position in reading_positions(targets, marks):
-            if kind == "answer" and traj.guesses[-1]:
-                continue  # a scripted guess's letter is not something the frames showed
+            right = predicted[position] == targets[position]
+            if kind == "answer":
+                answer_right.append(right)
+                continue
             total[kind] = total.get(kind, 0) + 1
-            hits[kind] = hits.get(kind, 0) + int(predicted[position] == targets[position])
+            hits[kind] = hits.get(kind, 0) + int(right)
+        if answer_right and not traj.guesses[-1]:  # a guess is not something the frames showed
+            total["answer"] = total.get("answer", 0) + 1
+            hits["answer"] = hits.get("answer", 0) + int(all(answer_right))
     if was_training:
         model.train()
     out: dict[str, Any] = {f"{k}_accuracy": hits.get(k, 0) / n for k, n in sorted(total.items())}
@@ -114,6 +133,7 @@ def reading_marks(tokenizer: Any) -> dict[str, Any]:
         "think": one["<think>"][0],
         "think_end": tokenizer.convert_tokens_to_ids("</think>"),
         "answer": tokenizer.convert_tokens_to_ids("<answer>"),
+        "answer_end": tokenizer.convert_tokens_to_ids("</answer>"),
     }
 
 
@@ -121,11 +141,19 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
     """(kind, position) of every scored target: ``colour`` and ``shape`` words;
     ``border_digits`` and ``seen_digits``, the frame indices named in the border clause and in
     the needle clause; ``border_first``, the first word after ``<think>`` ("Border" or "No");
-    ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame"); ``answer``, the
-    letter after ``<answer>``."""
+    ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame"); ``answer``, each
+    token of the last reply's answer (a letter, or an option's text). Colours and shapes are
+    scored inside ``<think>`` only, so an answer's words count once, as the answer."""
     out: list[tuple[str, int]] = []
     region = None
+    answering = False
     for i, t in enumerate(targets):
+        if answering:
+            if t == marks["answer_end"]:
+                answering = False
+            else:
+                out.append(("answer", i))
+            continue
         if t == marks["think"]:
             region = "border"
             if i + 1 < len(targets):
@@ -138,10 +166,11 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
             region = None
         elif region and t in marks["digit"]:
             out.append((f"{region}_digits", i))
-        if t == marks["answer"] and i + 1 < len(targets):
-            out.append(("answer", i + 1))
-        if t in marks["colour"]:
+        if t == marks["answer"]:
+            answering = True
+            out = [(kind, p) for kind, p in out if kind != "answer"]  # only the last reply's
+        elif region and t in marks["colour"]:
             out.append(("colour", i))
-        elif t in marks["shape"]:
+        elif region and t in marks["shape"]:
             out.append(("shape", i))
     return out

@@ -69,6 +69,26 @@ frame 37". Colour first was tried as a way to let the colour be read off any sat
 rather than off the one frame just named; 300 steps of it from the warm start did not read
 colours better (README, "The tiny model")."""
 
+AnswerForm = Literal["letter", "text"]
+"""What a scripted reply puts inside ``<answer>``: the option's letter ("C"), or its text
+(" yellow"), which the parser maps back to the letter. Measured here: a tiny model that read
+the colour 79 % of the time matched it to the letter 27 % of the time, and 20-30k text-only
+drills did not teach that match (it needs three attention hops: the word read, the option with
+that word, the letter before it); repeating a word it has just written is one hop."""
+
+
+def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
+    """The inside of ``<answer>`` for ``item`` in ``form``. The text keeps a leading space
+    because the tiny tokenizer's words carry one: " yellow" is the token the reading wrote,
+    "yellow" would be split into pieces."""
+    if item.answer is None:
+        raise SFTError(f"item {item.id} has no answer")
+    if form == "letter":
+        return item.answer
+    index = protocol.option_letters(item.options).index(item.answer)
+    text = protocol.option_text(item.options[index])
+    return f" {text}"
+
 
 class SFTError(RuntimeError):
     """A user-facing failure of the recipe (bad data folder, no checkpoint to resume)."""
@@ -131,6 +151,9 @@ class SFTConfig(BaseModel):
     )
     needle_wording: NeedleWording = Field(
         "frame-first", description="How replies name a needle (see `NeedleWording`)."
+    )
+    answer_form: AnswerForm = Field(
+        "letter", description="What replies put inside <answer> (see `AnswerForm`)."
     )
     content_weight: float = Field(
         1.0,
@@ -225,10 +248,10 @@ def describe_seen(item: QAItem, seen: set[int], wording: NeedleWording = "frame-
     )
 
 
-def answer_reply(seen_text: str, letter: str, guess: bool) -> str:
-    """An answer turn; a guess says so."""
+def answer_reply(seen_text: str, body: str, guess: bool) -> str:
+    """An answer turn (``body`` from `answer_body`); a guess says so."""
     note = " Guessing." if guess else ""
-    return f"<think>{seen_text}{note}</think><answer>{letter}</answer>"
+    return f"<think>{seen_text}{note}</think><answer>{body}</answer>"
 
 
 def retrieve_reply(seen_text: str, start: int, end: int) -> str:
@@ -261,6 +284,7 @@ def plan_trajectory(
     retrieve_width: tuple[int, int] = (8, 16),
     retrieve_block: int = 0,
     wording: NeedleWording = "frame-first",
+    answer_form: AnswerForm = "letter",
 ) -> Trajectory:
     """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
 
@@ -293,7 +317,7 @@ def plan_trajectory(
         seen_text = describe_seen(item, seen, wording)
         if needed <= seen or last:
             guess = not needed <= seen
-            reply = answer_reply(seen_text, item.answer, guess)
+            reply = answer_reply(seen_text, answer_body(item, answer_form), guess)
             expected: protocol.Action = protocol.Answer(item.answer, "")
         else:
             guess = False
@@ -323,6 +347,7 @@ def plan_caption(
     frames: int,
     rng: random.Random,
     wording: NeedleWording = "frame-first",
+    answer_form: AnswerForm = "letter",
 ) -> Trajectory:
     """A short reading drill: ``frames`` consecutive pool frames, labelled as the protocol labels
     them, then the question; the reply is the honest ``<think>`` of a protocol reply (border
@@ -351,7 +376,7 @@ def plan_caption(
     seen_text = describe_seen(item, set(shown), wording)
     reply = f"<think>{seen_text}</think>"
     if set(needed) <= set(shown):
-        reply += f"<answer>{item.answer}</answer>"
+        reply += f"<answer>{answer_body(item, answer_form)}</answer>"
     messages = [{"role": "user", "content": content}, protocol.assistant_message(reply)]
     return Trajectory(messages, [False], [], settings)
 
@@ -362,7 +387,9 @@ def question_block(item: QAItem) -> str:
     return "\n".join([*lines, *protocol.format_options(item.options)])
 
 
-def plan_answer_drill(item: QAItem, wording: NeedleWording = "frame-first") -> Trajectory:
+def plan_answer_drill(
+    item: QAItem, wording: NeedleWording = "frame-first", answer_form: AnswerForm = "letter"
+) -> Trajectory:
     """A text-only drill for the last step of an answer: the question and options, then a reply
     whose ``<think>`` names every needle (as a reply does once all were seen) and answers.
 
@@ -374,7 +401,9 @@ def plan_answer_drill(item: QAItem, wording: NeedleWording = "frame-first") -> T
     if item.answer is None:
         raise SFTError(f"item {item.id} has no answer")
     seen = {n["pool_index"] for n in needles_of(item)}
-    reply = answer_reply(describe_seen(item, seen, wording), item.answer, guess=False)
+    reply = answer_reply(
+        describe_seen(item, seen, wording), answer_body(item, answer_form), guess=False
+    )
     messages = [
         {"role": "user", "content": [{"type": "text", "text": question_block(item)}]},
         protocol.assistant_message(reply),
@@ -823,10 +852,15 @@ class SFTRecipe:
             # (no draw when off, so runs without answer drills keep their data stream)
             answer_drill = self.cfg.answer_share > 0 and rng.random() < self.cfg.answer_share
             if answer_drill:
-                traj = plan_answer_drill(cached.item, self.cfg.needle_wording)
+                traj = plan_answer_drill(cached.item, self.cfg.needle_wording, self.cfg.answer_form)
             elif rng.random() < self.cfg.caption_share:
                 traj = plan_caption(
-                    cached.item, cached.pool, self.cfg.caption_frames, rng, self.cfg.needle_wording
+                    cached.item,
+                    cached.pool,
+                    self.cfg.caption_frames,
+                    rng,
+                    self.cfg.needle_wording,
+                    self.cfg.answer_form,
                 )
                 if self.cfg.caption_content_loss:
                     only = self.content_ids
@@ -840,6 +874,7 @@ class SFTRecipe:
                     self.cfg.retrieve_width,
                     self.cfg.retrieve_block,
                     self.cfg.needle_wording,
+                    self.cfg.answer_form,
                 )
             example = encode_conversation(
                 self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
@@ -1038,6 +1073,7 @@ class SFTRecipe:
             settings,
             budget=self.budget,
             wording=self.cfg.needle_wording,
+            answer_form=self.cfg.answer_form,
         )
 
 
