@@ -148,7 +148,16 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=10)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="Reply limit of the RL rollouts."
+    )
+    parser.add_argument(
+        "--eval-max-new-tokens",
+        type=int,
+        default=96,
+        help="Reply limit of the held-out questions (96, synthetic_table.py's, so the warm "
+        "start's rows and the README's table agree).",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="RL arms trained at once.")
     parser.add_argument("--workers", type=int, default=2, help="Evaluation processes.")
     args = parser.parse_args()
@@ -162,7 +171,7 @@ def main() -> None:
         list(SETTINGS),
         args.heldout / f"results-{tag}.jsonl",
         args.workers,
-        args.max_new_tokens,
+        args.eval_max_new_tokens,
     )
     table = [chance_row(items)]
     for setting in SETTINGS:
@@ -176,7 +185,7 @@ def main() -> None:
             [MULTI],
             checkpoint.parent / f"heldout-{checkpoint.name}.jsonl",
             args.workers,
-            args.max_new_tokens,
+            args.eval_max_new_tokens,
         )
         table.append(summary_row(rows, f"{name}, {MULTI}"))
     print(

@@ -64,6 +64,7 @@ def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[st
     return {
         "setting": setting,
         "id": item["id"],
+        "max_new_tokens": max_new_tokens,
         "answer": result.answer,
         "truth": item["answer"],
         "correct": result.answer == item["answer"],
@@ -164,11 +165,14 @@ def evaluate_model(
 ) -> tuple[list[dict[str, Any]], int]:
     """Per-item rows of ``model`` under each named setting, resuming from ``results`` (JSONL).
 
-    Returns the rows of these items and settings, and how many runs were new.
+    Returns the rows of these items and settings, and how many runs were new. Rows asked with
+    another reply limit (or, from older files, with an unrecorded one) are not reused: the
+    limit changes answers.
     """
     done: list[dict[str, Any]] = []
     if results.exists():
         done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        done = [r for r in done if r.get("max_new_tokens") == max_new_tokens]
     finished = {(r["setting"], r["id"]) for r in done}
     jobs = [(s, it) for s in settings for it in items if (s, it["id"]) not in finished]
     if jobs:

@@ -257,7 +257,8 @@ def user_message(
         )
         tail.append(f"Reply exactly in one of these forms: {ANSWER_SHAPE} or {RETRIEVE_SHAPE}")
     if options:
-        tail.append("Inside the answer tag put only the chosen option: its letter or its text.")
+        # (the wording the bundled model was trained on; the parser also takes an option's text)
+        tail.append("Inside the answer tag put only the letter of the chosen option.")
     tail.append(f"Frame indices run from 0 to {pool_size - 1}.")
     content.append({"type": "text", "text": "\n".join(tail)})
     return {"role": "user", "content": content}
