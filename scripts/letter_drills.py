@@ -1,0 +1,176 @@
+"""Can the model learn to turn a reading into the option's letter? A fast text-only probe.
+
+    python scripts/letter_drills.py --model runs/tiny/10-mixed/final --variant letter \
+        --data runs/tiny/data --steps 400
+
+Each example is `plan_answer_drill`'s text (the question, the options, a scripted reading of
+every needle, the answer) with no frames, so a step of 32 takes about a second on one core.
+The model is trained on it in memory (nothing is saved) and scored every 100 steps on the
+``hold-*`` folders under ``--data``, per question kind, teacher-forced at the letter. Variants:
+
+- ``letter``: the drill as the SFT recipe writes it (loss on the letter);
+- ``two``: two options only, the right one and one other, relettered A and B (a curriculum);
+- ``bridge``: the reading ends "green is D." (the option's text, then its letter), loss on that
+  clause and the answer; scored at the letter after "is";
+- ``induct``: ``letter`` plus a dense induction pretext (random sequences of reply words, then
+  the same sequence again, loss on the repeat), to see whether a copy circuit helps.
+
+Measured on the session-5 warm start (README, "The tiny model"): none of the four learned the
+match; count questions (options always 1-4 in order) are solved by all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vmtr.agent import protocol
+from vmtr.eval.datasets import QAItem, load_video_mtr_json
+from vmtr.eval.synthetic import COLOURS, SHAPES
+from vmtr.policies import sft
+
+Example = tuple[torch.Tensor, torch.Tensor, int]  # ids, labels, position that predicts the letter
+
+
+def load(folders: list[Path]) -> list[tuple[QAItem, str]]:
+    """(item, question kind) of every item in ``folders``."""
+    out = []
+    for folder in folders:
+        path = folder / "annotations.json"
+        kinds = {r["problem_id"]: r["kind"] for r in json.loads(path.read_text())}
+        out += [(item, kinds[item.id]) for item in load_video_mtr_json(path)]
+    return out
+
+
+def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Example:
+    """One text-only drill of ``item`` in ``variant``."""
+    texts = [protocol.option_text(o) for o in item.options]
+    right = item.letters.index(item.answer)
+    if variant == "two":
+        other = rng.choice([i for i in range(len(texts)) if i != right])
+        keep = sorted([right, other])
+        texts, right = [texts[i] for i in keep], keep.index(right)
+    letters = [chr(ord("A") + i) for i in range(len(texts))]
+    options = [f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True)]
+    user = "\n".join([f"Question: {item.question.strip()}", "Options:", *options])
+    think = sft.describe_seen(item, {n["pool_index"] for n in sft.needles_of(item)})
+    if variant == "bridge":
+        think += f" {texts[right]} is {letters[right]}."
+    reply = f"<think>{think}</think><answer>{letters[right]}</answer>"
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": user}]},
+        protocol.assistant_message(reply),
+    ]
+    enc = sft.encode_conversation(processor, messages, [])
+    ids, labels = enc["input_ids"], enc["labels"]
+    tok = processor.tokenizer
+    open_id, close_id = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    keep = sft.between_tags(ids, open_id, close_id)
+    scored = int((ids == open_id).nonzero()[-1])
+    if variant == "bridge":
+        is_at = int((ids == tok(" is", add_special_tokens=False)["input_ids"][0]).nonzero()[-1])
+        keep[is_at - len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"]) :] = True
+        keep &= labels != sft.IGNORE
+        scored = is_at + 1  # " is", " ", then the letter
+    return ids, torch.where(keep, labels, torch.full_like(labels, sft.IGNORE)), scored
+
+
+@torch.no_grad()
+def score(model: Any, processor: Any, held: list[tuple[QAItem, str]], variant: str) -> dict:
+    """Teacher-forced letter accuracy per question kind."""
+    model.eval()
+    hits, total = collections.Counter(), collections.Counter()
+    rng = random.Random(7)
+    for item, kind in held:
+        ids, labels, at = drill(item, variant, processor, rng)
+        predicted = model(input_ids=ids[None]).logits[0, at].argmax()
+        hits[kind] += int(predicted == ids[at + 1])
+        total[kind] += 1
+    model.train()
+    out = {k: round(hits[k] / total[k], 2) for k in sorted(total)}
+    return out | {"all": round(sum(hits.values()) / sum(total.values()), 3)}
+
+
+def padded(examples: list[Example], pad: int) -> tuple[torch.Tensor, ...]:
+    n = max(len(ids) for ids, _, _ in examples)
+    ids = torch.full((len(examples), n), pad)
+    labels = torch.full((len(examples), n), sft.IGNORE)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for row, (i, lab, _) in enumerate(examples):
+        ids[row, : len(i)], labels[row, : len(lab)], mask[row, : len(i)] = i, lab, 1
+    return ids, labels, mask
+
+
+def induction_loss(model: Any, words: list[int], rng: random.Random, batch: int) -> torch.Tensor:
+    """Loss on the second copy of a random 12-word sequence: only a copy circuit predicts it."""
+    half = torch.tensor([[rng.choice(words) for _ in range(12)] for _ in range(batch)])
+    seq = torch.cat([half, half], 1)
+    logits = model(input_ids=seq).logits[:, 11:-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 12:].reshape(-1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--variant", choices=["letter", "two", "bridge", "induct"], default="letter"
+    )
+    parser.add_argument("--data", type=Path, default=Path("runs/tiny/data"))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model)
+    tok = processor.tokenizer
+    folders = sorted(p for p in args.data.iterdir() if (p / "annotations.json").exists())
+    train = load([p for p in folders if not p.name.startswith("hold")])
+    held = load([p for p in folders if p.name.startswith("hold")])
+    words = [*COLOURS, *SHAPES, "frame", "the", "came", "first", "Seen", "Border"]
+    pool = {i for w in words for i in tok(f" {w}", add_special_tokens=False)["input_ids"]}
+    pool |= {tok.convert_tokens_to_ids(c) for c in "ABCD0123456789"}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
+    rng = random.Random(args.seed)
+    print(f"step 0 {score(model, processor, held, args.variant)}", flush=True)
+    model.train()
+    for step in range(1, args.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 5)
+        batch = [
+            drill(rng.choice(train)[0], args.variant, processor, rng)
+            for _ in range(args.batch_size)
+        ]
+        ids, labels, mask = padded(batch, tok.pad_token_id or 0)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=sft.IGNORE
+        )
+        copy = torch.zeros(())
+        if args.variant == "induct":
+            copy = induction_loss(model, sorted(pool), rng, args.batch_size)
+            loss = loss + copy
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 20 == 0:
+            print(
+                f"step {step} loss {loss.item():.3f} (copy pretext {copy.item():.3f})", flush=True
+            )
+        if step % 100 == 0:
+            print(f"step {step} {score(model, processor, held, args.variant)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
