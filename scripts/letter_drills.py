@@ -12,8 +12,11 @@ The model is trained on it in memory (nothing is saved) and scored every 100 ste
 - ``two``: two options only, the right one and one other, relettered A and B (a curriculum);
 - ``bridge``: the reading ends "green is D." (the option's text, then its letter), loss on that
   clause and the answer; scored at the letter after "is";
-- ``induct``: ``letter`` plus a dense induction pretext (random sequences of reply words, then
-  the same sequence again, loss on the repeat), to see whether a copy circuit helps.
+- ``after``: options written word first ("greenD", one token each) and the reading ending
+  "greenD.", so the letter is what follows the word, as a copy circuit fetches it;
+
+``--copy-pretext`` adds, to any variant, a dense induction pretext (random sequences of reply
+words, then the same sequence again, loss on the repeat), to see whether a copy circuit helps.
 
 Measured on the session-5 warm start (README, "The tiny model"): none of the four learned the
 match; count questions (options always 1-4 in order) are solved by all.
@@ -60,10 +63,14 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
         texts, right = [texts[i] for i in keep], keep.index(right)
     letters = [chr(ord("A") + i) for i in range(len(texts))]
     options = [f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True)]
+    if variant == "after":
+        options = [f" {text}{letter}" for letter, text in zip(letters, texts, strict=True)]
     user = "\n".join([f"Question: {item.question.strip()}", "Options:", *options])
     think = sft.describe_seen(item, {n["pool_index"] for n in sft.needles_of(item)})
     if variant == "bridge":
         think += f" {texts[right]} is {letters[right]}."
+    elif variant == "after":
+        think += f" {texts[right]}{letters[right]}."
     reply = f"<think>{think}</think><answer>{letters[right]}</answer>"
     messages = [
         {"role": "user", "content": [{"type": "text", "text": user}]},
@@ -80,6 +87,12 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
         keep[is_at - len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"]) :] = True
         keep &= labels != sft.IGNORE
         scored = is_at + 1  # " is", " ", then the letter
+    elif variant == "after":
+        end = int((ids == tok.convert_tokens_to_ids("</think>")).nonzero()[0])
+        scored = end - 3  # the option's last word, then the letter and "."
+        width = len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"])
+        keep[scored + 1 - width :] = True
+        keep &= labels != sft.IGNORE
     return ids, torch.where(keep, labels, torch.full_like(labels, sft.IGNORE)), scored
 
 
@@ -120,10 +133,9 @@ def induction_loss(model: Any, words: list[int], rng: random.Random, batch: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument(
-        "--variant", choices=["letter", "two", "bridge", "induct"], default="letter"
-    )
+    parser.add_argument("--variant", choices=["letter", "two", "bridge", "after"], default="letter")
     parser.add_argument("--data", type=Path, default=Path("runs/tiny/data"))
+    parser.add_argument("--copy-pretext", action="store_true", help="Add the induction pretext.")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -157,7 +169,7 @@ def main() -> None:
             logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=sft.IGNORE
         )
         copy = torch.zeros(())
-        if args.variant == "induct":
+        if args.copy_pretext:
             copy = induction_loss(model, sorted(pool), rng, args.batch_size)
             loss = loss + copy
         optimizer.zero_grad()
