@@ -15,11 +15,18 @@ The model is trained on it in memory (nothing is saved) and scored every 100 ste
 - ``after``: options written word first ("greenD", one token each) and the reading ending
   "greenD.", so the letter is what follows the word, as a copy circuit fetches it;
 
-``--copy-pretext`` adds, to any variant, a dense induction pretext (random sequences of reply
-words, then the same sequence again, loss on the repeat), to see whether a copy circuit helps.
+- ``scan``: the reading goes on "A. blue no. B. cyan no. C. yellow no. D. green it." - each
+  option in turn, compared with the reading, stopping at the one it shows - then the answer is
+  the letter just written; scored on every verdict of the scan (all must be right), loss on
+  the scan and the answer.
 
-Measured on the session-5 warm start (README, "The tiny model"): none of the four learned the
-match; count questions (options always 1-4 in order) are solved by all.
+``--copy-pretext`` adds, to any variant, a dense induction pretext (a random sequence of reply
+words, random filler, the same sequence again; loss on the repeat), to see whether a circuit
+that copies by content helps.
+
+Measured on the session-5 warm start (README, "The tiny model"): no variant learned the match
+in 200-600 steps, nor did the pretext with random filler; count questions (options always 1-4
+in order) are solved by all.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ def load(folders: list[Path]) -> list[tuple[QAItem, str]]:
 
 def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Example:
     """One text-only drill of ``item`` in ``variant``."""
+    tok = processor.tokenizer
     texts = [protocol.option_text(o) for o in item.options]
     right = item.letters.index(item.answer)
     if variant == "two":
@@ -71,6 +79,10 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
         think += f" {texts[right]} is {letters[right]}."
     elif variant == "after":
         think += f" {texts[right]}{letters[right]}."
+    elif variant == "scan":  # each option against the reading, stopping at the one it shows
+        lines = [f"{options[i]} {'it' if i == right else 'no'}." for i in range(right + 1)]
+        think += " " + " ".join(lines)
+        scan_width = len(tok(" " + " ".join(lines), add_special_tokens=False)["input_ids"])
     reply = f"<think>{think}</think><answer>{letters[right]}</answer>"
     messages = [
         {"role": "user", "content": [{"type": "text", "text": user}]},
@@ -78,7 +90,6 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
     ]
     enc = sft.encode_conversation(processor, messages, [])
     ids, labels = enc["input_ids"], enc["labels"]
-    tok = processor.tokenizer
     open_id, close_id = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
     keep = sft.between_tags(ids, open_id, close_id)
     scored = int((ids == open_id).nonzero()[-1])
@@ -93,6 +104,12 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
         width = len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"])
         keep[scored + 1 - width :] = True
         keep &= labels != sft.IGNORE
+    elif variant == "scan":  # scored at the verdict on the right option; loss on the whole scan
+        verdict = tok(" it", add_special_tokens=False)["input_ids"][0]
+        end = int((ids == tok.convert_tokens_to_ids("</think>")).nonzero()[0])
+        scored = int((ids[:end] == verdict).nonzero()[-1]) - 1
+        keep[end - scan_width :] = True
+        keep &= labels != sft.IGNORE
     return ids, torch.where(keep, labels, torch.full_like(labels, sft.IGNORE)), scored
 
 
@@ -102,10 +119,16 @@ def score(model: Any, processor: Any, held: list[tuple[QAItem, str]], variant: s
     model.eval()
     hits, total = collections.Counter(), collections.Counter()
     rng = random.Random(7)
+    verdicts = {
+        processor.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" no", " it")
+    }
     for item, kind in held:
         ids, labels, at = drill(item, variant, processor, rng)
-        predicted = model(input_ids=ids[None]).logits[0, at].argmax()
-        hits[kind] += int(predicted == ids[at + 1])
+        predicted = model(input_ids=ids[None]).logits[0].argmax(-1)
+        positions = [at]
+        if variant == "scan":  # every verdict, "no" and "it" alike
+            positions = [i for i in range(len(ids) - 1) if int(labels[i + 1]) in verdicts]
+        hits[kind] += int(all(predicted[i] == ids[i + 1] for i in positions))
         total[kind] += 1
     model.train()
     out = {k: round(hits[k] / total[k], 2) for k in sorted(total)}
@@ -123,17 +146,30 @@ def padded(examples: list[Example], pad: int) -> tuple[torch.Tensor, ...]:
 
 
 def induction_loss(model: Any, words: list[int], rng: random.Random, batch: int) -> torch.Tensor:
-    """Loss on the second copy of a random 12-word sequence: only a copy circuit predicts it."""
-    half = torch.tensor([[rng.choice(words) for _ in range(12)] for _ in range(batch)])
-    seq = torch.cat([half, half], 1)
-    logits = model(input_ids=seq).logits[:, 11:-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 12:].reshape(-1))
+    """Loss on the second copy of a random 12-word sequence, the copies 12 to 36 words apart
+    (random filler between), so that copying needs matching words by content, not a fixed
+    offset (a fixed offset of 12 was learned in 200 steps and did not help the letter)."""
+    rows, targets = [], []
+    for _ in range(batch):
+        half = [rng.choice(words) for _ in range(12)]
+        filler = [rng.choice(words) for _ in range(rng.randint(0, 24))]
+        pad = [rng.choice(words) for _ in range(24 - len(filler))]
+        row = pad + half + filler + half
+        rows.append(row)
+        targets.append([-100] * (len(row) - 12) + half)
+    seq, labels = torch.tensor(rows), torch.tensor(targets)
+    logits = model(input_ids=seq).logits[:, :-1]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--variant", choices=["letter", "two", "bridge", "after"], default="letter")
+    parser.add_argument(
+        "--variant", choices=["letter", "two", "bridge", "after", "scan"], default="letter"
+    )
     parser.add_argument("--data", type=Path, default=Path("runs/tiny/data"))
     parser.add_argument("--copy-pretext", action="store_true", help="Add the induction pretext.")
     parser.add_argument("--steps", type=int, default=400)
