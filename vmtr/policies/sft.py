@@ -71,10 +71,11 @@ colours better (README, "The tiny model")."""
 
 AnswerForm = Literal["letter", "text"]
 """What a scripted reply puts inside ``<answer>``: the option's letter ("C"), or its text
-(" yellow"), which the parser maps back to the letter. Measured here: a tiny model that read
-the colour 79 % of the time matched it to the letter 27 % of the time, and 20-30k text-only
-drills did not teach that match (it needs three attention hops: the word read, the option with
-that word, the letter before it); repeating a word it has just written is one hop."""
+(" yellow"), which the parser maps back to the letter. Text was tried because the tiny model
+that reads the colour 79 % of the time picks the matching letter only 27 % of the time.
+Measured (README, "The tiny model"): text-only drills taught it to repeat the colour it read
+in 280 steps, but not the shape, and they broke the protocol; the bundled model answers by
+letter."""
 
 
 def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
