@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vmtr.agent import protocol
@@ -47,7 +46,7 @@ from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.eval.synthetic import COLOURS, SHAPES
 from vmtr.policies import sft
 
-Example = tuple[torch.Tensor, torch.Tensor, int]  # ids, labels, position that predicts the letter
+Example = tuple[dict[str, torch.Tensor], int]  # encoded drill, position that predicts the letter
 
 
 def load(folders: list[Path]) -> list[tuple[QAItem, str]]:
@@ -96,21 +95,20 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
     if variant == "bridge":
         is_at = int((ids == tok(" is", add_special_tokens=False)["input_ids"][0]).nonzero()[-1])
         keep[is_at - len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"]) :] = True
-        keep &= labels != sft.IGNORE
         scored = is_at + 1  # " is", " ", then the letter
     elif variant == "after":
         end = int((ids == tok.convert_tokens_to_ids("</think>")).nonzero()[0])
         scored = end - 3  # the option's last word, then the letter and "."
         width = len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"])
         keep[scored + 1 - width :] = True
-        keep &= labels != sft.IGNORE
     elif variant == "scan":  # scored at the verdict on the right option; loss on the whole scan
         verdict = tok(" it", add_special_tokens=False)["input_ids"][0]
         end = int((ids == tok.convert_tokens_to_ids("</think>")).nonzero()[0])
         scored = int((ids[:end] == verdict).nonzero()[-1]) - 1
         keep[end - scan_width :] = True
-        keep &= labels != sft.IGNORE
-    return ids, torch.where(keep, labels, torch.full_like(labels, sft.IGNORE)), scored
+    keep &= labels != sft.IGNORE
+    enc["labels"] = torch.where(keep, labels, torch.full_like(labels, sft.IGNORE))
+    return enc, scored
 
 
 @torch.no_grad()
@@ -123,7 +121,8 @@ def score(model: Any, processor: Any, held: list[tuple[QAItem, str]], variant: s
         processor.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" no", " it")
     }
     for item, kind in held:
-        ids, labels, at = drill(item, variant, processor, rng)
+        enc, at = drill(item, variant, processor, rng)
+        ids, labels = enc["input_ids"], enc["labels"]
         predicted = model(input_ids=ids[None]).logits[0].argmax(-1)
         positions = [at]
         if variant == "scan":  # every verdict, "no" and "it" alike
@@ -133,16 +132,6 @@ def score(model: Any, processor: Any, held: list[tuple[QAItem, str]], variant: s
     model.train()
     out = {k: round(hits[k] / total[k], 2) for k in sorted(total)}
     return out | {"all": round(sum(hits.values()) / sum(total.values()), 3)}
-
-
-def padded(examples: list[Example], pad: int) -> tuple[torch.Tensor, ...]:
-    n = max(len(ids) for ids, _, _ in examples)
-    ids = torch.full((len(examples), n), pad)
-    labels = torch.full((len(examples), n), sft.IGNORE)
-    mask = torch.zeros((len(examples), n), dtype=torch.long)
-    for row, (i, lab, _) in enumerate(examples):
-        ids[row, : len(i)], labels[row, : len(lab)], mask[row, : len(i)] = i, lab, 1
-    return ids, labels, mask
 
 
 def induction_loss(model: Any, words: list[int], rng: random.Random, batch: int) -> torch.Tensor:
@@ -156,12 +145,9 @@ def induction_loss(model: Any, words: list[int], rng: random.Random, batch: int)
         pad = [rng.choice(words) for _ in range(24 - len(filler))]
         row = pad + half + filler + half
         rows.append(row)
-        targets.append([-100] * (len(row) - 12) + half)
-    seq, labels = torch.tensor(rows), torch.tensor(targets)
-    logits = model(input_ids=seq).logits[:, :-1]
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+        targets.append([sft.IGNORE] * (len(row) - 12) + half)
+    seq = torch.tensor(rows)
+    return sft.token_loss(model(input_ids=seq).logits, torch.tensor(targets))
 
 
 def main() -> None:
@@ -199,11 +185,11 @@ def main() -> None:
             drill(rng.choice(train)[0], args.variant, processor, rng)
             for _ in range(args.batch_size)
         ]
-        ids, labels, mask = padded(batch, tok.pad_token_id or 0)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=sft.IGNORE
-        )
+        inputs = sft.collate([enc for enc, _ in batch], tok.pad_token_id or 0)
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
+        loss = sft.token_loss(logits, inputs["labels"])
         copy = torch.zeros(())
         if args.copy_pretext:
             copy = induction_loss(model, sorted(pool), rng, args.batch_size)

@@ -86,9 +86,7 @@ def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
         raise SFTError(f"item {item.id} has no answer")
     if form == "letter":
         return item.answer
-    index = protocol.option_letters(item.options).index(item.answer)
-    text = protocol.option_text(item.options[index])
-    return f" {text}"
+    return f" {protocol.option_text(item.options[item.letters.index(item.answer)])}"
 
 
 class SFTError(RuntimeError):
