@@ -10,8 +10,8 @@ The model is trained on it in memory (nothing is saved) and scored every 100 ste
 
 - ``letter``: the drill as the SFT recipe writes it (loss on the letter);
 - ``two``: two options only, the right one and one other, relettered A and B (a curriculum);
-- ``bridge``: the reading ends "green is D." (the option's text, then its letter), loss on that
-  clause and the answer; scored at the letter after "is";
+- ``bridge``: the reading ends "so green is D." (`sft.bridge_clause`: the option's text, then its
+  letter), loss on that clause and the answer; scored at the letter after "is";
 - ``after``: options written word first ("greenD", one token each) and the reading ending
   "greenD.", so the letter is what follows the word, as a copy circuit fetches it;
 
@@ -75,7 +75,7 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
     user = "\n".join([f"Question: {item.question.strip()}", "Options:", *options])
     think = sft.describe_seen(item, {n["pool_index"] for n in sft.needles_of(item)})
     if variant == "bridge":
-        think += f" {texts[right]} is {letters[right]}."
+        think += sft.bridge_clause(item)
     elif variant == "after":
         think += f" {texts[right]}{letters[right]}."
     elif variant == "scan":  # each option against the reading, stopping at the one it shows
@@ -94,7 +94,8 @@ def drill(item: QAItem, variant: str, processor: Any, rng: random.Random) -> Exa
     scored = int((ids == open_id).nonzero()[-1])
     if variant == "bridge":
         is_at = int((ids == tok(" is", add_special_tokens=False)["input_ids"][0]).nonzero()[-1])
-        keep[is_at - len(tok(f" {texts[right]}", add_special_tokens=False)["input_ids"]) :] = True
+        width = len(tok(sft.bridge_clause(item), add_special_tokens=False)["input_ids"])
+        keep[is_at - width + 4 :] = True  # from " so" on (the text, " is", letter, ".")
         scored = is_at + 1  # " is", " ", then the letter
     elif variant == "after":
         end = int((ids == tok.convert_tokens_to_ids("</think>")).nonzero()[0])
@@ -134,20 +135,75 @@ def score(model: Any, processor: Any, held: list[tuple[QAItem, str]], variant: s
     return out | {"all": round(sum(hits.values()) / sum(total.values()), 3)}
 
 
-def induction_loss(model: Any, words: list[int], rng: random.Random, batch: int) -> torch.Tensor:
-    """Loss on the second copy of a random 12-word sequence, the copies 12 to 36 words apart
-    (random filler between), so that copying needs matching words by content, not a fixed
-    offset (a fixed offset of 12 was learned in 200 steps and did not help the letter)."""
+def induction_loss(model: Any, pool: list[int], rng: random.Random, batch: int) -> torch.Tensor:
+    """Loss on the second copy of a random 12-token sequence, the copies 12 to 36 tokens apart.
+
+    Every row is drawn without repeats (so each token has one earlier match) and the filler
+    between the copies varies, so the repeat can only be predicted by finding the current token
+    earlier and copying what followed it, the induction circuit. With repeats from a 31-word pool
+    (session 6) the loss stayed at chance for 1,000 steps; without them, from a 64-token pool,
+    the warm start found the circuit after 700-1,100 steps. The first token of the repeat is
+    unpredictable and carries no loss.
+    """
     rows, targets = [], []
     for _ in range(batch):
-        half = [rng.choice(words) for _ in range(12)]
-        filler = [rng.choice(words) for _ in range(rng.randint(0, 24))]
-        pad = [rng.choice(words) for _ in range(24 - len(filler))]
-        row = pad + half + filler + half
+        drawn = rng.sample(pool, 36)
+        half, rest = drawn[:12], drawn[12:]
+        gap = rng.randint(0, 24)
+        row = rest[gap:] + half + rest[:gap] + half
         rows.append(row)
-        targets.append([sft.IGNORE] * (len(row) - 12) + half)
-    seq = torch.tensor(rows)
-    return sft.token_loss(model(input_ids=seq).logits, torch.tensor(targets))
+        targets.append([sft.IGNORE] * (len(row) - 11) + half[1:])
+    return sft.token_loss(model(input_ids=torch.tensor(rows)).logits, torch.tensor(targets))
+
+
+def lookup_loss(
+    model: Any,
+    keys: list[int],
+    values: list[int],
+    marks: tuple[int, int, int],
+    rng: random.Random,
+    batch: int,
+) -> torch.Tensor:
+    """Loss on recalling a key from its value: rows of four "K. V" lines (``keys`` and
+    ``values`` drawn without repeats), random filler, then three queries "V is" -> K.
+
+    This is the answer letter's own lookup (the option's letter sits before its text) with
+    nothing else to learn: unlike induction, the token to copy comes before the match.
+    ``marks`` are the ids of ".", the line break and " is".
+    """
+    dot, newline, is_ = marks
+    rows, targets = [], []
+    for _ in range(batch):
+        ks = rng.sample(keys, 4)
+        vs = rng.sample(values, 4 + 12)
+        row: list[int] = []
+        for k, v in zip(ks, vs[:4], strict=True):
+            row += [k, dot, v, newline]
+        row += vs[4 : 4 + rng.randint(0, 12)]
+        target = [sft.IGNORE] * len(row)
+        for q in rng.sample(range(4), 3):
+            row += [vs[q], is_, ks[q], dot]
+            target += [sft.IGNORE, ks[q], sft.IGNORE, sft.IGNORE]
+        rows.append(row)
+        targets.append(target)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [newline] * (width - len(r)) for r in rows])
+    labels = torch.tensor([t + [sft.IGNORE] * (width - len(t)) for t in targets])
+    return sft.token_loss(model(input_ids=ids).logits, labels)
+
+
+def pretext_pool(tok: Any, size: int = 64) -> list[int]:
+    """The reply's own words, letters and digits, topped up with other ordinary tokens."""
+    words = [*COLOURS, *SHAPES, "frame", "the", "came", "first", "Seen", "Border"]
+    pool = {i for w in words for i in tok(f" {w}", add_special_tokens=False)["input_ids"]}
+    pool |= {tok.convert_tokens_to_ids(c) for c in "ABCD0123456789"}
+    special = set(tok.all_special_ids) | set(tok.added_tokens_decoder)
+    for i in range(len(tok)):
+        if len(pool) >= size:
+            break
+        if i not in special:
+            pool.add(i)
+    return sorted(pool)
 
 
 def main() -> None:
@@ -158,10 +214,17 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=Path("runs/tiny/data"))
     parser.add_argument("--copy-pretext", action="store_true", help="Add the induction pretext.")
+    parser.add_argument(
+        "--pretext-steps", type=int, default=0, help="Steps of the pretext alone, first."
+    )
+    parser.add_argument(
+        "--lookup-pretext", action="store_true", help="Add the key-from-value pretext."
+    )
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--save", type=Path, help="Save the trained model and processor here.")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -171,13 +234,26 @@ def main() -> None:
     folders = sorted(p for p in args.data.iterdir() if (p / "annotations.json").exists())
     train = load([p for p in folders if not p.name.startswith("hold")])
     held = load([p for p in folders if p.name.startswith("hold")])
-    words = [*COLOURS, *SHAPES, "frame", "the", "came", "first", "Seen", "Border"]
-    pool = {i for w in words for i in tok(f" {w}", add_special_tokens=False)["input_ids"]}
-    pool |= {tok.convert_tokens_to_ids(c) for c in "ABCD0123456789"}
+    pool = pretext_pool(tok)
+    keys = [tok.convert_tokens_to_ids(c) for c in "ABCDEFGH"]
+    values = [i for i in pool if i not in keys]
+    marks = (
+        tok.convert_tokens_to_ids("."),
+        tok("\n", add_special_tokens=False)["input_ids"][0],
+        tok(" is", add_special_tokens=False)["input_ids"][0],
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
     print(f"step 0 {score(model, processor, held, args.variant)}", flush=True)
     model.train()
+    for step in range(1, args.pretext_steps + 1):
+        loss = induction_loss(model, pool, rng, args.batch_size)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0:
+            print(f"pretext step {step} copy loss {loss.item():.3f}", flush=True)
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, step / 5)
@@ -190,20 +266,28 @@ def main() -> None:
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         ).logits
         loss = sft.token_loss(logits, inputs["labels"])
-        copy = torch.zeros(())
+        copy = lookup = torch.zeros(())
         if args.copy_pretext:
-            copy = induction_loss(model, sorted(pool), rng, args.batch_size)
+            copy = induction_loss(model, pool, rng, args.batch_size)
             loss = loss + copy
+        if args.lookup_pretext:
+            lookup = lookup_loss(model, keys, values, marks, rng, args.batch_size)
+            loss = loss + lookup
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 20 == 0:
             print(
-                f"step {step} loss {loss.item():.3f} (copy pretext {copy.item():.3f})", flush=True
+                f"step {step} loss {loss.item():.3f} (copy pretext {copy.item():.3f}, "
+                f"lookup pretext {lookup.item():.3f})",
+                flush=True,
             )
         if step % 100 == 0:
             print(f"step {step} {score(model, processor, held, args.variant)}", flush=True)
+    if args.save:
+        model.save_pretrained(args.save)
+        processor.save_pretrained(args.save)
 
 
 if __name__ == "__main__":

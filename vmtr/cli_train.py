@@ -98,8 +98,9 @@ def sft(
     answer_form: Annotated[
         str,
         typer.Option(
-            help='letter ("<answer>C</answer>") or text ("<answer> yellow</answer>", which the '
-            "parser maps to the option's letter)."
+            help='letter ("<answer>C</answer>"), bridge (the think ends "so yellow is C.", then '
+            '"<answer>C</answer>") or text ("<answer> yellow</answer>", which the parser maps '
+            "to the option's letter)."
         ),
     ] = "letter",
     schedule_steps: Annotated[

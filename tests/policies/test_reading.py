@@ -91,3 +91,18 @@ def test_reading_positions_score_a_text_answer_as_the_answer(setup) -> None:
         found.setdefault(kind, []).append(words[position])
     assert found["colour"] == ["blue"]  # the reading's, not the answer's
     assert found["answer"] == ["blue"]
+
+
+def test_reading_positions_score_a_bridge_clause_with_the_answer(setup) -> None:
+    _, processor, _, _ = setup
+    tok = processor.tokenizer
+    first = "<think>Seen: frame 3 red circle. Need more frames.</think><retrieve>8, 15</retrieve>"
+    last = "<think>Seen: frame 34 blue cross. so blue is B.</think><answer>B</answer>"
+    ids = tok(first + last, add_special_tokens=False)["input_ids"]
+    words = [tok.decode([i]).strip() for i in ids]
+    found = {}
+    for kind, position in reading.reading_positions(ids, reading.reading_marks(tok)):
+        found.setdefault(kind, []).append(words[position])
+    assert found["colour"] == ["red", "blue"]  # the readings', not the bridge's
+    # the last reply's clause and tag (the space before a letter may be a token of its own)
+    assert [w for w in found["answer"] if w] == ["blue", "is", "B", ".", "B"]

@@ -430,6 +430,31 @@ def test_text_answers_name_the_option_and_parse_to_its_letter(tiny, cached) -> N
         assert len(inside) == len(wanted.split()) or wanted.isdigit()
 
 
+def test_bridge_answers_state_the_option_then_its_letter(tiny, cached) -> None:
+    processor, _ = tiny
+    assert len(processor.tokenizer(sft.BRIDGE_WORD, add_special_tokens=False)["input_ids"]) == 1
+    guessed = answered = 0
+    for seed, c in enumerate(cached * 2):
+        item = c.item
+        wanted = protocol.option_text(item.options[item.letters.index(item.answer)])
+        assert sft.bridge_clause(item) == f" so {wanted} is {item.answer}."
+        settings = sft.SINGLE_16 if seed % 2 else sft.MULTI_TURN
+        traj = sft.plan_trajectory(
+            item, c.pool, settings, random.Random(seed), answer_form="bridge"
+        )
+        reply = traj.messages[-1]["content"]
+        reply = reply if isinstance(reply, str) else reply[0]["text"]
+        assert reply.endswith(f"</think><answer>{item.answer}</answer>")
+        assert traj.actions[-1] == protocol.Answer(item.answer, traj.actions[-1].think)
+        if traj.guesses[-1]:  # the frames did not show it, so the reply claims nothing
+            guessed += 1
+            assert " Guessing.</think>" in reply and " is " not in reply
+        else:
+            answered += 1
+            assert f"{sft.bridge_clause(item)}</think>" in reply
+    assert guessed and answered
+
+
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer

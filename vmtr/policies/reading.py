@@ -123,14 +123,17 @@ def reading_accuracy(
 def reading_marks(tokenizer: Any) -> dict[str, Any]:
     """The token ids `reading_positions` steers by."""
     from vmtr.eval.synthetic import COLOURS, SHAPES
+    from vmtr.policies.sft import BRIDGE_WORD
 
-    one = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" Seen", "<think>")}
+    words = (" Seen", "<think>", BRIDGE_WORD)
+    one = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in words}
     return {
         "colour": set(word_ids(tokenizer, list(COLOURS))),
         "shape": set(word_ids(tokenizer, list(SHAPES))),
         "digit": set(word_ids(tokenizer, [str(d) for d in range(10)], prefix="")),
         "seen": one[" Seen"][0],
         "think": one["<think>"][0],
+        "bridge": one[BRIDGE_WORD][0] if len(one[BRIDGE_WORD]) == 1 else None,
         "think_end": tokenizer.convert_tokens_to_ids("</think>"),
         "answer": tokenizer.convert_tokens_to_ids("<answer>"),
         "answer_end": tokenizer.convert_tokens_to_ids("</answer>"),
@@ -142,8 +145,9 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
     ``border_digits`` and ``seen_digits``, the frame indices named in the border clause and in
     the needle clause; ``border_first``, the first word after ``<think>`` ("Border" or "No");
     ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame"); ``answer``, each
-    token of the last reply's answer (a letter, or an option's text). Colours and shapes are
-    scored inside ``<think>`` only, so an answer's words count once, as the answer."""
+    token of the last reply's answer (a letter, or an option's text) and of its bridge clause
+    (`sft.bridge_clause`) if it has one. Colours and shapes are scored in the reading part of
+    ``<think>`` only, so an answer's words count once, as the answer."""
     out: list[tuple[str, int]] = []
     region = None
     answering = False
@@ -155,22 +159,26 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
                 out.append(("answer", i))
             continue
         if t == marks["think"]:
+            out = [(kind, p) for kind, p in out if kind != "answer"]  # only the last reply's
             region = "border"
             if i + 1 < len(targets):
                 out.append(("border_first", i + 1))
+        elif t == marks["think_end"]:
+            region = None
+        elif region == "bridge":
+            out.append(("answer", i))
+        elif t == marks["bridge"] and region:
+            region = "bridge"
         elif t == marks["seen"] and region == "border":
             region = "seen"
             if i + 2 < len(targets):
                 out.append(("seen_first", i + 2))  # after " Seen" and ":"
-        elif t == marks["think_end"]:
-            region = None
         elif region and t in marks["digit"]:
             out.append((f"{region}_digits", i))
-        if t == marks["answer"]:
-            answering = True
-            out = [(kind, p) for kind, p in out if kind != "answer"]  # only the last reply's
         elif region and t in marks["colour"]:
             out.append(("colour", i))
         elif region and t in marks["shape"]:
             out.append(("shape", i))
+        if t == marks["answer"]:
+            answering = True
     return out

@@ -69,13 +69,14 @@ frame 37". Colour first was tried as a way to let the colour be read off any sat
 rather than off the one frame just named; 300 steps of it from the warm start did not read
 colours better (README, "The tiny model")."""
 
-AnswerForm = Literal["letter", "text"]
-"""What a scripted reply puts inside ``<answer>``: the option's letter ("C"), or its text
-(" yellow"), which the parser maps back to the letter. Text was tried because the tiny model
-that reads the colour 79 % of the time picks the matching letter only 27 % of the time.
-Measured (README, "The tiny model"): text-only drills taught it to repeat the colour it read
-in 280 steps, but not the shape, and they broke the protocol; the bundled model answers by
-letter."""
+AnswerForm = Literal["letter", "text", "bridge"]
+"""How a scripted reply answers: by the option's letter ("C"); by its text (" yellow"), which
+the parser maps back to the letter; or by the letter after a bridge clause that ends the
+``<think>`` ("... so yellow is C.", `bridge_clause`), so the letter is looked up right after
+the option's text is written. Text was tried because the tiny model that reads the colour 79 %
+of the time picked the matching letter only 27 % of the time; it taught the colour but broke
+the protocol. The bridge is learned once the model can find a token by its identity (an
+induction pretext first, `scripts/letter_drills.py`): README, "The tiny model"."""
 
 
 def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
@@ -84,7 +85,7 @@ def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
     "yellow" would be split into pieces."""
     if item.answer is None:
         raise SFTError(f"item {item.id} has no answer")
-    if form == "letter":
+    if form in ("letter", "bridge"):
         return item.answer
     return f" {protocol.option_text(item.options[item.letters.index(item.answer)])}"
 
@@ -247,10 +248,25 @@ def describe_seen(item: QAItem, seen: set[int], wording: NeedleWording = "frame-
     )
 
 
-def answer_reply(seen_text: str, body: str, guess: bool) -> str:
-    """An answer turn (``body`` from `answer_body`); a guess says so."""
+BRIDGE_WORD = " so"
+"""Opens the bridge clause; one token of the tiny tokenizer, so the reading check finds it."""
+
+
+def bridge_clause(item: QAItem) -> str:
+    """ " so yellow is C.": the chosen option's text, then its letter."""
+    if item.answer is None:
+        raise SFTError(f"item {item.id} has no answer")
+    text = protocol.option_text(item.options[item.letters.index(item.answer)])
+    return f"{BRIDGE_WORD} {text} is {item.answer}."
+
+
+def answer_reply(seen_text: str, item: QAItem, guess: bool, form: AnswerForm = "letter") -> str:
+    """An answer turn in ``form``; a guess says so (and writes no bridge: the frames did not
+    show what it would claim)."""
     note = " Guessing." if guess else ""
-    return f"<think>{seen_text}{note}</think><answer>{body}</answer>"
+    if form == "bridge" and not guess:
+        note = bridge_clause(item)
+    return f"<think>{seen_text}{note}</think><answer>{answer_body(item, form)}</answer>"
 
 
 def retrieve_reply(seen_text: str, start: int, end: int) -> str:
@@ -316,7 +332,7 @@ def plan_trajectory(
         seen_text = describe_seen(item, seen, wording)
         if needed <= seen or last:
             guess = not needed <= seen
-            reply = answer_reply(seen_text, answer_body(item, answer_form), guess)
+            reply = answer_reply(seen_text, item, guess, answer_form)
             expected: protocol.Action = protocol.Answer(item.answer, "")
         else:
             guess = False
@@ -373,9 +389,10 @@ def plan_caption(
         content.append({"type": "text", "text": "\n"})
     content.append({"type": "text", "text": question_block(item)})
     seen_text = describe_seen(item, set(shown), wording)
-    reply = f"<think>{seen_text}</think>"
     if set(needed) <= set(shown):
-        reply += f"<answer>{answer_body(item, answer_form)}</answer>"
+        reply = answer_reply(seen_text, item, False, answer_form)
+    else:
+        reply = f"<think>{seen_text}</think>"
     messages = [{"role": "user", "content": content}, protocol.assistant_message(reply)]
     return Trajectory(messages, [False], [], settings)
 
@@ -400,9 +417,7 @@ def plan_answer_drill(
     if item.answer is None:
         raise SFTError(f"item {item.id} has no answer")
     seen = {n["pool_index"] for n in needles_of(item)}
-    reply = answer_reply(
-        describe_seen(item, seen, wording), answer_body(item, answer_form), guess=False
-    )
+    reply = answer_reply(describe_seen(item, seen, wording), item, False, answer_form)
     messages = [
         {"role": "user", "content": [{"type": "text", "text": question_block(item)}]},
         protocol.assistant_message(reply),
@@ -685,7 +700,8 @@ def corpus_texts(items: Sequence[QAItem], n: int = 300, seed: int = 0) -> list[s
         texts.extend(item.options)
         seen = {x["pool_index"] for x in needles_of(item)}
         described = describe_seen(item, seen)
-        texts.append(answer_reply(described, item.answer or "A", rng.random() < 0.3))
+        note = " Guessing." if rng.random() < 0.3 else ""
+        texts.append(f"<think>{described}{note}</think><answer>{item.answer or 'A'}</answer>")
         texts.append(retrieve_reply(describe_seen(item, set(range(2, 40, 3))), 3, 17))
     return texts
 
