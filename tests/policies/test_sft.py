@@ -455,6 +455,19 @@ def test_bridge_answers_state_the_option_then_its_letter(tiny, cached) -> None:
     assert guessed and answered
 
 
+def test_answer_drills_in_bridge_form_teach_the_clause_and_the_letter(tiny) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    text = "<think>Seen: frame 3 red circle. so red is B.</think><answer>B</answer><|im_end|>"
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    tags = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    bridge = tok(sft.BRIDGE_WORD, add_special_tokens=False)["input_ids"][0]
+    kept = sft.answer_only(ids, ids.clone(), *tags, bridge) != sft.IGNORE
+    assert tok.decode(ids[kept]).replace(" ", "") == "sored is B.</think><answer>B".replace(" ", "")
+    letter_only = sft.answer_only(ids, ids.clone(), *tags) != sft.IGNORE
+    assert tok.decode(ids[letter_only]).strip() == "B"
+
+
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer

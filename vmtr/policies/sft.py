@@ -432,11 +432,19 @@ def between_tags(ids: torch.Tensor, open_id: int, close_id: int) -> torch.Tensor
 
 
 def answer_only(
-    ids: torch.Tensor, labels: torch.Tensor, open_id: int, close_id: int
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    open_id: int,
+    close_id: int,
+    bridge_id: int | None = None,
 ) -> torch.Tensor:
-    """``labels`` kept only strictly between ``<answer>`` and ``</answer>``."""
-    inside = between_tags(ids, open_id, close_id)
-    return torch.where(inside, labels, torch.full_like(labels, IGNORE))
+    """``labels`` kept only strictly between ``<answer>`` and ``</answer>``, and from the last
+    ``bridge_id`` (`BRIDGE_WORD`) on, when given, so a bridge answer is taught whole."""
+    keep = between_tags(ids, open_id, close_id)
+    if bridge_id is not None and bool((ids == bridge_id).any()):
+        start = int((ids == bridge_id).nonzero()[-1])
+        keep[start:] |= (labels[start:] != IGNORE) & (torch.cumsum(ids == close_id, 0) == 0)[start:]
+    return torch.where(keep, labels, torch.full_like(labels, IGNORE))
 
 
 def pick_settings(rng: random.Random, single_turn_share: float) -> ProtocolSettings:
@@ -757,6 +765,8 @@ class SFTRecipe:
             ["<retrieve>", "</retrieve>"]
         )
         self.answer_tags = self.processor.tokenizer.convert_tokens_to_ids(["<answer>", "</answer>"])
+        bridge = self.processor.tokenizer(BRIDGE_WORD, add_special_tokens=False)["input_ids"]
+        self.bridge_id = bridge[0] if len(bridge) == 1 else None
         self.items = self._cache_frames(train_items)
         self.heads = self._needle_heads(model, source)
 
@@ -896,7 +906,10 @@ class SFTRecipe:
             )
             if answer_drill:
                 example["labels"] = answer_only(
-                    example["input_ids"], example["labels"], *self.answer_tags
+                    example["input_ids"],
+                    example["labels"],
+                    *self.answer_tags,
+                    self.bridge_id if self.cfg.answer_form == "bridge" else None,
                 )
             if self.heads is not None and traj.frames:
                 example["aux_colour"], example["aux_shape"] = self._aux_labels(
