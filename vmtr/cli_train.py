@@ -121,6 +121,14 @@ def sft(
             "needle colour and shape covering it (synthetic data only; 0: off).",
         ),
     ] = 0.0,
+    pretext_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of the text-only induction and lookup pretexts trained alongside "
+            "(vmtr.policies.pretext; 0: off).",
+        ),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Supervised warm start on scripted multi-turn trajectories (format + reading frames)."""
@@ -154,6 +162,7 @@ def sft(
             answer_form=answer_form,
             schedule_steps=schedule_steps,
             vision_aux_weight=vision_aux_weight,
+            pretext_weight=pretext_weight,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))
     except (SFTError, DatasetError, ModelLoadError, OSError) as err:

@@ -306,6 +306,19 @@ def test_checkpoint_save_and_resume(data_dir: Path, tmp_path: Path) -> None:
     assert (second.save() / "config.json").exists()
 
 
+def test_pretexts_train_alongside_and_are_logged(data_dir: Path, tmp_path: Path) -> None:
+    config = _config(data_dir, tmp_path, steps=2).model_copy(
+        update={"pretext_weight": 1.0, "pretext_batch": 4}
+    )
+    recipe = sft.SFTRecipe(config, log=lambda _: None)
+    recipe.setup()
+    first = float(recipe.pretext_loss(0))
+    assert first == float(recipe.pretext_loss(0)), "a step's pretext rows depend on the step"
+    recipe.train()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["pretext_loss"] > 0 for r in log)
+
+
 def _cli() -> typer.Typer:
     app = typer.Typer()
     app.add_typer(train_app, name="train")

@@ -181,6 +181,14 @@ class SFTConfig(BaseModel):
         "(`vmtr.policies.vision_aux`): each token's cell is classed by the needle colour and "
         "shape covering it, or none. 0 turns it off.",
     )
+    pretext_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the text-only pretexts (`vmtr.policies.pretext`: induction and "
+        "key-from-value lookup, one batch of each per step) that teach finding a token by its "
+        "identity; they keep protocol episodes in the same steps. 0 turns them off.",
+    )
+    pretext_batch: int = Field(32, ge=1, description="Rows of each pretext per step.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -768,6 +776,7 @@ class SFTRecipe:
         bridge = self.processor.tokenizer(BRIDGE_WORD, add_special_tokens=False)["input_ids"]
         self.bridge_id = bridge[0] if len(bridge) == 1 else None
         self.items = self._cache_frames(train_items)
+        self.pretexts = self._pretexts() if self.cfg.pretext_weight > 0 else None
         self.heads = self._needle_heads(model, source)
 
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -988,6 +997,11 @@ class SFTRecipe:
                         loss = loss + cfg.vision_aux_weight * aux_loss
                     self.accelerator.backward(loss)
                     tokens += int(batch["attention_mask"].sum())
+                pretext_sum = None
+                if self.pretexts is not None:
+                    extra = self.pretext_loss(self.step)
+                    self.accelerator.backward(cfg.pretext_weight * extra)
+                    pretext_sum = float(extra.detach())
                 norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -998,6 +1012,7 @@ class SFTRecipe:
                     "step": self.step,
                     "loss": round(loss_sum, 5),
                     **({"vision_aux_loss": round(aux_sum, 5)} if self.heads is not None else {}),
+                    **({"pretext_loss": round(pretext_sum, 5)} if pretext_sum is not None else {}),
                     "grad_norm": round(float(norm), 4),
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens": tokens,
@@ -1016,6 +1031,47 @@ class SFTRecipe:
                     )
                     log_file.flush()
         bar.close()
+
+    def _pretexts(self) -> dict[str, Any]:
+        """What the pretext batches are drawn from: the replies' words and the questions."""
+        from vmtr.policies import pretext
+
+        tok = self.processor.tokenizer
+        pool = pretext.word_pool(tok, pretext.reply_words())
+        keys = [tok.convert_tokens_to_ids(c) for c in "ABCDEFGH"]
+        prefixes = [
+            tok(f"<|im_start|>user\n{question_block(c.item).split('Options:')[0]}Options:\n")[
+                "input_ids"
+            ]
+            for c in self.items[:200]
+        ]
+        return {
+            "pool": pool,
+            "keys": keys,
+            "values": [i for i in pool if i not in keys],
+            "prefixes": prefixes,
+            "marks": pretext.LookupMarks.of(tok),
+        }
+
+    def pretext_loss(self, step: int) -> torch.Tensor:
+        """The induction and lookup losses of ``step`` (a pure function of seed and step)."""
+        from vmtr.policies import pretext
+
+        p, cfg = self.pretexts, self.cfg
+        assert p is not None
+        rng = random.Random(cfg.seed * 7_000_003 + step)
+        pad = self.processor.tokenizer.pad_token_id or 0
+        batches = [
+            pretext.induction_batch(p["pool"], rng, cfg.pretext_batch, pad),
+            pretext.lookup_batch(
+                p["keys"], p["values"], p["prefixes"], p["marks"], rng, cfg.pretext_batch, pad
+            ),
+        ]
+        total = torch.zeros((), device=self.accelerator.device)
+        for ids, labels in batches:
+            ids, labels = ids.to(self.accelerator.device), labels.to(self.accelerator.device)
+            total = total + token_loss(self.model(input_ids=ids).logits, labels)
+        return total
 
     def _capture(self) -> Any:
         """Collect the merged visual tokens for the auxiliary loss (nothing when it is off)."""
