@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument(
-        "--max-new-tokens", type=int, default=96, help="Reply limit of the RL rollouts."
+        "--max-new-tokens", type=int, default=64, help="Reply limit of the RL rollouts."
     )
     parser.add_argument(
         "--eval-max-new-tokens",

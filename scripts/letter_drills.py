@@ -1,8 +1,7 @@
-"""Teach the tiny model to turn a reading into the option's letter: a fast text-only stage.
+"""Can the model learn to turn a reading into the option's letter? A fast text-only probe.
 
     python scripts/letter_drills.py --model runs/tiny/10-mixed/final --data runs/tiny/data \
-        --variant bridge --copy-pretext --lookup-pretext --pretext-steps 1500 --steps 400 \
-        --save runs/tiny/11-lookup
+        --variant bridge --copy-pretext --lookup-pretext --pretext-steps 1500 --steps 400
 
 Each example is `plan_answer_drill`'s text (the question, the options, a scripted reading of
 every needle, the answer) with no frames, so a step of 32 takes about a second on one core.
@@ -31,7 +30,10 @@ Measured (README, "The tiny model"): without the pretexts no variant learned the
 200-1,000 steps; with the induction circuit, ``after`` is solved in 100 steps and ``bridge`` in
 100-300 once the lookup pretext is drawn after real questions. Count questions (options
 always 1-4 in order) are solved by all; order questions (every option ends "came first")
-are not.
+are not. A model trained here is not a recipe stage: a few thousand text-only steps rewrite
+the language model (weights moved 2-9x their norm) and it no longer follows the protocol on
+video prompts; 100 steps of protocol episodes did not mend it. `vmtr train sft
+--pretext-weight` trains the same pretexts alongside protocol episodes instead.
 """
 
 from __future__ import annotations
