@@ -75,8 +75,9 @@ the parser maps back to the letter; or by the letter after a bridge clause that 
 ``<think>`` ("... so yellow is C.", `bridge_clause`), so the letter is looked up right after
 the option's text is written. Text was tried because the tiny model that reads the colour 79 %
 of the time picked the matching letter only 27 % of the time; it taught the colour but broke
-the protocol. The bridge is learned once the model can find a token by its identity (an
-induction pretext first, `scripts/letter_drills.py`): README, "The tiny model"."""
+the protocol. The bridge is learned once the model can find a token by its identity (the
+pretexts of `vmtr.policies.pretext`); learned from text alone, it cost the protocol, so it is
+trained alongside protocol episodes (``pretext_weight``). README, "The tiny model"."""
 
 
 def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
@@ -261,7 +262,7 @@ BRIDGE_WORD = " so"
 
 
 def bridge_clause(item: QAItem) -> str:
-    """ " so yellow is C.": the chosen option's text, then its letter."""
+    """The clause " so yellow is C.": the chosen option's text, then its letter."""
     if item.answer is None:
         raise SFTError(f"item {item.id} has no answer")
     text = protocol.option_text(item.options[item.letters.index(item.answer)])
