@@ -998,11 +998,11 @@ class SFTRecipe:
                         loss = loss + cfg.vision_aux_weight * aux_loss
                     self.accelerator.backward(loss)
                     tokens += int(batch["attention_mask"].sum())
-                pretext_sum = None
+                pretext_log = {}
                 if self.pretexts is not None:
-                    extra = self.pretext_loss(self.step)
-                    self.accelerator.backward(cfg.pretext_weight * extra)
-                    pretext_sum = float(extra.detach())
+                    parts = self.pretext_losses(self.step)
+                    self.accelerator.backward(cfg.pretext_weight * sum(parts.values()))
+                    pretext_log = {f"{k}_loss": round(float(v), 5) for k, v in parts.items()}
                 norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -1013,7 +1013,7 @@ class SFTRecipe:
                     "step": self.step,
                     "loss": round(loss_sum, 5),
                     **({"vision_aux_loss": round(aux_sum, 5)} if self.heads is not None else {}),
-                    **({"pretext_loss": round(pretext_sum, 5)} if pretext_sum is not None else {}),
+                    **pretext_log,
                     "grad_norm": round(float(norm), 4),
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens": tokens,
@@ -1054,25 +1054,26 @@ class SFTRecipe:
             "marks": pretext.LookupMarks.of(tok),
         }
 
-    def pretext_loss(self, step: int) -> torch.Tensor:
-        """The induction and lookup losses of ``step`` (a pure function of seed and step)."""
+    def pretext_losses(self, step: int) -> dict[str, torch.Tensor]:
+        """The induction and lookup losses of ``step`` (a pure function of seed and step), kept
+        apart: the induction circuit shows as a sudden drop of its loss alone."""
         from vmtr.policies import pretext
 
         p, cfg = self.pretexts, self.cfg
         assert p is not None
         rng = random.Random(cfg.seed * 7_000_003 + step)
         pad = self.processor.tokenizer.pad_token_id or 0
-        batches = [
-            pretext.induction_batch(p["pool"], rng, cfg.pretext_batch, pad),
-            pretext.lookup_batch(
+        batches = {
+            "induction": pretext.induction_batch(p["pool"], rng, cfg.pretext_batch, pad),
+            "lookup": pretext.lookup_batch(
                 p["keys"], p["values"], p["prefixes"], p["marks"], rng, cfg.pretext_batch, pad
             ),
-        ]
-        total = torch.zeros((), device=self.accelerator.device)
-        for ids, labels in batches:
-            ids, labels = ids.to(self.accelerator.device), labels.to(self.accelerator.device)
-            total = total + token_loss(self.model(input_ids=ids).logits, labels)
-        return total
+        }
+        device = self.accelerator.device
+        return {
+            name: token_loss(self.model(input_ids=ids.to(device)).logits, labels.to(device))
+            for name, (ids, labels) in batches.items()
+        }
 
     def _capture(self) -> Any:
         """Collect the merged visual tokens for the auxiliary loss (nothing when it is off)."""
