@@ -192,27 +192,8 @@ def main() -> None:
     folders = sorted(p for p in args.data.iterdir() if (p / "annotations.json").exists())
     train = load([p for p in folders if not p.name.startswith("hold")])
     held = load([p for p in folders if p.name.startswith("hold")])
-    pool = pretext.word_pool(tok, pretext.reply_words())
-    keys = [tok.convert_tokens_to_ids(c) for c in "ABCDEFGH"]
-    values = [i for i in pool if i not in keys]
-    marks = pretext.LookupMarks.of(tok)
+    sources = pretext.PretextSources.of(tok, [item.question for item, _ in train[:200]])
     pad = tok.pad_token_id or 0
-
-    def induction_loss() -> torch.Tensor:
-        return sft.token_loss(*_logits_and_labels(pretext.induction_batch(pool, rng, size, pad)))
-
-    def lookup_loss() -> torch.Tensor:
-        rows = pretext.lookup_batch(keys, values, prefixes, marks, rng, size, pad)
-        return sft.token_loss(*_logits_and_labels(rows))
-
-    def _logits_and_labels(rows: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return model(input_ids=rows[0]).logits, rows[1]
-
-    size = args.batch_size
-    prefixes = [
-        tok(f"<|im_start|>user\nQuestion: {item.question.strip()}\nOptions:\n")["input_ids"]
-        for item, _ in train[:200]
-    ]
     params = trainable(model, args.attention_only)
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
@@ -220,7 +201,7 @@ def main() -> None:
         print(f"step 0 {score(model, processor, held, args.variant)}", flush=True)
     model.train()
     for step in range(1, args.pretext_steps + 1):
-        loss = induction_loss()
+        loss = pretext.losses(model, sources, rng, args.batch_size, pad, ["induction"])["induction"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -234,18 +215,15 @@ def main() -> None:
             drill(rng.choice(train)[0], args.variant, processor, rng)
             for _ in range(args.batch_size)
         ]
-        inputs = sft.collate([enc for enc, _ in batch], tok.pad_token_id or 0)
+        inputs = sft.collate([enc for enc, _ in batch], pad)
         logits = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         ).logits
         loss = sft.token_loss(logits, inputs["labels"])
-        copy = lookup = torch.zeros(())
-        if args.copy_pretext:
-            copy = induction_loss()
-            loss = loss + copy
-        if args.lookup_pretext:
-            lookup = lookup_loss()
-            loss = loss + lookup
+        kinds = ["induction"] * args.copy_pretext + ["lookup"] * args.lookup_pretext
+        extra = pretext.losses(model, sources, rng, args.batch_size, pad, kinds)
+        loss = loss + sum(extra.values())
+        copy, lookup = (extra.get(k, torch.zeros(())) for k in ("induction", "lookup"))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -13,7 +13,8 @@ steps; two synthetic tasks teach it directly (README, "The tiny model"):
   start were not used on the drills, where the options follow the question.
 
 Both return ``(input_ids, labels)`` for `sft.token_loss`; rows are padded with ``pad`` and the
-labels with ``IGNORE``.
+labels with ``IGNORE``. `PretextSources` gathers what they draw from, `losses` runs a model on
+one batch of each.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-IGNORE = -100
+from vmtr.policies.sft import IGNORE, token_loss
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,49 @@ def lookup_batch(
         rows.append(row)
         targets.append(target)
     return _pad(rows, targets, pad)
+
+
+@dataclass(frozen=True)
+class PretextSources:
+    """What the pretext rows are drawn from: the reply words' pool (induction), letters A-H
+    as keys and the rest of the pool as values (lookup), and question prefixes."""
+
+    pool: list[int]
+    keys: list[int]
+    values: list[int]
+    prefixes: list[list[int]]
+    marks: LookupMarks
+
+    @classmethod
+    def of(cls, tok: Any, questions: Sequence[str]) -> PretextSources:
+        """``questions`` become the lookup rows' prefixes, written as a user turn opens."""
+        pool = word_pool(tok, reply_words())
+        keys = [tok.convert_tokens_to_ids(c) for c in "ABCDEFGH"]
+        prefixes = [
+            tok(f"<|im_start|>user\nQuestion: {q.strip()}\nOptions:\n")["input_ids"]
+            for q in questions
+        ]
+        values = [i for i in pool if i not in keys]
+        return cls(pool, keys, values, prefixes, LookupMarks.of(tok))
+
+
+def losses(
+    model: Any,
+    sources: PretextSources,
+    rng: random.Random,
+    batch: int,
+    pad: int,
+    kinds: Sequence[str] = ("induction", "lookup"),
+) -> dict[str, torch.Tensor]:
+    """``model``'s loss on one batch of each pretext in ``kinds``, drawn from ``rng``."""
+    device = next(model.parameters()).device
+    out = {}
+    for kind in kinds:
+        if kind == "induction":
+            ids, labels = induction_batch(sources.pool, rng, batch, pad)
+        else:
+            ids, labels = lookup_batch(
+                sources.keys, sources.values, sources.prefixes, sources.marks, rng, batch, pad
+            )
+        out[kind] = token_loss(model(input_ids=ids.to(device)).logits, labels.to(device))
+    return out

@@ -123,17 +123,16 @@ def reading_accuracy(
 def reading_marks(tokenizer: Any) -> dict[str, Any]:
     """The token ids `reading_positions` steers by."""
     from vmtr.eval.synthetic import COLOURS, SHAPES
-    from vmtr.policies.sft import BRIDGE_WORD
+    from vmtr.policies.sft import bridge_token_id
 
-    words = (" Seen", "<think>", BRIDGE_WORD)
-    one = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in words}
+    one = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" Seen", "<think>")}
     return {
         "colour": set(word_ids(tokenizer, list(COLOURS))),
         "shape": set(word_ids(tokenizer, list(SHAPES))),
         "digit": set(word_ids(tokenizer, [str(d) for d in range(10)], prefix="")),
         "seen": one[" Seen"][0],
         "think": one["<think>"][0],
-        "bridge": one[BRIDGE_WORD][0] if len(one[BRIDGE_WORD]) == 1 else None,
+        "bridge": bridge_token_id(tokenizer),
         "think_end": tokenizer.convert_tokens_to_ids("</think>"),
         "answer": tokenizer.convert_tokens_to_ids("<answer>"),
         "answer_end": tokenizer.convert_tokens_to_ids("</answer>"),

@@ -261,12 +261,15 @@ BRIDGE_WORD = " so"
 """Opens the bridge clause; one token of the tiny tokenizer, so the reading check finds it."""
 
 
+def bridge_token_id(tokenizer: Any) -> int | None:
+    """`BRIDGE_WORD`'s token id, or None where the tokenizer splits it (no clause is found)."""
+    ids = tokenizer(BRIDGE_WORD, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
 def bridge_clause(item: QAItem) -> str:
     """The clause " so yellow is C.": the chosen option's text, then its letter."""
-    if item.answer is None:
-        raise SFTError(f"item {item.id} has no answer")
-    text = protocol.option_text(item.options[item.letters.index(item.answer)])
-    return f"{BRIDGE_WORD} {text} is {item.answer}."
+    return f"{BRIDGE_WORD}{answer_body(item, 'text')} is {item.answer}."
 
 
 def answer_reply(seen_text: str, item: QAItem, guess: bool, form: AnswerForm = "letter") -> str:
@@ -774,10 +777,14 @@ class SFTRecipe:
             ["<retrieve>", "</retrieve>"]
         )
         self.answer_tags = self.processor.tokenizer.convert_tokens_to_ids(["<answer>", "</answer>"])
-        bridge = self.processor.tokenizer(BRIDGE_WORD, add_special_tokens=False)["input_ids"]
-        self.bridge_id = bridge[0] if len(bridge) == 1 else None
+        self.bridge_id = bridge_token_id(self.processor.tokenizer)
         self.items = self._cache_frames(train_items)
-        self.pretexts = self._pretexts() if self.cfg.pretext_weight > 0 else None
+        self.pretexts = None
+        if self.cfg.pretext_weight > 0:
+            from vmtr.policies.pretext import PretextSources
+
+            questions = [c.item.question for c in self.items[:200]]
+            self.pretexts = PretextSources.of(self.processor.tokenizer, questions)
         self.heads = self._needle_heads(model, source)
 
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -1033,47 +1040,15 @@ class SFTRecipe:
                     log_file.flush()
         bar.close()
 
-    def _pretexts(self) -> dict[str, Any]:
-        """What the pretext batches are drawn from: the replies' words and the questions."""
-        from vmtr.policies import pretext
-
-        tok = self.processor.tokenizer
-        pool = pretext.word_pool(tok, pretext.reply_words())
-        keys = [tok.convert_tokens_to_ids(c) for c in "ABCDEFGH"]
-        prefixes = [
-            tok(f"<|im_start|>user\n{question_block(c.item).split('Options:')[0]}Options:\n")[
-                "input_ids"
-            ]
-            for c in self.items[:200]
-        ]
-        return {
-            "pool": pool,
-            "keys": keys,
-            "values": [i for i in pool if i not in keys],
-            "prefixes": prefixes,
-            "marks": pretext.LookupMarks.of(tok),
-        }
-
     def pretext_losses(self, step: int) -> dict[str, torch.Tensor]:
         """The induction and lookup losses of ``step`` (a pure function of seed and step), kept
         apart: the induction circuit shows as a sudden drop of its loss alone."""
         from vmtr.policies import pretext
 
-        p, cfg = self.pretexts, self.cfg
-        assert p is not None
-        rng = random.Random(cfg.seed * 7_000_003 + step)
+        assert self.pretexts is not None
+        rng = random.Random(self.cfg.seed * 7_000_003 + step)
         pad = self.processor.tokenizer.pad_token_id or 0
-        batches = {
-            "induction": pretext.induction_batch(p["pool"], rng, cfg.pretext_batch, pad),
-            "lookup": pretext.lookup_batch(
-                p["keys"], p["values"], p["prefixes"], p["marks"], rng, cfg.pretext_batch, pad
-            ),
-        }
-        device = self.accelerator.device
-        return {
-            name: token_loss(self.model(input_ids=ids.to(device)).logits, labels.to(device))
-            for name, (ids, labels) in batches.items()
-        }
+        return pretext.losses(self.model, self.pretexts, rng, self.cfg.pretext_batch, pad)
 
     def _capture(self) -> Any:
         """Collect the merged visual tokens for the auxiliary loss (nothing when it is off)."""
