@@ -482,6 +482,17 @@ def test_answer_drills_in_bridge_form_teach_the_clause_and_the_letter(tiny) -> N
     assert tok.decode(ids[letter_only]).strip() == "B"
 
 
+def test_answer_drills_in_text_form_teach_where_the_answer_stops(tiny) -> None:
+    processor, _ = tiny
+    tok = processor.tokenizer
+    text = "<think>Seen: frame 3 red circle.</think><answer> red</answer><|im_end|>"
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    tags = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    kept = sft.answer_only(ids, ids.clone(), *tags, with_close=True) != sft.IGNORE
+    assert tok.convert_ids_to_tokens(ids[kept].tolist())[-1] == "</answer>"
+    assert tok.decode(ids[kept]).replace(" ", "") == "red</answer>"
+
+
 def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None:
     processor, _ = tiny
     tok = processor.tokenizer

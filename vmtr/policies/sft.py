@@ -449,10 +449,14 @@ def answer_only(
     open_id: int,
     close_id: int,
     bridge_id: int | None = None,
+    with_close: bool = False,
 ) -> torch.Tensor:
     """``labels`` kept only strictly between ``<answer>`` and ``</answer>``, and from the last
-    ``bridge_id`` (`BRIDGE_WORD`) on, when given, so a bridge answer is taught whole."""
+    ``bridge_id`` (`BRIDGE_WORD`) on, when given, so a bridge answer is taught whole.
+    ``with_close`` keeps ``</answer>`` too: a text answer must learn where it stops."""
     keep = between_tags(ids, open_id, close_id)
+    if with_close:
+        keep |= ids == close_id
     if bridge_id is not None and bool((ids == bridge_id).any()):
         start = int((ids == bridge_id).nonzero()[-1])
         keep[start:] |= (labels[start:] != IGNORE) & (torch.cumsum(ids == close_id, 0) == 0)[start:]
@@ -927,6 +931,7 @@ class SFTRecipe:
                     example["labels"],
                     *self.answer_tags,
                     self.bridge_id if self.cfg.answer_form == "bridge" else None,
+                    with_close=self.cfg.answer_form == "text",
                 )
             if self.heads is not None and traj.frames:
                 example["aux_colour"], example["aux_shape"] = self._aux_labels(
