@@ -469,26 +469,27 @@ def test_bridge_answers_state_the_option_then_its_letter(tiny, cached) -> None:
     assert guessed and answered
 
 
-def test_answer_drills_in_bridge_form_teach_the_clause_and_the_letter(tiny) -> None:
-    processor, _ = tiny
-    tok = processor.tokenizer
-    text = "<think>Seen: frame 3 red circle. so red is B.</think><answer>B</answer><|im_end|>"
+def _answer_drill_labels(tok, text: str, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids of ``text`` and which of them an answer drill puts loss on."""
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     tags = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    return ids, sft.answer_only(ids, ids.clone(), *tags, **kwargs) != sft.IGNORE
+
+
+def test_answer_drills_in_bridge_form_teach_the_clause_and_the_letter(tiny) -> None:
+    tok = tiny[0].tokenizer
+    text = "<think>Seen: frame 3 red circle. so red is B.</think><answer>B</answer><|im_end|>"
     bridge = tok(sft.BRIDGE_WORD, add_special_tokens=False)["input_ids"][0]
-    kept = sft.answer_only(ids, ids.clone(), *tags, bridge) != sft.IGNORE
+    ids, kept = _answer_drill_labels(tok, text, bridge_id=bridge)
     assert tok.decode(ids[kept]).replace(" ", "") == "sored is B.</think><answer>B".replace(" ", "")
-    letter_only = sft.answer_only(ids, ids.clone(), *tags) != sft.IGNORE
+    ids, letter_only = _answer_drill_labels(tok, text)
     assert tok.decode(ids[letter_only]).strip() == "B"
 
 
 def test_answer_drills_in_text_form_teach_where_the_answer_stops(tiny) -> None:
-    processor, _ = tiny
-    tok = processor.tokenizer
+    tok = tiny[0].tokenizer
     text = "<think>Seen: frame 3 red circle.</think><answer> red</answer><|im_end|>"
-    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
-    tags = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
-    kept = sft.answer_only(ids, ids.clone(), *tags, with_close=True) != sft.IGNORE
+    ids, kept = _answer_drill_labels(tok, text, with_close=True)
     assert tok.convert_ids_to_tokens(ids[kept].tolist())[-1] == "</answer>"
     assert tok.decode(ids[kept]).replace(" ", "") == "red</answer>"
 
