@@ -25,6 +25,15 @@ from vmtr.models.tiny import TINY_DIR
 LEFT_BEHIND = ("trainer_state.pt", "heldout.json", "vmtr_best.json")
 
 
+ANSWER_FORMS = {
+    "text": " It answers by repeating the chosen option's text, which the parser maps to the "
+    "option's letter.",
+    "bridge": " Its reasoning ends by naming the option it read and that option's letter "
+    '("so green is D."), then it answers with the letter.',
+}
+"""What the model card adds for a model trained with `vmtr train sft --answer-form`."""
+
+
 def describe(params: int, report: dict[str, Any]) -> str:
     """The model card's one paragraph, from the held-out table and reading check."""
     rows = {row["setting"].split(" (")[0]: row for row in report["rows"]}
@@ -33,20 +42,13 @@ def describe(params: int, report: dict[str, Any]) -> str:
     held = report["heldout"]
     weak = reading["colour_accuracy"] < 0.5
     letter = reading.get("answer_accuracy")
-    text_answers = report.get("answer_form") == "text"
+    form = report.get("answer_form", "letter")
     return (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
         "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
         "the oracle's; protocol episodes, reading drills, protocol episodes with the loss on "
         "what replies read weighted up, and an auxiliary needle loss on the vision tower), then "
-        "GRPO with the gated bi-level reward."
-        + (
-            " It answers by repeating the chosen option's text, which the parser maps to the "
-            "option's letter."
-            if text_answers
-            else ""
-        )
-        + " On "
+        "GRPO with the gated bi-level reward." + ANSWER_FORMS.get(form, "") + " On "
         f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
         f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving in "
         f"{multi['retrieve_rate']:.0%} of episodes) and {single['accuracy']:.0%} from 16 uniform "
