@@ -33,7 +33,9 @@ always 1-4 in order) are solved by all; order questions (every option ends "came
 are not. A model trained here is not a recipe stage: a few thousand text-only steps rewrite
 the language model (weights moved 2-9x their norm) and it no longer follows the protocol on
 video prompts; 100 steps of protocol episodes did not mend it. `vmtr train sft
---pretext-weight` trains the same pretexts alongside protocol episodes instead.
+--pretext-weight` trains the same pretexts alongside protocol episodes instead; there the
+induction circuit forms (1,100-2,000 steps) but neither carries over to the options nor lets
+the lookup be learned, even by 600 text-only steps here afterwards (session 8).
 """
 
 from __future__ import annotations

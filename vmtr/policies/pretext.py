@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vmtr.policies.sft import IGNORE, token_loss
+from vmtr.policies.sft import IGNORE, question_header, token_loss
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,7 @@ class PretextSources:
         pool = word_pool(tok, reply_words())
         keys = [tok.convert_tokens_to_ids(c) for c in "ABCDEFGH"]
         prefixes = [
-            tok(f"<|im_start|>user\nQuestion: {q.strip()}\nOptions:\n")["input_ids"]
-            for q in questions
+            tok(f"<|im_start|>user\n{question_header(q)}\n")["input_ids"] for q in questions
         ]
         values = [i for i in pool if i not in keys]
         return cls(pool, keys, values, prefixes, LookupMarks.of(tok))
@@ -161,14 +160,18 @@ def losses(
     kinds: Sequence[str] = ("induction", "lookup"),
 ) -> dict[str, torch.Tensor]:
     """``model``'s loss on one batch of each pretext in ``kinds``, drawn from ``rng``."""
+    draws = {
+        "induction": lambda: induction_batch(sources.pool, rng, batch, pad),
+        "lookup": lambda: lookup_batch(
+            sources.keys, sources.values, sources.prefixes, sources.marks, rng, batch, pad
+        ),
+    }
+    unknown = set(kinds) - set(draws)
+    if unknown:
+        raise ValueError(f"unknown pretexts {sorted(unknown)}; choose from {sorted(draws)}")
     device = next(model.parameters()).device
     out = {}
     for kind in kinds:
-        if kind == "induction":
-            ids, labels = induction_batch(sources.pool, rng, batch, pad)
-        else:
-            ids, labels = lookup_batch(
-                sources.keys, sources.values, sources.prefixes, sources.marks, rng, batch, pad
-            )
+        ids, labels = draws[kind]()
         out[kind] = token_loss(model(input_ids=ids.to(device)).logits, labels.to(device))
     return out

@@ -409,10 +409,14 @@ def plan_caption(
     return Trajectory(messages, [False], [], settings)
 
 
+def question_header(question: str) -> str:
+    """The lines a drill writes before the options (also the pretexts' lookup prefixes)."""
+    return f"Question: {question.strip()}\nOptions:"
+
+
 def question_block(item: QAItem) -> str:
     """The question and its lettered options, as the drills show them after any frames."""
-    lines = [f"Question: {item.question.strip()}", "Options:"]
-    return "\n".join([*lines, *protocol.format_options(item.options)])
+    return "\n".join([question_header(item.question), *protocol.format_options(item.options)])
 
 
 def plan_answer_drill(
