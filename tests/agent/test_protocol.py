@@ -22,6 +22,7 @@ OPTIONS = ["A. red", "B. green", "C. blue", "D. yellow"]
         ("<think>x</think><answer>b</answer>", "B"),
         ("<think>x</think><answer> green</answer>", "B"),
         ("<think>x</think><answer>Yellow.</answer>", "D"),
+        ("<think>x</think><answer>a blue circle</answer>", "C"),
     ],
 )
 def test_answers(text, letter):
@@ -33,6 +34,22 @@ def test_option_text_matches_one_option_only():
     assert protocol.option_by_text("the  Red one", ["A. the red one", "B. the blue one"]) == "A"
     assert protocol.option_by_text("red", ["A. red", "B. red"]) is None  # ambiguous
     assert protocol.option_by_text("re", OPTIONS) is None  # no prefix matching
+
+
+def test_a_free_answer_names_the_one_option_it_mentions():
+    assert protocol.option_by_text("a blue circle", OPTIONS) == "C"
+    assert protocol.option_by_text("It was GREEN.", OPTIONS) == "B"
+    assert protocol.option_by_text("green or blue", OPTIONS) is None  # two options named
+    assert protocol.option_by_text("red green blue yellow", OPTIONS) is None
+    assert protocol.option_by_text("reddish", OPTIONS) is None  # whole words only
+    counts = ["A. 1", "B. 2", "C. 3", "D. 4"]
+    assert protocol.option_by_text("3 objects", counts) == "C"
+    assert protocol.option_by_text("13 objects", counts) is None
+    order = ["A. the red square came first", "B. the blue circle came first"]
+    assert protocol.option_by_text("I think the blue circle came first", order) == "B"
+    assert protocol.option_by_text("blue circle", order) is None  # not the option's words
+    # an exact repeat wins over a longer option that contains it
+    assert protocol.option_by_text("dark red", ["A. red", "B. dark red"]) == "B"
     assert protocol.option_text("B. green") == "green"
 
 
@@ -56,7 +73,7 @@ def test_retrieve_and_think_text():
         ("<think>x</think><retrieve>9, 2</retrieve>", "retrieve_range"),
         ("<think>x</think><retrieve>60, 64</retrieve>", "retrieve_range"),
         ("<think>x</think><answer>E</answer>", "answer_option"),
-        ("<think>x</think><answer>maybe green</answer>", "answer_option"),
+        ("<think>x</think><answer>green or blue</answer>", "answer_option"),
         ("<think>x</think><answer></answer>", "answer_option"),
     ],
 )

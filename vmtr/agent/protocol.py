@@ -91,16 +91,37 @@ def option_text(option: str) -> str:
     return _OPTION_RE.sub("", option, count=1).strip()
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _mentions(words: Sequence[str], phrase: Sequence[str]) -> bool:
+    n = len(phrase)
+    return n > 0 and any(list(words[i : i + n]) == list(phrase) for i in range(len(words) - n + 1))
+
+
 def option_by_text(body: str, options: Sequence[str]) -> str | None:
-    """The letter of the one option whose text ``body`` repeats (case, spacing and a final full
-    stop aside), as lmms-eval matches free answers; None if no option or several match."""
+    """The letter of the option a free answer names; None if it names none or several.
+
+    An answer that repeats one option's text (case, spacing and a final full stop aside) names
+    it. Otherwise an answer that mentions exactly one option's words, as a whole-word phrase,
+    names that one ("a blue circle" names "B. blue" among colours), the rule VLMEvalKit's
+    `can_infer_text` applies to free answers. An answer that mentions two options names neither,
+    so listing every option never scores.
+    """
+    letters = option_letters(options)
+    texts = [option_text(text) for text in options]
     wanted = _plain(body)
-    hits = [
+    exact = [letter for letter, text in zip(letters, texts, strict=True) if _plain(text) == wanted]
+    if exact:
+        return exact[0] if len(exact) == 1 else None
+    words = _words(body)
+    named = [
         letter
-        for letter, text in zip(option_letters(options), options, strict=True)
-        if _plain(option_text(text)) == wanted
+        for letter, text in zip(letters, texts, strict=True)
+        if _mentions(words, _words(text))
     ]
-    return hits[0] if len(hits) == 1 else None
+    return named[0] if len(named) == 1 else None
 
 
 def format_options(options: Sequence[str]) -> list[str]:
@@ -122,8 +143,9 @@ def parse_reply(
     """Parse one model reply into an action, strictly, as the released parser does.
 
     ``max_index`` is the highest valid pool index. With options, an answer must name one of them:
-    by letter ("B", "B.", "(B)" and "B. full option text" are all read as "B") or by repeating an
-    option's text ("blue" is read as the letter of "B. blue"). On the last turn a
+    by letter ("B", "B.", "(B)" and "B. full option text" are all read as "B") or by naming
+    exactly one option's text (`option_by_text`: "blue" and "a blue circle" are both read as the
+    letter of "B. blue"). On the last turn a
     retrieve is invalid because no turn is left to show its frames.
     """
     answer = _ANSWER_RE.match(text)
