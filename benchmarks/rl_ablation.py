@@ -33,6 +33,7 @@ from synthetic_table import (  # noqa: E402
     SETTINGS,
     chance_row,
     evaluate_model,
+    funnel_line,
     load_items,
     markdown,
     model_tag,
@@ -195,6 +196,11 @@ def main() -> None:
         f"{time.perf_counter() - started:.0f} s.\n"
     )
     print(markdown(table))
+    print()
+    for row in table:
+        line = funnel_line(row)
+        if line:
+            print(line)
 
 
 if __name__ == "__main__":

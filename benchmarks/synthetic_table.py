@@ -26,6 +26,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, get_args
 
+from vmtr.eval.scoring import evidence_split
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
     "single-turn, 32 uniform frames": {"max_turns": 1, "first_turn_frames": 32},
@@ -49,6 +51,8 @@ def _init_worker(model: str) -> None:
 def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
     from vmtr.agent.ask import ask
     from vmtr.eval.datasets import QAItem
+    from vmtr.eval.runner import shown_times
+    from vmtr.eval.scoring import saw_evidence
     from vmtr.policies.sft import reads_first_turn
 
     started = time.perf_counter()
@@ -73,6 +77,7 @@ def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[st
         "invalid": sum(t["action"] == "invalid" for t in result.turns),
         "retrieved": any(t["action"] == "retrieve" for t in result.turns),
         "stop_reason": result.stop_reason,
+        "saw_evidence": saw_evidence(item["windows"], shown_times(result.turns)),
         # Did the first reply name exactly the needles its frames showed? (None: none shown.)
         "reads": reads_first_turn(
             QAItem(item["id"], Path(item["video"]), "", [], None, extra=item["extra"]),
@@ -101,6 +106,7 @@ def load_items(folder: Path, n: int, seed: int, minutes: float) -> list[dict[str
             "question": it.question,
             "options": it.options,
             "answer": it.answer,
+            "windows": it.relevant_windows,
             "extra": {"needles": it.extra["needles"]},
         }
         for it in items
@@ -119,7 +125,25 @@ def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
         "retrieve_rate": sum(bool(r.get("retrieved")) for r in rows) / n,
         "n": n,
         "reads": [r["reads"] for r in rows if r.get("reads") is not None],
+        "evidence": evidence_split(rows),
     }
+
+
+def funnel_line(row: dict[str, Any]) -> str | None:
+    """The row's `evidence_split` as a line under the table: did the frames shown hold the
+    needles, and was the answer better when they did?"""
+    evidence = row.get("evidence") or {}
+    if not evidence.get("n"):
+        return None
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{x:.0%}"
+
+    return (
+        f"- {row['setting']}: the frames shown held every needle in "
+        f"{pct(evidence['seen_rate'])} of items; accuracy {pct(evidence['accuracy_seen'])} on "
+        f"those, {pct(evidence['accuracy_missed'])} on the rest"
+    )
 
 
 def chance_row(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -167,12 +191,14 @@ def evaluate_model(
 
     Returns the rows of these items and settings, and how many runs were new. Rows asked with
     another reply limit (or, from older files, with an unrecorded one) are not reused: the
-    limit changes answers.
+    limit changes answers; nor are rows from before `saw_evidence` was recorded.
     """
     done: list[dict[str, Any]] = []
     if results.exists():
         done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        done = [r for r in done if r.get("max_new_tokens") == max_new_tokens]
+        done = [
+            r for r in done if r.get("max_new_tokens") == max_new_tokens and "saw_evidence" in r
+        ]
     finished = {(r["setting"], r["id"]) for r in done}
     jobs = [(s, it) for s in settings for it in items if (s, it["id"]) not in finished]
     if jobs:
@@ -259,6 +285,10 @@ def main() -> None:
                 f"- {row['setting']}: first reply names exactly the shapes its frames showed in "
                 f"{sum(reads)}/{len(reads)} runs where a shape was shown ({sum(reads) / len(reads):.0%})"
             )
+    for row in table:
+        line = funnel_line(row)
+        if line:
+            print(line)
     reading = None
     if not args.no_reading:
         reading = reading_check(

@@ -153,3 +153,24 @@ def test_batch_size_runs_questions_concurrently(items: list[QAItem], tmp_path: P
     assert outcome.done == 6
     results = merge(out, items, _settings())
     assert (results["n"], results["correct"], results["errors"]) == (4, 3, 2)
+
+
+def test_rows_say_whether_the_relevant_window_was_on_screen(make_video, tmp_path: Path) -> None:
+    video = make_video("clip.mp4", seconds=10.0, fps=5.0)
+    specs = [("wide", "pick A", [(0.0, 10.0)]), ("narrow", "pick B", [(0.001, 0.002)])]
+    items = [
+        QAItem(id=i, video=video, question=q, options=OPTIONS, answer=q[-1], relevant_windows=w)
+        for i, q, w in specs
+    ]
+    out = tmp_path / "out"
+    run(items, _settings(benchmark="synthetic"), out, ScriptedVideoLM(_reply))
+    results = merge(out, items, _settings(benchmark="synthetic"))
+    rows = {r["id"]: r for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())}
+    assert (rows["wide"]["saw_evidence"], rows["narrow"]["saw_evidence"]) == (True, False)
+    assert results["evidence"] == {
+        "n": 2,
+        "seen_rate": 0.5,
+        "accuracy_seen": 1.0,
+        "accuracy_missed": 1.0,
+    }
+    assert "covered every relevant window in 50.0%" in (out / "summary.md").read_text()

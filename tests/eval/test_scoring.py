@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmtr.eval.scoring import accuracy, breakdown, extract_answer
+from vmtr.eval.scoring import accuracy, breakdown, evidence_split, extract_answer, saw_evidence
 
 ABCD = ["A", "B", "C", "D"]
 
@@ -71,3 +71,25 @@ def test_unparseable_answer_is_wrong_and_unknown_truth_unscored() -> None:
     result = accuracy(samples, "egoschema-subset")
     assert (result["n"], result["accuracy"]) == (2, 0.5)
     assert accuracy([], "videomme")["accuracy"] is None
+
+
+def test_saw_evidence_needs_a_frame_inside_every_window() -> None:
+    assert saw_evidence([(4.0, 6.0)], [1.0, 5.0]) is True
+    assert saw_evidence([(4.0, 6.0), (8.0, 9.0)], [1.0, 5.0]) is False
+    assert saw_evidence([(4.0, 6.0)], [6.0]) is True  # window ends are inside
+    assert saw_evidence([], [5.0]) is None  # nothing to look for
+    assert saw_evidence([(4.0, 6.0)], None) is None  # frame times not recorded
+
+
+def test_evidence_split_separates_accuracy_by_what_was_seen() -> None:
+    samples = [
+        {"status": "ok", "correct": True, "saw_evidence": True},
+        {"status": "ok", "correct": False, "saw_evidence": True},
+        {"status": "ok", "correct": True, "saw_evidence": False},
+        {"status": "ok", "correct": True, "saw_evidence": None},  # unknown: left out
+        {"status": "error", "correct": None, "saw_evidence": None},
+        {"correct": False, "saw_evidence": False},  # benchmark rows carry no status
+    ]
+    split = evidence_split(samples)
+    assert split == {"n": 4, "seen_rate": 0.5, "accuracy_seen": 0.5, "accuracy_missed": 0.5}
+    assert evidence_split([])["seen_rate"] is None

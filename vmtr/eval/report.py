@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vmtr.eval.scoring import accuracy, breakdown
+from vmtr.eval.scoring import accuracy, breakdown, evidence_split
 
 RESULTS, SAMPLES, SUMMARY = "results.json", "samples.jsonl", "summary.md"
 CATEGORY_PLOT, FRAMES_PLOT = "accuracy_by_category.png", "accuracy_vs_frames.png"
@@ -63,6 +63,7 @@ def summarize(
         "total": total if total is not None else len(samples),
         "complete": total is None or len(samples) >= total,
         "by_category": breakdown(samples),
+        "evidence": evidence_split(samples),
         "mean_turns": _mean([s.get("n_turns", 0) for s in ok]),
         "mean_frames": _mean([s.get("n_frames", 0) for s in ok]),
         "mean_seconds": _mean([s.get("seconds", 0.0) for s in ok]),
@@ -131,6 +132,14 @@ def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = (
         "",
         runs_table([results]),
     ]
+    evidence = results.get("evidence") or {}
+    if evidence.get("n"):
+        parts += [
+            "",
+            f"The frames shown covered every relevant window in {_pct(evidence['seen_rate'])}% of "
+            f"{evidence['n']} questions; accuracy {_pct(evidence['accuracy_seen'])}% on those, "
+            f"{_pct(evidence['accuracy_missed'])}% on the rest.",
+        ]
     for key, values in results["by_category"].items():
         parts += ["", f"## By {key}", "", "| " + key + " | accuracy (%) | correct | n |"]
         parts.append("|---|---|---|---|")

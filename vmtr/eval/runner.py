@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem
-from vmtr.eval.scoring import extract_answer
+from vmtr.eval.scoring import extract_answer, saw_evidence
 from vmtr.models.vlm import VideoLM
 
 Mode = Literal["multi-turn", "single-turn"]
@@ -202,6 +202,17 @@ def _sum(turns: Sequence[dict[str, Any]], key: str) -> int:
     return int(sum(t.get(key) or 0 for t in turns))
 
 
+def shown_times(turns: Sequence[dict[str, Any]]) -> list[float] | None:
+    """The timestamps of every frame the turns showed; None when a turn left them out (the
+    long-context mode drops the list of a turn that shows many frames)."""
+    times: list[float] = []
+    for turn in turns:
+        if turn.get("frames") and len(turn.get("timestamps") or []) != len(turn["frames"]):
+            return None
+        times.extend(turn.get("timestamps") or [])
+    return times
+
+
 def sample_row(
     item: QAItem, position: int, state: dict[str, Any] | None, seconds: float
 ) -> dict[str, Any]:
@@ -226,6 +237,7 @@ def sample_row(
         "n_turns": len(turns),
         "n_frames": len(frames),
         "frames_seen": frames,
+        "saw_evidence": saw_evidence(item.relevant_windows, shown_times(turns)),
         "seconds": round(seconds, 4),
         "prompt_tokens": _sum(turns, "prompt_tokens"),
         "new_prompt_tokens": _sum(turns, "new_prompt_tokens"),

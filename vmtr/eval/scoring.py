@@ -107,3 +107,43 @@ def accuracy(samples: Sequence[Mapping[str, Any]], benchmark: str) -> dict[str, 
         "correct": correct,
         "n": len(scored),
     }
+
+
+def saw_evidence(
+    windows: Sequence[Sequence[float]], timestamps: Iterable[float] | None
+) -> bool | None:
+    """Whether some frame shown fell inside every relevant window (seconds), i.e. the answer
+    was on screen; None when the item has no windows or the frame times are unknown.
+
+    Accuracy split by this tells a model that uses its frames (better when it saw the evidence)
+    from one that guesses (the same either way), and where a multi-turn agent loses its points:
+    in finding the evidence or in reading it.
+    """
+    if not windows or timestamps is None:
+        return None
+    times = list(timestamps)
+    return all(any(start <= t <= end for t in times) for start, end in windows)
+
+
+def evidence_split(samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """How often the evidence was seen (`saw_evidence`) over answered samples that record it
+    (rows without a status count as finished), and the accuracy when it was and when not."""
+    known = [
+        s
+        for s in samples
+        if s.get("status", "ok") == "ok"
+        and s.get("correct") is not None
+        and s.get("saw_evidence") is not None
+    ]
+    saw = [s for s in known if s["saw_evidence"]]
+    missed = [s for s in known if not s["saw_evidence"]]
+
+    def rate(part: list[Mapping[str, Any]]) -> float | None:
+        return _rate(sum(int(bool(s["correct"])) for s in part), len(part))
+
+    return {
+        "n": len(known),
+        "seen_rate": _rate(len(saw), len(known)),
+        "accuracy_seen": rate(saw),
+        "accuracy_missed": rate(missed),
+    }
