@@ -33,7 +33,7 @@ from synthetic_table import (  # noqa: E402
     SETTINGS,
     chance_row,
     evaluate_model,
-    funnel_line,
+    evidence_line,
     load_items,
     markdown,
     model_tag,
@@ -198,7 +198,7 @@ def main() -> None:
     print(markdown(table))
     print()
     for row in table:
-        line = funnel_line(row)
+        line = evidence_line(row)
         if line:
             print(line)
 

@@ -129,7 +129,7 @@ def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
     }
 
 
-def funnel_line(row: dict[str, Any]) -> str | None:
+def evidence_line(row: dict[str, Any]) -> str | None:
     """The row's `evidence_split` as a line under the table: did the frames shown hold the
     needles, and was the answer better when they did?"""
     evidence = row.get("evidence") or {}
@@ -286,7 +286,7 @@ def main() -> None:
                 f"{sum(reads)}/{len(reads)} runs where a shape was shown ({sum(reads) / len(reads):.0%})"
             )
     for row in table:
-        line = funnel_line(row)
+        line = evidence_line(row)
         if line:
             print(line)
     reading = None
