@@ -312,8 +312,8 @@ def test_pretexts_train_alongside_and_are_logged(data_dir: Path, tmp_path: Path)
     )
     recipe = sft.SFTRecipe(config, log=lambda _: None)
     recipe.setup()
-    first = {k: float(v) for k, v in recipe.pretext_losses(0).items()}
-    again = {k: float(v) for k, v in recipe.pretext_losses(0).items()}
+    first = {k: float(v.detach()) for k, v in recipe.pretext_losses(0).items()}
+    again = {k: float(v.detach()) for k, v in recipe.pretext_losses(0).items()}
     assert first == again, "a step's pretext rows depend on the seed and the step alone"
     recipe.train()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -1018,7 +1018,9 @@ class SFTRecipe:
                 if self.pretexts is not None:
                     parts = self.pretext_losses(self.step)
                     self.accelerator.backward(cfg.pretext_weight * sum(parts.values()))
-                    pretext_log = {f"{k}_loss": round(float(v), 5) for k, v in parts.items()}
+                    pretext_log = {
+                        f"{k}_loss": round(float(v.detach()), 5) for k, v in parts.items()
+                    }
                 norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
