@@ -47,10 +47,15 @@ def test_scripted_run_through_the_command(cli, synthetic, tmp_path, monkeypatch)
     payload = json.loads(result.stdout)
     assert (payload["n"], payload["errors"], payload["total"]) == (3, 0, 3)
     assert payload["config"]["protocol"]["first_turn_frames"] == 16
+    # 12-second videos: the first turn shows the whole pool, so every needle was on screen
+    assert (payload["evidence"]["n"], payload["evidence"]["seen_rate"]) == (3, 1.0)
     again = CliRunner().invoke(cli, [*args, "--limit", "4"])
     assert again.exit_code == 0
     assert "resumed: 3 question(s)" in again.stderr
     assert "accuracy" in again.stdout and len(scripted.calls) == 4
+    assert (
+        "evidence on screen (a frame inside every relevant window) in 100.0% of 4" in again.stdout
+    )
 
 
 def test_single_turn_mode_and_frames(cli, synthetic, tmp_path, monkeypatch) -> None:
