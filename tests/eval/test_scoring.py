@@ -30,6 +30,23 @@ def test_extract_answer(text, expected) -> None:
     assert extract_answer(text, ABCD) == expected
 
 
+COLOURS = ["A. red", "B. green", "C. blue", "D. yellow"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<answer>a blue circle</answer>", ("C", "option_text")),
+        ("The shape was green, I think.", ("B", "option_text")),
+        ("<answer>blue?</answer> no, it was red", ("C", "option_text")),  # the tag first
+        ("It was red or green.", (None, None)),  # two options named: none
+        ("The answer is D, though it looked green", ("D", "letter")),  # letters first
+    ],
+)
+def test_extract_answer_falls_back_on_the_option_a_reply_names(text, expected) -> None:
+    assert extract_answer(text, ABCD, COLOURS) == expected
+
+
 def _sample(correct, status="ok", **categories):
     return {
         "status": status,

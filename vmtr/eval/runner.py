@@ -222,7 +222,7 @@ def sample_row(
     letters = item.letters
     prediction, parsed_by = state.get("answer"), "protocol" if state.get("answer") else None
     if prediction is None and turns and letters:
-        prediction, parsed_by = extract_answer(turns[-1].get("raw"), letters)
+        prediction, parsed_by = extract_answer(turns[-1].get("raw"), letters, item.options)
     if prediction is not None and letters:
         prediction = str(prediction).strip().upper()
     correct = None if item.answer is None else prediction == item.answer

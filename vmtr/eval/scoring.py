@@ -1,7 +1,9 @@
 """Answer extraction and accuracy, in each benchmark's own convention.
 
-Extraction reads the ``<answer>`` tag first and otherwise the last well-formed option letter
-("(B)", "B.", "B)", "B:", "answer is B", or a line that is just "B"). What cannot be read is
+Extraction reads the ``<answer>`` tag first, then the last well-formed option letter ("(B)",
+"B.", "B)", "B:", "answer is B", or a line that is just "B"), and last the one option whose text
+the reply mentions (`vmtr.agent.protocol.option_by_text`, VLMEvalKit's rule: a reply naming two
+options names none). What cannot be read is
 wrong: there is no random fallback (lmms-eval's random guess inflates weak models' scores by up
 to 1/k), and errors (a missing or broken video) are counted apart from wrong answers.
 
@@ -40,11 +42,14 @@ CONVENTIONS: dict[str, tuple[Convention, str | None]] = {
 """Benchmark -> (headline average, category key the macro average runs over)."""
 
 
-def extract_answer(text: str | None, letters: Sequence[str]) -> tuple[str | None, str | None]:
+def extract_answer(
+    text: str | None, letters: Sequence[str], options: Sequence[str] | None = None
+) -> tuple[str | None, str | None]:
     """(letter, how it was found) from a model reply; (None, None) when nothing usable is there.
 
-    ``how`` is ``"answer_tag"`` or ``"letter"``. Letters outside ``letters`` are ignored, so
-    "E." in a reply to a four-option question is not an answer.
+    ``how`` is ``"answer_tag"``, ``"letter"`` or, given the ``options``, ``"option_text"``.
+    Letters outside ``letters`` are ignored, so "E." in a reply to a four-option question is
+    not an answer.
     """
     if not text:
         return None, None
@@ -58,6 +63,13 @@ def extract_answer(text: str | None, letters: Sequence[str]) -> tuple[str | None
     found = [letter for letter in found if letter in allowed]
     if found:
         return found[-1], "letter"
+    if options:
+        from vmtr.agent.protocol import option_by_text
+
+        for body in (tags[-1] if tags else None, text):
+            letter = option_by_text(body, options) if body else None
+            if letter in allowed:
+                return letter, "option_text"
     return None, None
 
 
