@@ -19,6 +19,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from vmtr.agent.protocol import option_by_text
+
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TAG_LETTER = re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)]|\s|$)")
 _LETTER_FORMS = re.compile(
@@ -64,8 +66,6 @@ def extract_answer(
     if found:
         return found[-1], "letter"
     if options:
-        from vmtr.agent.protocol import option_by_text
-
         for body in (tags[-1] if tags else None, text):
             letter = option_by_text(body, options) if body else None
             if letter in allowed:
