@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, get_args
 
+from vmtr.eval.report import evidence_sentence
 from vmtr.eval.scoring import evidence_split
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -67,6 +68,7 @@ def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[st
     )
     return {
         "setting": setting,
+        "status": "ok",
         "id": item["id"],
         "max_new_tokens": max_new_tokens,
         "answer": result.answer,
@@ -132,18 +134,8 @@ def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
 def evidence_line(row: dict[str, Any]) -> str | None:
     """The row's `evidence_split` as a line under the table: did the frames shown hold the
     needles, and was the answer better when they did?"""
-    evidence = row.get("evidence") or {}
-    if not evidence.get("n"):
-        return None
-
-    def pct(x: float | None) -> str:
-        return "–" if x is None else f"{x:.0%}"
-
-    return (
-        f"- {row['setting']}: the frames shown held every needle in "
-        f"{pct(evidence['seen_rate'])} of items; accuracy {pct(evidence['accuracy_seen'])} on "
-        f"those, {pct(evidence['accuracy_missed'])} on the rest"
-    )
+    sentence = evidence_sentence(row.get("evidence"))
+    return f"- {row['setting']}: {sentence}" if sentence else None
 
 
 def chance_row(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,14 +183,12 @@ def evaluate_model(
 
     Returns the rows of these items and settings, and how many runs were new. Rows asked with
     another reply limit (or, from older files, with an unrecorded one) are not reused: the
-    limit changes answers; nor are rows from before `saw_evidence` was recorded.
+    limit changes answers; nor are rows from before the evidence split (no ``status``).
     """
     done: list[dict[str, Any]] = []
     if results.exists():
         done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        done = [
-            r for r in done if r.get("max_new_tokens") == max_new_tokens and "saw_evidence" in r
-        ]
+        done = [r for r in done if r.get("max_new_tokens") == max_new_tokens and "status" in r]
     finished = {(r["setting"], r["id"]) for r in done}
     jobs = [(s, it) for s in settings for it in items if (s, it["id"]) not in finished]
     if jobs:

@@ -158,18 +158,11 @@ def eval_command(
         + ("" if results["complete"] else f", {results['total']} planned (incomplete)")
         + f"; reports in {output}"
     )
-    evidence = results.get("evidence") or {}
-    if evidence.get("n"):
-        typer.echo(
-            f"evidence on screen (a frame inside every relevant window) in "
-            f"{_percent(evidence['seen_rate'])} of {evidence['n']}; accuracy "
-            f"{_percent(evidence['accuracy_seen'])} with it, "
-            f"{_percent(evidence['accuracy_missed'])} without"
-        )
+    from vmtr.eval.report import evidence_sentence
 
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    evidence = evidence_sentence(results.get("evidence"))
+    if evidence:
+        typer.echo(evidence)
 
 
 def _evaluate(

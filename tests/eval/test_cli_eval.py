@@ -53,9 +53,7 @@ def test_scripted_run_through_the_command(cli, synthetic, tmp_path, monkeypatch)
     assert again.exit_code == 0
     assert "resumed: 3 question(s)" in again.stderr
     assert "accuracy" in again.stdout and len(scripted.calls) == 4
-    assert (
-        "evidence on screen (a frame inside every relevant window) in 100.0% of 4" in again.stdout
-    )
+    assert "covered every relevant window in 100.0% of 4 questions" in again.stdout
 
 
 def test_single_turn_mode_and_frames(cli, synthetic, tmp_path, monkeypatch) -> None:

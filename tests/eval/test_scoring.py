@@ -105,7 +105,7 @@ def test_evidence_split_separates_accuracy_by_what_was_seen() -> None:
         {"status": "ok", "correct": True, "saw_evidence": False},
         {"status": "ok", "correct": True, "saw_evidence": None},  # unknown: left out
         {"status": "error", "correct": None, "saw_evidence": None},
-        {"correct": False, "saw_evidence": False},  # benchmark rows carry no status
+        {"status": "ok", "correct": False, "saw_evidence": False},
     ]
     split = evidence_split(samples)
     assert split == {"n": 4, "seen_rate": 0.5, "accuracy_seen": 0.5, "accuracy_missed": 0.5}

@@ -118,6 +118,22 @@ def runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def evidence_sentence(evidence: Mapping[str, Any] | None) -> str | None:
+    """`scoring.evidence_split`'s figures as one sentence (summary.md, the CLI, the benchmark
+    scripts); None when no question recorded whether it saw the evidence."""
+    if not evidence or not evidence.get("n"):
+        return None
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    return (
+        f"The frames shown covered every relevant window in {pct(evidence['seen_rate'])} of "
+        f"{evidence['n']} questions; accuracy {pct(evidence['accuracy_seen'])} on those, "
+        f"{pct(evidence['accuracy_missed'])} on the rest."
+    )
+
+
 def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = ()) -> str:
     """``summary.md``: this run's headline and category tables, then every run in the folder."""
     model = (results.get("config") or {}).get("model", {}).get("model", "?")
@@ -132,14 +148,9 @@ def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = (
         "",
         runs_table([results]),
     ]
-    evidence = results.get("evidence") or {}
-    if evidence.get("n"):
-        parts += [
-            "",
-            f"The frames shown covered every relevant window in {_pct(evidence['seen_rate'])}% of "
-            f"{evidence['n']} questions; accuracy {_pct(evidence['accuracy_seen'])}% on those, "
-            f"{_pct(evidence['accuracy_missed'])}% on the rest.",
-        ]
+    evidence = evidence_sentence(results.get("evidence"))
+    if evidence:
+        parts += ["", evidence]
     for key, values in results["by_category"].items():
         parts += ["", f"## By {key}", "", "| " + key + " | accuracy (%) | correct | n |"]
         parts.append("|---|---|---|---|")

@@ -138,15 +138,9 @@ def saw_evidence(
 
 
 def evidence_split(samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """How often the evidence was seen (`saw_evidence`) over answered samples that record it
-    (rows without a status count as finished), and the accuracy when it was and when not."""
-    known = [
-        s
-        for s in samples
-        if s.get("status", "ok") == "ok"
-        and s.get("correct") is not None
-        and s.get("saw_evidence") is not None
-    ]
+    """How often the evidence was seen (`saw_evidence`) over scored samples that record it, and
+    the accuracy when it was and when it was not."""
+    known = [s for s in samples if is_scored(s) and s.get("saw_evidence") is not None]
     saw = [s for s in known if s["saw_evidence"]]
     missed = [s for s in known if not s["saw_evidence"]]
 
