@@ -99,8 +99,9 @@ def sft(
         str,
         typer.Option(
             help='letter ("<answer>C</answer>"), bridge (the think ends "so yellow is C.", then '
-            '"<answer>C</answer>") or text ("<answer> yellow</answer>", which the parser maps '
-            "to the option's letter)."
+            '"<answer>C</answer>"), text ("<answer> yellow</answer>", which the parser maps '
+            "to the option's letter) or needle (the needle asked about as the reading named "
+            'it, "<answer> yellow cross</answer>"; the parser maps it to the option it names).'
         ),
     ] = "letter",
     schedule_steps: Annotated[

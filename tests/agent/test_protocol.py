@@ -47,7 +47,10 @@ def test_a_free_answer_names_the_one_option_it_mentions():
     assert protocol.option_by_text("13 objects", counts) is None
     order = ["A. the red square came first", "B. the blue circle came first"]
     assert protocol.option_by_text("I think the blue circle came first", order) == "B"
-    assert protocol.option_by_text("blue circle", order) is None  # not the option's words
+    # a short answer inside exactly one option names it; one that fits both or neither, none
+    assert protocol.option_by_text("blue circle", order) == "B"
+    assert protocol.option_by_text("came first", order) is None
+    assert protocol.option_by_text("the blue square", order) is None
     # an exact repeat wins over a longer option that contains it
     assert protocol.option_by_text("dark red", ["A. red", "B. dark red"]) == "B"
     assert protocol.option_text("B. green") == "green"

@@ -469,6 +469,38 @@ def test_bridge_answers_state_the_option_then_its_letter(tiny, cached) -> None:
     assert guessed and answered
 
 
+def test_needle_answers_repeat_the_reading_and_parse_to_the_right_option(cached) -> None:
+    kinds, guessed = set(), set()
+    for seed, c in enumerate(cached * 8):
+        item = c.item
+        kind = item.categories["kind"]
+        kinds.add(kind)
+        body = sft.answer_body(item, "needle")
+        first = min(sft.needles_of(item), key=lambda n: n["pool_index"])
+        if kind == "count":
+            assert body == f" {len(sft.needles_of(item))}"
+        else:  # colour, shape and order all answer with the (first) needle's own words
+            assert body == f" {first['colour']} {first['shape']}"
+        assert protocol.option_by_text(body, item.options) == item.answer
+        settings = sft.SINGLE_16 if seed % 2 else sft.MULTI_TURN
+        traj = sft.plan_trajectory(
+            item, c.pool, settings, random.Random(seed), answer_form="needle"
+        )
+        reply = traj.messages[-1]["content"]
+        reply = reply if isinstance(reply, str) else reply[0]["text"]
+        if traj.guesses[-1]:  # nothing seen to name: a random letter, not the answer's
+            letter = traj.actions[-1].answer
+            guessed.add(letter)
+            assert reply.endswith(f" Guessing.</think><answer>{letter}</answer>")
+        else:
+            assert traj.actions[-1] == protocol.Answer(item.answer, traj.actions[-1].think)
+            assert reply.endswith(f"</think><answer>{body}</answer>")
+            if kind != "count":  # the answer repeats words the <think> just wrote
+                assert f"{first['colour']} {first['shape']}" in reply.split("</think>")[0]
+    assert kinds == {"colour", "shape", "order", "count"}
+    assert len(guessed) > 1
+
+
 def _answer_drill_labels(tok, text: str, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """The ids of ``text`` and which of them an answer drill puts loss on."""
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])

@@ -107,7 +107,9 @@ def option_by_text(body: str, options: Sequence[str]) -> str | None:
     it. Otherwise an answer that mentions exactly one option's words, as a whole-word phrase,
     names that one ("a blue circle" names "B. blue" among colours), the rule VLMEvalKit's
     `can_infer_text` applies to free answers. An answer that mentions two options names neither,
-    so listing every option never scores.
+    so listing every option never scores. Failing both, a short answer that is a whole-word
+    phrase of exactly one option names it ("the red cross" for "C. the red cross came first");
+    one that fits several ("red" among "the red cross ..." and "the red square ...") names none.
     """
     letters = option_letters(options)
     texts = [option_text(text) for text in options]
@@ -121,7 +123,14 @@ def option_by_text(body: str, options: Sequence[str]) -> str | None:
         for letter, text in zip(letters, texts, strict=True)
         if _mentions(words, _words(text))
     ]
-    return named[0] if len(named) == 1 else None
+    if named:
+        return named[0] if len(named) == 1 else None
+    inside = [
+        letter
+        for letter, text in zip(letters, texts, strict=True)
+        if _mentions(_words(text), words)
+    ]
+    return inside[0] if len(inside) == 1 else None
 
 
 def format_options(options: Sequence[str]) -> list[str]:

@@ -16,7 +16,9 @@ only. The labels are written to be honest about what the frames show:
   warm start does not imitate an oracle;
 - on the last turn without the evidence it must still answer; that reply says it guesses, and
   the option letter inside ``<answer>`` carries no loss (the format does), so the model is
-  never trained to produce an answer it could not have known.
+  never trained to produce an answer it could not have known. With ``needle`` answers the guess
+  is a letter drawn at random, with loss: trained without it, such a model filled its guesses
+  with an invented needle, which names no option (the letter carries nothing it could know).
 
 A share of the trajectories use a one-turn budget (16 or 32 first-turn frames), so single-turn
 evaluation asks the model for something it was trained on. Departure from the paper: Video-MTR
@@ -69,7 +71,7 @@ frame 37". Colour first was tried as a way to let the colour be read off any sat
 rather than off the one frame just named; 300 steps of it from the warm start did not read
 colours better (README, "The tiny model")."""
 
-AnswerForm = Literal["letter", "text", "bridge"]
+AnswerForm = Literal["letter", "text", "bridge", "needle"]
 """How a scripted reply answers: by the option's letter ("C"); by its text (" yellow"), which
 the parser maps back to the letter; or by the letter after a bridge clause that ends the
 ``<think>`` ("... so yellow is C.", `bridge_clause`), so the letter is looked up right after
@@ -77,7 +79,12 @@ the option's text is written. Text was tried because the tiny model that reads t
 of the time picked the matching letter only 27 % of the time; it taught the colour but broke
 the protocol. The bridge is learned once the model can find a token by its identity (the
 pretexts of `vmtr.policies.pretext`); learned from text alone, it cost the protocol, so it is
-trained alongside protocol episodes (``pretext_weight``). README, "The tiny model"."""
+trained alongside protocol episodes (``pretext_weight``). ``needle`` answers with the needle
+the question asks about as the reading named it (" yellow cross"; for counts the number), which
+the parser maps to the one option it mentions: the answer is the same words for colour, shape
+and order questions, copied from the ``<think>`` just written, so the model never has to match
+a word to a letter or choose which word of its reading a question wants. Text-answer models
+answered that way unprompted (session 8). README, "The tiny model"."""
 
 
 def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
@@ -88,6 +95,9 @@ def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
         raise SFTError(f"item {item.id} has no answer")
     if form in ("letter", "bridge"):
         return item.answer
+    if form == "needle" and item.categories.get("kind") != "count":
+        first = min(needles_of(item), key=lambda n: n["pool_index"])
+        return f" {first['colour']} {first['shape']}"
     return f" {protocol.option_text(item.options[item.letters.index(item.answer)])}"
 
 
@@ -272,13 +282,18 @@ def bridge_clause(item: QAItem) -> str:
     return f"{BRIDGE_WORD}{answer_body(item, 'text')} is {item.answer}."
 
 
-def answer_reply(seen_text: str, item: QAItem, guess: bool, form: AnswerForm = "letter") -> str:
+def answer_reply(
+    seen_text: str, item: QAItem, guess: bool, form: AnswerForm = "letter", guess_letter: str = ""
+) -> str:
     """An answer turn in ``form``; a guess says so (and writes no bridge: the frames did not
-    show what it would claim)."""
+    show what it would claim). A needle-form guess answers ``guess_letter`` (a random one)."""
     note = " Guessing." if guess else ""
     if form == "bridge" and not guess:
         note = bridge_clause(item)
-    return f"<think>{seen_text}{note}</think><answer>{answer_body(item, form)}</answer>"
+    body = answer_body(item, form)
+    if guess and form == "needle":  # a needle would name what was not seen
+        body = guess_letter or item.answer
+    return f"<think>{seen_text}{note}</think><answer>{body}</answer>"
 
 
 def retrieve_reply(seen_text: str, start: int, end: int) -> str:
@@ -344,8 +359,9 @@ def plan_trajectory(
         seen_text = describe_seen(item, seen, wording)
         if needed <= seen or last:
             guess = not needed <= seen
-            reply = answer_reply(seen_text, item, guess, answer_form)
-            expected: protocol.Action = protocol.Answer(item.answer, "")
+            letter = rng.choice(item.letters) if guess and answer_form == "needle" else ""
+            reply = answer_reply(seen_text, item, guess, answer_form, letter)
+            expected: protocol.Action = protocol.Answer(letter or item.answer, "")
         else:
             guess = False
             start, end = random_range(rng, n, retrieve_width, retrieve_block)
@@ -926,8 +942,10 @@ class SFTRecipe:
                     self.cfg.needle_wording,
                     self.cfg.answer_form,
                 )
+            # needle-form guesses are random letters, trained (see the module docstring)
+            masked = None if self.cfg.answer_form == "needle" else traj.guesses
             example = encode_conversation(
-                self.processor, traj.messages, cached.images(traj.frames), traj.guesses, only
+                self.processor, traj.messages, cached.images(traj.frames), masked, only
             )
             if answer_drill:
                 example["labels"] = answer_only(
@@ -935,7 +953,7 @@ class SFTRecipe:
                     example["labels"],
                     *self.answer_tags,
                     self.bridge_id if self.cfg.answer_form == "bridge" else None,
-                    with_close=self.cfg.answer_form == "text",
+                    with_close=self.cfg.answer_form in ("text", "needle"),
                 )
             if self.heads is not None and traj.frames:
                 example["aux_colour"], example["aux_shape"] = self._aux_labels(
