@@ -1,8 +1,8 @@
 """The Video-MTR ablation in miniature: single-turn, warm start, and RL with three reward designs.
 
-    python benchmarks/rl_ablation.py --start runs/tiny/10-mixed/final \\
+    python benchmarks/rl_ablation.py --start runs/tiny/13-needle/best \\
         --train runs/tiny/data/train-s1001 [--heldout runs/table/heldout-s5000] [--n 200] \\
-        [--steps 30] [--parallel 2] [--out runs/ablation30]
+        [--steps 30] [--parallel 3] [--out runs/ablation-needle]
 
 Every arm starts from the same warm-started checkpoint and runs the same `vmtr train rl` recipe
 (GRPO, same seed, same steps, same data), differing only in the reward:

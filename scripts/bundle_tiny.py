@@ -30,6 +30,9 @@ ANSWER_FORMS = {
     "option's letter.",
     "bridge": " Its reasoning ends by naming the option it read and that option's letter "
     '("so green is D."), then it answers with the letter.',
+    "needle": " Two more supervised stages then taught it to answer with the needle it read "
+    '("blue cross", or a number for counts; the parser maps that to the one option it names, '
+    "and it guesses a letter when it saw none), and GRPO ran again.",
 }
 """What the model card adds for a model trained with `vmtr train sft --answer-form`."""
 
@@ -52,17 +55,38 @@ def describe(params: int, report: dict[str, Any]) -> str:
         f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
         f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving in "
         f"{multi['retrieve_rate']:.0%} of episodes) and {single['accuracy']:.0%} from 16 uniform "
-        "frames (chance 25 %). Teacher-forced on scripted episodes of the same videos it names "
+        "frames (chance 25 %)."
+        + seen_sentence(multi)
+        + " Teacher-forced on scripted episodes of the same videos it names "
         f"the border's frame digits {reading['border_digits_accuracy']:.0%} of the time and a "
         f"needle's colour {reading['colour_accuracy']:.0%} (chance 17 %)."
         + (" Reading the needle is what it has not learned." if weak else "")
         + (
             f" Given a correct reading, it names the matching option {letter:.0%} of the time "
             "(chance 25 %): that step is what it has not learned."
-            if letter is not None and letter < 0.5 and not weak
+            if letter is not None and letter < 0.5 and not weak and form != "needle"
+            else ""
+        )
+        + (
+            f" It does not read shapes (teacher-forced {reading['shape_accuracy']:.0%}, chance "
+            "25 %), so shape and order questions stay near chance."
+            if reading.get("shape_accuracy", 1.0) < 0.5
             else ""
         )
         + " It knows nothing of real videos."
+    )
+
+
+def seen_sentence(row: dict[str, Any]) -> str:
+    """How the row's answers depend on whether its frames held the needles (empty without a
+    split, as in tables from before it)."""
+    split = row.get("evidence") or {}
+    if not split.get("n") or split.get("accuracy_seen") is None:
+        return ""
+    return (
+        f" Multi-turn, its frames held every needle a question needs in {split['seen_rate']:.0%} "
+        f"of items; it answered {split['accuracy_seen']:.0%} of those and "
+        f"{split['accuracy_missed']:.0%} of the rest."
     )
 
 

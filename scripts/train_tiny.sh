@@ -11,14 +11,17 @@
 #      Some stages stop part-way through their learning-rate schedule (--schedule-steps): that
 #      is how the bundled model was made, by watching held-out reading;
 #   3. GRPO with the gated bi-level reward (`vmtr train rl`, 30 steps) from the warm start;
-#   4. the README's held-out table for the result, then the model, with vmtr_tiny.json saying
+#   4. two more `vmtr train sft` stages with needle answers (--answer-form needle: the answer
+#      repeats the needle the reading named, which the parser maps to its option), then GRPO
+#      with the gated bi-level reward again (30 steps);
+#   5. the README's held-out table for the result, then the model, with vmtr_tiny.json saying
 #      how it was made and what it scored, copied into vmtr/assets/tiny.
 # Retrieves are scripted as random aligned 8-frame blocks (never the oracle's range): free random
 # ranges left greedy decoding writing malformed ranges ("2, 4, 4").
 # Data, checkpoints and logs stay under RUN (git-ignored). Re-running skips finished stages; an
 # interrupted stage continues from its last checkpoint.
-# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core for about 3 hours,
-# then two for the RL stage and the table, about 40 minutes)
+# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core for about 3.5 hours,
+# then two for the RL stages and the table, about 70 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
@@ -109,10 +112,35 @@ if [ ! -f "$RUN/11-rl/checkpoint-$RL_STEPS/config.json" ]; then
     --temperature 1 --top-p 1.0 --kl-coef 0 --ppo-epochs 2 --max-new-tokens 64 --save-every 10 \
     --seed 0
 fi
-FINAL="$RUN/11-rl/checkpoint-$RL_STEPS"
 
-# 12. The README's held-out table and reading check for the final model, kept beside it.
-python benchmarks/synthetic_table.py --model "$FINAL" --workers 2 --json-out "$FINAL/heldout.json"
+# 12-13. Needle answers (--answer-form needle): the answer repeats the needle the reading just
+# named ("<answer> blue cross</answer>", a number for counts), which the parser maps to the one
+# option it names, so the model never matches a word to an option's letter (the wall of stages
+# 1-11); a guess is a random letter. A quarter of the examples are text-only answer drills.
+# Stage 13 continues from stage 12's last checkpoint (its trainer state carries the aux heads)
+# and keeps its best held-out check.
+NEEDLE=("${FIVE[@]}" --batch-size 8 --warmup 10 --retrieve-block 8 --content-weight 10
+  --vision-aux-weight 1 --caption-share 0.5 --caption-frames 8 --caption-content-loss
+  --answer-form needle --answer-share 0.25)
+stage 12-needle 11-rl/checkpoint-$RL_STEPS 300 300 "${NEEDLE[@]}" --lr 3e-4 --seed 41 \
+  --eval-every 100
+stage 13-needle 12-needle/checkpoints/step-000300 200 200 "${NEEDLE[@]}" --lr 3e-4 --seed 43 \
+  --eval-every 100
+WARM="$RUN/13-needle/best"
+
+# 14. RL again from the needle warm start: the ablation's gated arm (benchmarks/rl_ablation.py
+# --start "$WARM", same flags).
+if [ ! -f "$RUN/14-rl/checkpoint-$RL_STEPS/config.json" ]; then
+  vmtr train rl --data "$D/train-s1001" --out "$RUN/14-rl" --model "$WARM" --algo grpo \
+    --steps "$RL_STEPS" --prompts-per-step 8 --samples-per-prompt 4 --actor-lr 1e-4 \
+    --temperature 1 --top-p 1.0 --kl-coef 0 --ppo-epochs 2 --max-new-tokens 64 --save-every 10 \
+    --seed 0
+fi
+FINAL="$RUN/14-rl/checkpoint-$RL_STEPS"
+
+# 15. The README's held-out table and reading check for the final model, kept beside it.
+python benchmarks/synthetic_table.py --model "$FINAL" --workers 2 --json-out "$FINAL/heldout.json" \
+  --answer-form needle
 
 python scripts/bundle_tiny.py "$FINAL" "$WARM"
 du -sh "$(python -c 'from vmtr.models.tiny import TINY_DIR; print(TINY_DIR)')"
