@@ -103,15 +103,20 @@ stage 10-mixed 9-read2/checkpoints/step-000150 200 200 "${FIVE[@]}" \
   --eval-every 50
 WARM="$RUN/10-mixed/final"
 
-# 11. RL: GRPO with the gated bi-level reward on the 2-minute set, the ablation's "gated" arm
-# (benchmarks/rl_ablation.py, same flags): it mends the warm start's malformed retrieve ranges.
+# rl_stage NAME FROM: GRPO with the gated bi-level reward on the 2-minute set from the model
+# FROM into RUN/NAME, the RL ablation's "gated" arm (benchmarks/rl_ablation.py, same flags);
+# the result is RUN/NAME/checkpoint-$RL_STEPS. Skipped when done; resumes when interrupted.
 RL_STEPS=30
-if [ ! -f "$RUN/11-rl/checkpoint-$RL_STEPS/config.json" ]; then
-  vmtr train rl --data "$D/train-s1001" --out "$RUN/11-rl" --model "$WARM" --algo grpo \
+rl_stage() {
+  if [ -f "$RUN/$1/checkpoint-$RL_STEPS/config.json" ]; then return; fi
+  vmtr train rl --data "$D/train-s1001" --out "$RUN/$1" --model "$2" --algo grpo \
     --steps "$RL_STEPS" --prompts-per-step 8 --samples-per-prompt 4 --actor-lr 1e-4 \
     --temperature 1 --top-p 1.0 --kl-coef 0 --ppo-epochs 2 --max-new-tokens 64 --save-every 10 \
     --seed 0
-fi
+}
+
+# 11. RL from the letter-answer warm start: it mends the warm start's malformed retrieve ranges.
+rl_stage 11-rl "$WARM"
 
 # 12-13. Needle answers (--answer-form needle): the answer repeats the needle the reading just
 # named ("<answer> blue cross</answer>", a number for counts), which the parser maps to the one
@@ -128,14 +133,8 @@ stage 13-needle 12-needle/checkpoints/step-000300 200 200 "${NEEDLE[@]}" --lr 3e
   --eval-every 100
 WARM="$RUN/13-needle/best"
 
-# 14. RL again from the needle warm start: the ablation's gated arm (benchmarks/rl_ablation.py
-# --start "$WARM", same flags).
-if [ ! -f "$RUN/14-rl/checkpoint-$RL_STEPS/config.json" ]; then
-  vmtr train rl --data "$D/train-s1001" --out "$RUN/14-rl" --model "$WARM" --algo grpo \
-    --steps "$RL_STEPS" --prompts-per-step 8 --samples-per-prompt 4 --actor-lr 1e-4 \
-    --temperature 1 --top-p 1.0 --kl-coef 0 --ppo-epochs 2 --max-new-tokens 64 --save-every 10 \
-    --seed 0
-fi
+# 14. RL again, from the needle warm start (the README's ablation, `--start "$WARM"`).
+rl_stage 14-rl "$WARM"
 FINAL="$RUN/14-rl/checkpoint-$RL_STEPS"
 
 # 15. The README's held-out table and reading check for the final model, kept beside it.
