@@ -306,6 +306,28 @@ def test_checkpoint_save_and_resume(data_dir: Path, tmp_path: Path) -> None:
     assert (second.save() / "config.json").exists()
 
 
+def test_needle_guesses_carry_loss_on_their_random_letter(data_dir: Path, tmp_path: Path) -> None:
+    """Letter-form guesses are masked; needle-form guesses are random letters and trained."""
+    config = _config(data_dir, tmp_path, steps=1).model_copy(update={"answer_form": "needle"})
+    recipe = sft.SFTRecipe(config, log=lambda _: None)
+    recipe.setup()
+    tok = recipe.processor.tokenizer
+    open_id, close_id = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
+    guesses = 0
+    for step in range(12):
+        examples, trajectories = recipe.batch_at(step)
+        for example, traj in zip(examples, trajectories, strict=True):
+            if not (traj.guesses and traj.guesses[-1]):
+                continue
+            guesses += 1
+            ids, labels = example["input_ids"], example["labels"]
+            inside = sft.between_tags(ids, open_id, close_id)
+            last = int(inside.nonzero()[-1])  # the last reply's answer: the guessed letter
+            assert tok.decode(ids[last : last + 1]) == traj.actions[-1].answer
+            assert labels[last] == ids[last]
+    assert guesses
+
+
 def test_pretexts_train_alongside_and_are_logged(data_dir: Path, tmp_path: Path) -> None:
     config = _config(data_dir, tmp_path, steps=2).model_copy(
         update={"pretext_weight": 1.0, "pretext_batch": 4}
