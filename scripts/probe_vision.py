@@ -1,10 +1,12 @@
-"""Does the vision tower see a needle's colour? A linear probe on its output, apart from the LM.
+"""Does the vision tower see a needle's colour and shape? Linear probes on its output, apart
+from the LM.
 
     python scripts/probe_vision.py --model tiny --data runs/tiny/data/train-s1001 [--items 300]
 
 For every needle of the first ``--items`` items, the frame it is on goes through the model's own
 vision tower (the frame exactly as the agent would feed it); the merged visual tokens are
-max-pooled into one vector, and a logistic regression is scored by 5-fold cross-validation. High probe accuracy with low teacher-forced colour accuracy
+max-pooled into one vector, and a logistic regression per attribute (colour, shape) is scored by
+5-fold cross-validation. High probe accuracy with low teacher-forced accuracy
 (`vmtr.policies.reading`) puts the failure in the language model, not in the tower.
 """
 
@@ -21,9 +23,11 @@ from vmtr.policies.sft import CachedItem, needles_of
 
 
 @torch.no_grad()
-def features(model, processor, items, cache: Path, budget) -> tuple[torch.Tensor, list[str]]:
-    """One max-pooled vision vector per needle, and the needle's colour."""
-    xs, colours = [], []
+def features(
+    model, processor, items, cache: Path, budget
+) -> tuple[torch.Tensor, dict[str, list[str]]]:
+    """One max-pooled vision vector per needle, and the needle's colour and shape."""
+    xs, labels = [], {"colour": [], "shape": []}
     for item in items:
         cached = CachedItem(item, cache, budget)
         for needle in needles_of(item):
@@ -32,9 +36,10 @@ def features(model, processor, items, cache: Path, budget) -> tuple[torch.Tensor
             out = model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
             tokens = out.pooler_output if hasattr(out, "pooler_output") else out
             xs.append(tokens.max(0).values)
-            colours.append(needle["colour"])
+            for attribute, values in labels.items():
+                values.append(needle[attribute])
         cached.release()
-    return torch.stack(xs), colours
+    return torch.stack(xs), labels
 
 
 def probe_accuracy(x: torch.Tensor, y: torch.Tensor, classes: int, folds: int = 5) -> float:
@@ -71,15 +76,16 @@ def main() -> None:
     items = load_video_mtr_json(args.data / "annotations.json")[: args.items]
     cache = args.cache or args.data / "frames"
     cache.mkdir(parents=True, exist_ok=True)
-    x, colours = features(lm.model.eval(), lm.processor, items, cache, lm.pixel_budget)
-    names = sorted(set(colours))
-    y = torch.tensor([names.index(c) for c in colours])
-    accuracy = probe_accuracy(x, y, len(names))
-    majority = max(colours.count(c) for c in names) / len(colours)
-    print(
-        f"vision probe: {len(y)} needles, {len(names)} colours; cross-validated colour accuracy "
-        f"{accuracy:.1%} (majority class {majority:.1%})"
-    )
+    x, labels = features(lm.model.eval(), lm.processor, items, cache, lm.pixel_budget)
+    for attribute, values in labels.items():
+        names = sorted(set(values))
+        y = torch.tensor([names.index(v) for v in values])
+        accuracy = probe_accuracy(x, y, len(names))
+        majority = max(values.count(v) for v in names) / len(values)
+        print(
+            f"vision probe: {len(y)} needles, {len(names)} {attribute}s; cross-validated "
+            f"{attribute} accuracy {accuracy:.1%} (majority class {majority:.1%})"
+        )
 
 
 if __name__ == "__main__":
