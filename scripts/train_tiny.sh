@@ -121,14 +121,16 @@ rl_stage 11-rl "$WARM"
 # 12-13. Needle answers (--answer-form needle): the answer repeats the needle the reading just
 # named ("<answer> blue cross</answer>", a number for counts), which the parser maps to the one
 # option it names, so the model never matches a word to an option's letter (the wall of stages
-# 1-11); a guess is a random letter. A quarter of the examples are text-only answer drills.
+# 1-11). A quarter of the examples are text-only answer drills. Stage 12's guesses are masked
+# letters, as in the letter form; stage 13's are random letters with loss (masked, the model
+# filled its guesses with invented needles that named no option).
 # Stage 13 continues from stage 12's last checkpoint (its trainer state carries the aux heads)
 # and keeps its best held-out check.
 NEEDLE=("${FIVE[@]}" --batch-size 8 --warmup 10 --retrieve-block 8 --content-weight 10
   --vision-aux-weight 1 --caption-share 0.5 --caption-frames 8 --caption-content-loss
   --answer-form needle --answer-share 0.25)
 stage 12-needle 11-rl/checkpoint-$RL_STEPS 300 300 "${NEEDLE[@]}" --lr 3e-4 --seed 41 \
-  --eval-every 100
+  --eval-every 100 --needle-guess masked
 stage 13-needle 12-needle/checkpoints/step-000300 200 200 "${NEEDLE[@]}" --lr 3e-4 --seed 43 \
   --eval-every 100
 WARM="$RUN/13-needle/best"

@@ -104,6 +104,13 @@ def sft(
             'it, "<answer> yellow cross</answer>"; the parser maps it to the option it names).'
         ),
     ] = "letter",
+    needle_guess: Annotated[
+        str,
+        typer.Option(
+            help="How needle answers guess: random (a random letter, trained) or masked (the "
+            "answer's letter, no loss, as the other forms)."
+        ),
+    ] = "random",
     schedule_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Steps the LR schedule spans (default: --steps)."),
@@ -161,6 +168,7 @@ def sft(
             content_weight=content_weight,
             needle_wording=needle_wording,
             answer_form=answer_form,
+            needle_guess=needle_guess,
             schedule_steps=schedule_steps,
             vision_aux_weight=vision_aux_weight,
             pretext_weight=pretext_weight,

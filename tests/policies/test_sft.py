@@ -306,9 +306,15 @@ def test_checkpoint_save_and_resume(data_dir: Path, tmp_path: Path) -> None:
     assert (second.save() / "config.json").exists()
 
 
-def test_needle_guesses_carry_loss_on_their_random_letter(data_dir: Path, tmp_path: Path) -> None:
-    """Letter-form guesses are masked; needle-form guesses are random letters and trained."""
-    config = _config(data_dir, tmp_path, steps=1).model_copy(update={"answer_form": "needle"})
+@pytest.mark.parametrize("mode", ["random", "masked"])
+def test_needle_guesses_carry_loss_on_their_random_letter(
+    data_dir: Path, tmp_path: Path, mode: str
+) -> None:
+    """Needle-form guesses are random letters and trained; ``masked`` keeps the other forms'
+    rule (the answer's letter, no loss), as the bundled model's first needle stage ran."""
+    config = _config(data_dir, tmp_path, steps=1).model_copy(
+        update={"answer_form": "needle", "needle_guess": mode}
+    )
     recipe = sft.SFTRecipe(config, log=lambda _: None)
     recipe.setup()
     tok = recipe.processor.tokenizer
@@ -324,7 +330,10 @@ def test_needle_guesses_carry_loss_on_their_random_letter(data_dir: Path, tmp_pa
             inside = sft.between_tags(ids, open_id, close_id)
             last = int(inside.nonzero()[-1])  # the last reply's answer: the guessed letter
             assert tok.decode(ids[last : last + 1]) == traj.actions[-1].answer
-            assert labels[last] == ids[last]
+            if mode == "random":
+                assert labels[last] == ids[last]
+            else:
+                assert labels[last] == sft.IGNORE
     assert guesses
 
 

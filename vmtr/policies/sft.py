@@ -72,6 +72,11 @@ rather than off the one frame just named; 300 steps of it from the warm start di
 colours better (README, "The tiny model")."""
 
 AnswerForm = Literal["letter", "text", "bridge", "needle"]
+
+NeedleGuess = Literal["random", "masked"]
+"""How a needle-form reply guesses: a random letter with loss (the default), or the answer's
+letter with no loss, as the other forms do (how the bundled model's first needle stage ran,
+before the random letter; kept so `scripts/train_tiny.sh` reproduces it)."""
 """How a scripted reply answers: by the option's letter ("C"); by its text (" yellow"), which
 the parser maps back to the letter; or by the letter after a bridge clause that ends the
 ``<think>`` ("... so yellow is C.", `bridge_clause`), so the letter is looked up right after
@@ -165,6 +170,9 @@ class SFTConfig(BaseModel):
     )
     answer_form: AnswerForm = Field(
         "letter", description="What replies put inside <answer> (see `AnswerForm`)."
+    )
+    needle_guess: NeedleGuess = Field(
+        "random", description="How needle-form replies guess (see `NeedleGuess`)."
     )
     content_weight: float = Field(
         1.0,
@@ -327,6 +335,7 @@ def plan_trajectory(
     retrieve_block: int = 0,
     wording: NeedleWording = "frame-first",
     answer_form: AnswerForm = "letter",
+    needle_guess: NeedleGuess = "random",
 ) -> Trajectory:
     """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
 
@@ -359,7 +368,8 @@ def plan_trajectory(
         seen_text = describe_seen(item, seen, wording)
         if needed <= seen or last:
             guess = not needed <= seen
-            letter = rng.choice(item.letters) if guess and answer_form == "needle" else ""
+            random_guess = guess and answer_form == "needle" and needle_guess == "random"
+            letter = rng.choice(item.letters) if random_guess else ""
             reply = answer_reply(seen_text, item, guess, answer_form, letter)
             expected: protocol.Action = protocol.Answer(letter or item.answer, "")
         else:
@@ -941,9 +951,11 @@ class SFTRecipe:
                     self.cfg.retrieve_block,
                     self.cfg.needle_wording,
                     self.cfg.answer_form,
+                    self.cfg.needle_guess,
                 )
             # needle-form guesses are random letters, trained (see the module docstring)
-            masked = None if self.cfg.answer_form == "needle" else traj.guesses
+            trained = self.cfg.answer_form == "needle" and self.cfg.needle_guess == "random"
+            masked = None if trained else traj.guesses
             example = encode_conversation(
                 self.processor, traj.messages, cached.images(traj.frames), masked, only
             )
