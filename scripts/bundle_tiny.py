@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers import AutoModelForImageTextToText
 
+from vmtr.eval.report import evidence_sentence
 from vmtr.models.tiny import TINY_DIR
 
 LEFT_BEHIND = ("trainer_state.pt", "heldout.json", "vmtr_best.json")
@@ -78,16 +79,10 @@ def describe(params: int, report: dict[str, Any]) -> str:
 
 
 def seen_sentence(row: dict[str, Any]) -> str:
-    """How the row's answers depend on whether its frames held the needles (empty without a
-    split, as in tables from before it)."""
-    split = row.get("evidence") or {}
-    if not split.get("n") or split.get("accuracy_seen") is None:
-        return ""
-    return (
-        f" Multi-turn, its frames held every needle a question needs in {split['seen_rate']:.0%} "
-        f"of items; it answered {split['accuracy_seen']:.0%} of those and "
-        f"{split['accuracy_missed']:.0%} of the rest."
-    )
+    """How the row's answers depend on whether its frames held the needles, in the evaluation's
+    own wording (empty without a split, as in tables from before it)."""
+    sentence = evidence_sentence(row.get("evidence"))
+    return f" Multi-turn: {sentence}" if sentence else ""
 
 
 def warm_check(warm: Path) -> dict[str, Any]:

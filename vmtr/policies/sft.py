@@ -72,11 +72,6 @@ rather than off the one frame just named; 300 steps of it from the warm start di
 colours better (README, "The tiny model")."""
 
 AnswerForm = Literal["letter", "text", "bridge", "needle"]
-
-NeedleGuess = Literal["random", "masked"]
-"""How a needle-form reply guesses: a random letter with loss (the default), or the answer's
-letter with no loss, as the other forms do (how the bundled model's first needle stage ran,
-before the random letter; kept so `scripts/train_tiny.sh` reproduces it)."""
 """How a scripted reply answers: by the option's letter ("C"); by its text (" yellow"), which
 the parser maps back to the letter; or by the letter after a bridge clause that ends the
 ``<think>`` ("... so yellow is C.", `bridge_clause`), so the letter is looked up right after
@@ -90,6 +85,16 @@ the parser maps to the one option it mentions: the answer is the same words for 
 and order questions, copied from the ``<think>`` just written, so the model never has to match
 a word to a letter or choose which word of its reading a question wants. Text-answer models
 answered that way unprompted (session 8). README, "The tiny model"."""
+
+NeedleGuess = Literal["random", "masked"]
+"""How a needle-form reply guesses: a random letter with loss (the default), or the answer's
+letter with no loss, as the other forms do (how the bundled model's first needle stage ran,
+before the random letter; kept so `scripts/train_tiny.sh` reproduces it)."""
+
+
+def trains_guesses(form: AnswerForm, needle_guess: NeedleGuess) -> bool:
+    """Whether a guess answers a random letter that carries loss (else the answer's, masked)."""
+    return form == "needle" and needle_guess == "random"
 
 
 def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
@@ -368,8 +373,8 @@ def plan_trajectory(
         seen_text = describe_seen(item, seen, wording)
         if needed <= seen or last:
             guess = not needed <= seen
-            random_guess = guess and answer_form == "needle" and needle_guess == "random"
-            letter = rng.choice(item.letters) if random_guess else ""
+            trained = guess and trains_guesses(answer_form, needle_guess)
+            letter = rng.choice(item.letters) if trained else ""
             reply = answer_reply(seen_text, item, guess, answer_form, letter)
             expected: protocol.Action = protocol.Answer(letter or item.answer, "")
         else:
@@ -954,7 +959,7 @@ class SFTRecipe:
                     self.cfg.needle_guess,
                 )
             # needle-form guesses are random letters, trained (see the module docstring)
-            trained = self.cfg.answer_form == "needle" and self.cfg.needle_guess == "random"
+            trained = trains_guesses(self.cfg.answer_form, self.cfg.needle_guess)
             masked = None if trained else traj.guesses
             example = encode_conversation(
                 self.processor, traj.messages, cached.images(traj.frames), masked, only
