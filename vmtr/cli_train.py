@@ -121,6 +121,13 @@ def sft(
             min=0, help="Script retrieves as random aligned blocks of N frames (0: free ranges)."
         ),
     ] = 0,
+    retrieve_labels: Annotated[
+        bool,
+        typer.Option(
+            help="Script retrieves between two first-turn frame labels picked at random "
+            "(copyable ranges; which labels is left to RL)."
+        ),
+    ] = False,
     vision_aux_weight: Annotated[
         float,
         typer.Option(
@@ -161,6 +168,7 @@ def sft(
             eval_every=eval_every,
             keep_checkpoints=keep_checkpoints,
             retrieve_block=retrieve_block,
+            retrieve_labels=retrieve_labels,
             caption_share=caption_share,
             caption_frames=caption_frames,
             caption_content_loss=caption_content_loss,

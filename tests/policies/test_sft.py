@@ -379,6 +379,29 @@ def test_block_ranges_are_aligned_and_cover_the_pool() -> None:
     assert all(8 <= e - s + 1 <= 16 and 0 <= s <= e <= 59 for s, e in free)
 
 
+def test_label_ranges_copy_first_turn_labels_and_never_aim(cached) -> None:
+    rng = random.Random(0)
+    labels = [0, 4, 8, 13, 17]
+    ranges = {sft.label_range(rng, labels) for _ in range(300)}
+    assert ranges == {(0, 4), (4, 8), (8, 13), (13, 17), (0, 8), (4, 13), (8, 17)}
+    with pytest.raises(sft.SFTError):
+        sft.label_range(rng, [3])
+    # In scripted episodes every retrieve spans two overview labels, wherever the needles are.
+    hits = 0
+    for c in cached:
+        overview = set(first_turn_frames(len(c.pool), sft.MULTI_TURN.first_turn_frames))
+        needles = {x["pool_index"] for x in c.item.extra["needles"]}
+        for seed in range(20):
+            traj = sft.plan_trajectory(
+                c.item, c.pool, sft.MULTI_TURN, random.Random(seed), retrieve_labels=True
+            )
+            for action in traj.actions:
+                if isinstance(action, protocol.Retrieve):
+                    assert {action.start, action.end} <= overview
+                    hits += any(action.start <= i <= action.end for i in needles)
+    assert hits > 0
+
+
 def test_periodic_eval_keeps_the_best_model(data_dir: Path, tmp_path: Path) -> None:
     config = _config(data_dir, tmp_path, steps=2).model_copy(update={"eval_every": 1})
     recipe = sft.SFTRecipe(config, log=lambda _: None)

@@ -12,7 +12,8 @@ only. The labels are written to be honest about what the frames show:
   seen;
 - the model answers as soon as the evidence the question needs has been shown (the one needle
   for colour and shape questions, every needle for order and count questions);
-- otherwise it retrieves a **random** range: where to look is left for RL to learn, so the
+- otherwise it retrieves a **random** range (or, with ``retrieve_labels``, the range between
+  two first-turn frame labels picked at random): where to look is left for RL to learn, so the
   warm start does not imitate an oracle;
 - on the last turn without the evidence it must still answer; that reply says it guesses, and
   the option letter inside ``<answer>`` carries no loss (the format does), so the model is
@@ -153,6 +154,12 @@ class SFTConfig(BaseModel):
         description="If > 0, retrieve a random aligned block of this many pool frames instead "
         "(starts at multiples of it): fewer distinct ranges, which greedy decoding reproduces "
         "well-formed.",
+    )
+    retrieve_labels: bool = Field(
+        False,
+        description="Retrieve between two first-turn frame labels picked at random "
+        "(`label_range`) instead of a random range or block: RL then only has to learn which "
+        "labels to copy.",
     )
     caption_share: float = Field(
         0.0, ge=0, le=1, description="Share of examples that are short reading drills (captions)."
@@ -331,6 +338,17 @@ def random_range(
     return start, start + span - 1
 
 
+def label_range(rng: random.Random, labels: Sequence[int]) -> tuple[int, int]:
+    """Two of ``labels`` picked at random, adjacent or one apart: a range the model can copy
+    from its prompt's frame labels instead of computing it. Which labels is left to RL (this
+    never looks at the needles either)."""
+    if len(labels) < 2:
+        raise SFTError("a label range needs at least two frame labels")
+    gap = rng.choice((1, 2)) if len(labels) > 2 else 1
+    first = rng.randrange(len(labels) - gap)
+    return labels[first], labels[first + gap]
+
+
 def plan_trajectory(
     item: QAItem,
     pool: Sequence[float],
@@ -341,6 +359,7 @@ def plan_trajectory(
     wording: NeedleWording = "frame-first",
     answer_form: AnswerForm = "letter",
     needle_guess: NeedleGuess = "random",
+    retrieve_labels: bool = False,
 ) -> Trajectory:
     """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
 
@@ -353,6 +372,7 @@ def plan_trajectory(
     n = len(pool)
     messages = [protocol.system_message(settings)]
     frames = first_turn_frames(n, settings.first_turn_frames)
+    overview = sorted(set(frames))
     seen: set[int] = set()
     guesses: list[bool] = []
     actions: list[protocol.Action] = []
@@ -379,7 +399,10 @@ def plan_trajectory(
             expected: protocol.Action = protocol.Answer(letter or item.answer, "")
         else:
             guess = False
-            start, end = random_range(rng, n, retrieve_width, retrieve_block)
+            if retrieve_labels:
+                start, end = label_range(rng, overview)
+            else:
+                start, end = random_range(rng, n, retrieve_width, retrieve_block)
             reply = retrieve_reply(seen_text, start, end)
             expected = protocol.Retrieve(start, end, "")
         action = protocol.parse_reply(reply, max_index=n - 1, options=item.options, last_turn=last)
@@ -957,6 +980,7 @@ class SFTRecipe:
                     self.cfg.needle_wording,
                     self.cfg.answer_form,
                     self.cfg.needle_guess,
+                    self.cfg.retrieve_labels,
                 )
             # needle-form guesses are random letters, trained (see the module docstring)
             trained = trains_guesses(self.cfg.answer_form, self.cfg.needle_guess)
