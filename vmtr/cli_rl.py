@@ -74,7 +74,8 @@ def rl(
         def progress(step: int, total: int, m: dict) -> None:
             err.print(
                 f"step {step}/{total}  reward {m['reward']:.3f}  acc {m['accuracy']:.2f}  "
-                f"turns {m['turns']:.2f}  retrieve {m['retrieve_rate']:.2f}  kl {m['kl']:.4f}  "
+                f"turns {m['turns']:.2f}  retrieve {m['retrieve_rate']:.2f}  "
+                f"seen {m['relevant_seen']:.2f}  kl {m['kl']:.4f}  "
                 f"({m['step_s']:.1f}s)",
                 highlight=False,
             )

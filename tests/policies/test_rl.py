@@ -79,6 +79,17 @@ def test_score_attaches_rewards(data, lm):
     stats = score(trajs, {i.id: i for i in items}, RewardSettings())
     assert len(trajs) == 4 and all(t.reward is not None for t in trajs)
     assert 0.0 <= stats["accuracy"] <= 1.0 and stats["turns"] >= 1
+    # aim, whatever was answered: the share of episodes shown every relevant frame, and the IoU
+    by_id = {i.id: i for i in items}
+    covered, ious = [], []
+    for t in trajs:
+        relevant = relevant_pool_indices(t.extra["pool"], by_id[t.item_id].relevant_windows)
+        seen = {i for turn in t.turns for i in turn.get("frames", [])}
+        covered.append(relevant <= seen)
+        ious.append(len(relevant & seen) / len(relevant | seen))
+    assert stats["relevant_seen"] == pytest.approx(sum(covered) / 4)
+    assert stats["frame_iou"] == pytest.approx(sum(ious) / 4)
+    assert 0.0 < stats["frame_iou"] < 1.0
 
 
 def test_relevant_pool_indices_nearest_for_narrow_windows():

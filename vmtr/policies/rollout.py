@@ -26,6 +26,7 @@ from vmtr.policies.rewards import (
     TrajectoryReward,
     TurnOutcome,
     exploration_bonus,
+    frame_iou,
     trajectory_reward,
 )
 
@@ -160,6 +161,7 @@ def score(
     settings: RewardSettings,
 ) -> dict[str, float]:
     """Attach rewards (with the batch-level exploration bonus) and return batch statistics."""
+    seen_all, ious = [], []  # where the policy looked, whatever it answered: aim, unlike reward
     for traj in trajectories:
         outcomes, first = turn_outcomes(traj.turns)
         relevant = relevant_pool_indices(traj.extra["pool"], items[traj.item_id].relevant_windows)
@@ -168,6 +170,10 @@ def score(
         )
         if len(traj.reward.per_turn) != len(traj.turn_spans):
             raise RuntimeError("turn count differs between the graph trace and the token record")
+        if relevant:
+            seen = outcomes[-1].seen_after if outcomes else frozenset()
+            seen_all.append(float(relevant <= seen))
+            ious.append(frame_iou(seen, relevant))
     rate = exploration_bonus(
         [t.reward for t in trajectories], [t.retrieved for t in trajectories], settings
     )
@@ -182,6 +188,8 @@ def score(
         "turns": sum(len(t.turns) for t in trajectories) / n,
         "retrieve_rate": sum(t.retrieved for t in trajectories) / n,
         "rewarded_retrieve_rate": rate,
+        "relevant_seen": sum(seen_all) / len(seen_all) if seen_all else float("nan"),
+        "frame_iou": sum(ious) / len(ious) if ious else float("nan"),
         "response_tokens": sum(float(t.action_mask.sum()) for t in trajectories) / n,
     }
 

@@ -413,9 +413,10 @@ def plot_metrics(log_path: Path, png: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:
         return
-    keys = ["reward", "accuracy", "turns", "retrieve_rate", "kl", "entropy"]
+    keys = ["reward", "accuracy", "turns", "retrieve_rate", "relevant_seen", "kl", "entropy"]
     cols = 3
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(12, 6))
+    rows_n = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3 * rows_n))
     steps = [r["step"] for r in rows]
     for ax, key in zip(axes.flat, keys, strict=False):
         ax.plot(steps, [r.get(key, float("nan")) for r in rows])
