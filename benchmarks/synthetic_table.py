@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from vmtr.eval.report import evidence_sentence
-from vmtr.eval.scoring import evidence_split
+from vmtr.eval.scoring import evidence_split, letter_balance
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
@@ -128,6 +128,7 @@ def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
         "n": n,
         "reads": [r["reads"] for r in rows if r.get("reads") is not None],
         "evidence": evidence_split(rows),
+        "letters": letter_balance(rows, gold_key="truth", predicted_key="answer"),
     }
 
 
@@ -141,7 +142,14 @@ def evidence_line(row: dict[str, Any]) -> str | None:
 def chance_row(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Expected accuracy of a uniform guess over each item's options."""
     chance = sum(1 / len(it["options"]) for it in items) / len(items)
-    return {"setting": "chance", "accuracy": chance, "frames": 0.0, "turns": 0.0, "n": len(items)}
+    return {
+        "setting": "chance",
+        "accuracy": chance,
+        "balanced_accuracy": chance,
+        "frames": 0.0,
+        "turns": 0.0,
+        "n": len(items),
+    }
 
 
 def summarise(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,18 +163,28 @@ def summarise(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[d
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    """The table as the README shows it."""
+    """The table as the README shows it. "Balanced" is accuracy averaged over the right letters
+    and "Top answer" the most common answer's share (`letter_balance`): a policy that always
+    gives one letter scores that letter's share of the set, and only the balanced figure shows it.
+    """
     lines = [
-        "| Setting | Accuracy | Mean frames seen | Mean turns | Retrieve rate | Invalid replies / item | Items |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Setting | Accuracy | Balanced | Mean frames seen | Mean turns | Retrieve rate "
+        "| Invalid replies / item | Top answer | Items |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table:
         invalid = f"{row['invalid']:.2f}" if "invalid" in row else "–"
         turns = f"{row['turns']:.2f}" if row["turns"] else "–"
         retrieves = f"{row['retrieve_rate']:.0%}" if "retrieve_rate" in row else "–"
+        letters = row.get("letters") or {}
+        balanced = row.get("balanced_accuracy", letters.get("balanced_accuracy"))
+        balanced_cell = f"{balanced:.1%}" if balanced is not None else "–"
+        top = "–"
+        if letters.get("top_answer_share") is not None:
+            top = f"{letters['top_answer'] or 'none'} {letters['top_answer_share']:.0%}"
         lines.append(
-            f"| {row['setting']} | {row['accuracy']:.1%} | {row['frames']:.1f} | {turns} | "
-            f"{retrieves} | {invalid} | {row['n']} |"
+            f"| {row['setting']} | {row['accuracy']:.1%} | {balanced_cell} | {row['frames']:.1f} "
+            f"| {turns} | {retrieves} | {invalid} | {top} | {row['n']} |"
         )
     return "\n".join(lines)
 

@@ -158,11 +158,14 @@ def eval_command(
         + ("" if results["complete"] else f", {results['total']} planned (incomplete)")
         + f"; reports in {output}"
     )
-    from vmtr.eval.report import evidence_sentence
+    from vmtr.eval.report import evidence_sentence, letters_sentence
 
-    evidence = evidence_sentence(results.get("evidence"))
-    if evidence:
-        typer.echo(evidence)
+    for sentence in (
+        evidence_sentence(results.get("evidence")),
+        letters_sentence(results.get("letters")),
+    ):
+        if sentence:
+            typer.echo(sentence)
 
 
 def _evaluate(

@@ -49,11 +49,18 @@ def test_scripted_run_through_the_command(cli, synthetic, tmp_path, monkeypatch)
     assert payload["config"]["protocol"]["first_turn_frames"] == 16
     # 12-second videos: the first turn shows the whole pool, so every needle was on screen
     assert (payload["evidence"]["n"], payload["evidence"]["seen_rate"]) == (3, 1.0)
+    # always "A": a constant answer, which balanced accuracy puts at 1/k of the letters present
+    letters = payload["letters"]
+    assert (letters["top_answer"], letters["top_answer_share"]) == ("A", 1.0)
+    gold = {json.loads(line)["answer"] for line in (tmp_path / "o" / "samples.jsonl").open()}
+    expected = (1 if "A" in gold else 0) / len(gold)
+    assert letters["balanced_accuracy"] == pytest.approx(expected)
     again = CliRunner().invoke(cli, [*args, "--limit", "4"])
     assert again.exit_code == 0
     assert "resumed: 3 question(s)" in again.stderr
     assert "accuracy" in again.stdout and len(scripted.calls) == 4
     assert "covered every relevant window in 100.0% of 4 questions" in again.stdout
+    assert "the most common answer, A, was given 100% of the time" in again.stdout
 
 
 def test_single_turn_mode_and_frames(cli, synthetic, tmp_path, monkeypatch) -> None:

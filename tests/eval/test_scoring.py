@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vmtr.eval.scoring import accuracy, breakdown, evidence_split, extract_answer, saw_evidence
+from vmtr.eval.scoring import (
+    accuracy,
+    breakdown,
+    evidence_split,
+    extract_answer,
+    letter_balance,
+    saw_evidence,
+)
 
 ABCD = ["A", "B", "C", "D"]
 
@@ -110,3 +117,34 @@ def test_evidence_split_separates_accuracy_by_what_was_seen() -> None:
     split = evidence_split(samples)
     assert split == {"n": 4, "seen_rate": 0.5, "accuracy_seen": 0.5, "accuracy_missed": 0.5}
     assert evidence_split([])["seen_rate"] is None
+
+
+def test_letter_balance_puts_a_constant_answer_at_one_over_k() -> None:
+    # A key with three Ds and one each of A, B, C: always answering D is right 50 % of the time.
+    gold = ["D", "D", "D", "A", "B", "C"]
+    always_d = [{"status": "ok", "answer": g, "prediction": "D", "correct": g == "D"} for g in gold]
+    balance = letter_balance(always_d)
+    assert balance == {
+        "n": 6,
+        "balanced_accuracy": 0.25,
+        "top_answer": "D",
+        "top_answer_share": 1.0,
+    }
+    # Right on A and one D of three: (1/3 + 1 + 0 + 0) / 4; errors and unscored rows are left out.
+    mixed = [
+        {"status": "ok", "answer": "D", "prediction": "D", "correct": True},
+        {"status": "ok", "answer": "D", "prediction": "A", "correct": False},
+        {"status": "ok", "answer": "D", "prediction": None, "correct": False},
+        {"status": "ok", "answer": "A", "prediction": "A", "correct": True},
+        {"status": "ok", "answer": "B", "prediction": "A", "correct": False},
+        {"status": "ok", "answer": "C", "prediction": "D", "correct": False},
+        {"status": "error", "answer": "C", "prediction": None, "correct": None},
+    ]
+    balance = letter_balance(mixed)
+    assert balance["balanced_accuracy"] == pytest.approx((1 / 3 + 1) / 4)
+    assert balance["top_answer"] == "A" and balance["top_answer_share"] == pytest.approx(0.5)
+    assert balance["n"] == 6
+    # The benchmark scripts' rows name their keys differently.
+    rows = [{"status": "ok", "truth": "B", "answer": "B", "correct": True}]
+    assert letter_balance(rows, gold_key="truth", predicted_key="answer")["balanced_accuracy"] == 1
+    assert letter_balance([])["balanced_accuracy"] is None

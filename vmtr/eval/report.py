@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vmtr.eval.scoring import accuracy, breakdown, evidence_split
+from vmtr.eval.scoring import accuracy, breakdown, evidence_split, letter_balance
 
 RESULTS, SAMPLES, SUMMARY = "results.json", "samples.jsonl", "summary.md"
 CATEGORY_PLOT, FRAMES_PLOT = "accuracy_by_category.png", "accuracy_vs_frames.png"
@@ -64,6 +64,7 @@ def summarize(
         "complete": total is None or len(samples) >= total,
         "by_category": breakdown(samples),
         "evidence": evidence_split(samples),
+        "letters": letter_balance(samples),
         "mean_turns": _mean([s.get("n_turns", 0) for s in ok]),
         "mean_frames": _mean([s.get("n_frames", 0) for s in ok]),
         "mean_seconds": _mean([s.get("seconds", 0.0) for s in ok]),
@@ -134,6 +135,19 @@ def evidence_sentence(evidence: Mapping[str, Any] | None) -> str | None:
     )
 
 
+def letters_sentence(letters: Mapping[str, Any] | None) -> str | None:
+    """`scoring.letter_balance` in words: what accuracy is worth once the answer key's letter
+    shares are taken out."""
+    if not letters or letters.get("balanced_accuracy") is None:
+        return None
+    top = letters["top_answer"] if letters["top_answer"] is not None else "no answer"
+    return (
+        f"Balanced accuracy (the mean over the right letters; any constant answer scores 1/k) "
+        f"{letters['balanced_accuracy']:.1%}; the most common answer, {top}, was given "
+        f"{letters['top_answer_share']:.0%} of the time."
+    )
+
+
 def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = ()) -> str:
     """``summary.md``: this run's headline and category tables, then every run in the folder."""
     model = (results.get("config") or {}).get("model", {}).get("model", "?")
@@ -148,9 +162,12 @@ def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = (
         "",
         runs_table([results]),
     ]
-    evidence = evidence_sentence(results.get("evidence"))
-    if evidence:
-        parts += ["", evidence]
+    for sentence in (
+        evidence_sentence(results.get("evidence")),
+        letters_sentence(results.get("letters")),
+    ):
+        if sentence:
+            parts += ["", sentence]
     for key, values in results["by_category"].items():
         parts += ["", f"## By {key}", "", "| " + key + " | accuracy (%) | correct | n |"]
         parts.append("|---|---|---|---|")
