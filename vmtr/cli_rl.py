@@ -75,10 +75,15 @@ def rl(
             err.print(
                 f"step {step}/{total}  reward {m['reward']:.3f}  acc {m['accuracy']:.2f}  "
                 f"turns {m['turns']:.2f}  retrieve {m['retrieve_rate']:.2f}  "
-                f"seen {m['relevant_seen']:.2f}  kl {m['kl']:.4f}  "
+                f"seen {_fraction(m.get('relevant_seen'))}  kl {m['kl']:.4f}  "
                 f"({m['step_s']:.1f}s)",
                 highlight=False,
             )
 
         recipe.train(progress=progress)
         err.print(f"done: {out / f'checkpoint-{recipe.step}'}", highlight=False)
+
+
+def _fraction(value: float | None) -> str:
+    """A per-step share for the log line; "-" where the batch had nothing to measure it on."""
+    return "-" if value is None else f"{value:.2f}"

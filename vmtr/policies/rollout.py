@@ -159,7 +159,7 @@ def score(
     trajectories: Sequence[Trajectory],
     items: dict[str, QAItem],
     settings: RewardSettings,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Attach rewards (with the batch-level exploration bonus) and return batch statistics."""
     seen_all, ious = [], []  # where the policy looked, whatever it answered: aim, unlike reward
     for traj in trajectories:
@@ -188,8 +188,9 @@ def score(
         "turns": sum(len(t.turns) for t in trajectories) / n,
         "retrieve_rate": sum(t.retrieved for t in trajectories) / n,
         "rewarded_retrieve_rate": rate,
-        "relevant_seen": sum(seen_all) / len(seen_all) if seen_all else float("nan"),
-        "frame_iou": sum(ious) / len(ious) if ious else float("nan"),
+        # None (JSON null) where no item has relevant windows: NaN is not JSON
+        "relevant_seen": sum(seen_all) / len(seen_all) if seen_all else None,
+        "frame_iou": sum(ious) / len(ious) if ious else None,
         "response_tokens": sum(float(t.action_mask.sum()) for t in trajectories) / n,
     }
 

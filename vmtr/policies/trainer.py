@@ -419,7 +419,8 @@ def plot_metrics(log_path: Path, png: Path) -> None:
     fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3 * rows_n))
     steps = [r["step"] for r in rows]
     for ax, key in zip(axes.flat, keys, strict=False):
-        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+        values = [r.get(key) for r in rows]
+        ax.plot(steps, [float("nan") if v is None else v for v in values])
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
