@@ -13,13 +13,25 @@ max-pooled into one vector, and a logistic regression per attribute (colour, sha
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vmtr.agent.ask import resolve_model
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.policies.sft import CachedItem, needles_of
+from vmtr.policies.vision_aux import pooled_frames
+
+
+def needle_images(items, cache: Path, budget) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The frame of every needle of ``items`` (decoded once into ``cache``), with the needle."""
+    for item in items:
+        cached = CachedItem(item, cache, budget)
+        for needle in needles_of(item):
+            yield cached.images([needle["pool_index"]])[0], needle
+        cached.release()
 
 
 @torch.no_grad()
@@ -28,17 +40,10 @@ def features(
 ) -> tuple[torch.Tensor, dict[str, list[str]]]:
     """One max-pooled vision vector per needle, and the needle's colour and shape."""
     xs, labels = [], {"colour": [], "shape": []}
-    for item in items:
-        cached = CachedItem(item, cache, budget)
-        for needle in needles_of(item):
-            image = cached.images([needle["pool_index"]])
-            enc = processor.image_processor(images=image, return_tensors="pt")
-            out = model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
-            tokens = out.pooler_output if hasattr(out, "pooler_output") else out
-            xs.append(tokens.max(0).values)
-            for attribute, values in labels.items():
-                values.append(needle[attribute])
-        cached.release()
+    for image, needle in needle_images(items, cache, budget):
+        xs.append(pooled_frames(model.model.visual, processor, [image])[0])
+        for attribute, values in labels.items():
+            values.append(needle[attribute])
     return torch.stack(xs), labels
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,11 @@ import torch
 from vmtr.agent.ask import resolve_model
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SHAPES
-from vmtr.policies.sft import CachedItem, needles_of
+from vmtr.policies.vision_aux import pooled_frames
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_vision import needle_images  # noqa: E402
 
 Frame = tuple[object, int]  # (PIL image, shape class)
 
@@ -36,23 +41,15 @@ Frame = tuple[object, int]  # (PIL image, shape class)
 def needle_frames(folder: Path, cache: Path, budget, first: int, last: int | None) -> list[Frame]:
     """The frame of every needle of items ``first:last`` of a `vmtr synth` folder."""
     items = load_video_mtr_json(folder / "annotations.json")[first:last]
-    out: list[Frame] = []
-    for item in items:
-        cached = CachedItem(item, cache, budget)
-        for needle in needles_of(item):
-            out.append((cached.images([needle["pool_index"]])[0], SHAPES.index(needle["shape"])))
-        cached.release()
-    return out
+    return [
+        (image, SHAPES.index(needle["shape"]))
+        for image, needle in needle_images(items, cache, budget)
+    ]
 
 
 def pooled(visual, processor, frames: list[Frame]) -> torch.Tensor:
-    """One max-pooled merged-token vector per frame."""
-    enc = processor.image_processor(images=[f[0] for f in frames], return_tensors="pt")
-    out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
-    tokens = out.pooler_output if hasattr(out, "pooler_output") else out
-    merge = visual.spatial_merge_size**2
-    sizes = [int(t * h * w) // merge for t, h, w in enc["image_grid_thw"].tolist()]
-    return torch.stack([part.max(0).values for part in tokens.split(sizes)])
+    """`pooled_frames` of the frames' images."""
+    return pooled_frames(visual, processor, [f[0] for f in frames])
 
 
 def main() -> None:

@@ -115,3 +115,14 @@ def capture_merged_tokens(visual: nn.Module) -> Iterator[list[torch.Tensor]]:
         yield seen
     finally:
         handle.remove()
+
+
+def pooled_frames(visual: nn.Module, processor: Any, images: Sequence[Any]) -> torch.Tensor:
+    """One vector per image: its merged tokens max-pooled, the frame exactly as the agent feeds
+    it. What the vision probes (`scripts/probe_vision.py`, `scripts/shape_tower.py`) classify."""
+    enc = processor.image_processor(images=list(images), return_tensors="pt")
+    out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+    tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+    merge = visual.spatial_merge_size**2
+    sizes = [int(t * h * w) // merge for t, h, w in enc["image_grid_thw"].tolist()]
+    return torch.stack([part.max(0).values for part in tokens.split(sizes)])
