@@ -982,7 +982,7 @@ class SFTRecipe:
                     self.cfg.needle_guess,
                     self.cfg.retrieve_labels,
                 )
-            # needle-form guesses are random letters, trained (see the module docstring)
+            # guesses carry loss only as needle-form random letters (`trains_guesses`)
             trained = trains_guesses(self.cfg.answer_form, self.cfg.needle_guess)
             masked = None if trained else traj.guesses
             example = encode_conversation(

@@ -423,6 +423,8 @@ def plot_metrics(log_path: Path, png: Path) -> None:
         ax.plot(steps, [float("nan") if v is None else v for v in values])
         ax.set_title(key)
         ax.set_xlabel("step")
+    for ax in axes.flat[len(keys) :]:  # the grid's spare panels
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)
