@@ -136,6 +136,14 @@ def sft(
             "needle colour and shape covering it (synthetic data only; 0: off).",
         ),
     ] = 0.0,
+    frame_aux_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of an auxiliary loss that classes each frame's max-pooled visual "
+            "tokens by the needle colour and shape it shows (synthetic data only; 0: off).",
+        ),
+    ] = 0.0,
     pretext_weight: Annotated[
         float,
         typer.Option(
@@ -179,6 +187,7 @@ def sft(
             needle_guess=needle_guess,
             schedule_steps=schedule_steps,
             vision_aux_weight=vision_aux_weight,
+            frame_aux_weight=frame_aux_weight,
             pretext_weight=pretext_weight,
         )
         report = run_sft(config, resume=resume, log=lambda m: typer.echo(m, err=True))

@@ -18,6 +18,8 @@ from vmtr.policies.vision_aux import (
     capture_merged_tokens,
     cell_labels,
     example_labels,
+    frame_labels,
+    merged_sizes,
 )
 
 NAMES = list(COLOURS)
@@ -63,6 +65,40 @@ def test_loss_balances_needle_and_empty_cells_and_skips_ignored() -> None:
     assert torch.allclose(heads.loss(tokens, colour, shape), want)
 
 
+def test_frame_labels_name_the_one_needle_shown_and_skip_two() -> None:
+    needles = [
+        {"colour": "red", "shape": "square", "pool_index": 5},
+        {"colour": "blue", "shape": "circle", "pool_index": 7},
+        {"colour": "green", "shape": "cross", "pool_index": 7},
+    ]
+    colour, shape = frame_labels(needles, [4, 5, 7], NAMES, SHAPES)
+    assert colour.tolist() == [0, 1 + NAMES.index("red"), IGNORE]
+    assert shape.tolist() == [0, 1 + SHAPES.index("square"), IGNORE]
+
+
+def test_frame_loss_pools_each_image_and_balances_needle_and_empty_frames() -> None:
+    torch.manual_seed(0)
+    heads = NeedleHeads(8, len(NAMES), len(SHAPES))
+    for layer in (heads.frame_colour, heads.frame_shape):
+        torch.nn.init.normal_(layer.weight)
+    sizes = merged_sizes(torch.tensor([[1, 4, 4], [1, 4, 8], [1, 4, 4]]), 2)
+    assert sizes == [4, 8, 4]
+    tokens = torch.randn(16, 8)
+    colour, shape = torch.tensor([0, 3, 0]), torch.tensor([0, 2, IGNORE])
+    pooled = torch.stack(
+        [tokens[:4].max(0).values, tokens[4:12].max(0).values, tokens[12:].max(0).values]
+    )
+    lc, ls = heads.frame_colour(pooled), heads.frame_shape(pooled)
+    ce = torch.nn.functional.cross_entropy
+    want = 0.5 * (
+        ce(lc[1:2], colour[1:2])
+        + ce(lc[[0, 2]], colour[[0, 2]])
+        + ce(ls[1:2], shape[1:2])
+        + ce(ls[:1], shape[:1])
+    )
+    assert torch.allclose(heads.frame_loss(tokens, sizes, colour, shape), want)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("synth")
@@ -92,14 +128,16 @@ def test_sft_with_the_aux_loss_logs_it_and_lowers_it(data_dir: Path, tmp_path: P
         tiny_sizes={},
         lr=3e-3,
         vision_aux_weight=1.0,
+        frame_aux_weight=1.0,
     )
     recipe = sft.SFTRecipe(config, log=lambda _: None)
     recipe.setup()
     recipe.train()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    aux = [r["vision_aux_loss"] for r in log]
-    assert all(a > 0 for a in aux)
-    assert sum(aux[-3:]) < sum(aux[:3]), aux
+    for key in ("vision_aux_loss", "frame_aux_loss"):
+        aux = [r[key] for r in log]
+        assert all(a > 0 for a in aux), key
+        assert sum(aux[-3:]) < sum(aux[:3]), (key, aux)
     state = torch.load(recipe.last_checkpoint() / "trainer_state.pt", weights_only=False)
     assert "needle_heads" in state
     assert not any("colour" in k for k in recipe.model.state_dict()), "heads leaked into model"

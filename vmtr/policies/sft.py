@@ -54,7 +54,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmtr.agent import protocol
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
-from vmtr.policies.vision_aux import NeedleHeads, capture_merged_tokens, example_labels
+from vmtr.policies.vision_aux import (
+    NeedleHeads,
+    capture_merged_tokens,
+    example_labels,
+    frame_labels,
+    merged_sizes,
+)
 from vmtr.tools import video as video_tools
 from vmtr.tools.select import first_turn_frames, select_segment
 
@@ -211,6 +217,13 @@ class SFTConfig(BaseModel):
         description="Weight of the auxiliary needle loss on the vision tower's merged tokens "
         "(`vmtr.policies.vision_aux`): each token's cell is classed by the needle colour and "
         "shape covering it, or none. 0 turns it off.",
+    )
+    frame_aux_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the frame-level needle loss: each image's merged tokens, "
+        "max-pooled, classed by the needle colour and shape the frame shows, or none. A cell "
+        "sees too little of a needle to tell its shape; a frame does. 0 turns it off.",
     )
     pretext_weight: float = Field(
         0.0,
@@ -731,7 +744,8 @@ def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[st
         ]
         batch[key] = torch.stack(rows)
     with_images = [e for e in examples if "pixel_values" in e]
-    for key in ("pixel_values", "image_grid_thw", "aux_colour", "aux_shape"):
+    images = ("pixel_values", "image_grid_thw", "aux_colour", "aux_shape")
+    for key in (*images, "aux_frame_colour", "aux_frame_shape"):
         if with_images and key in with_images[0]:
             batch[key] = torch.cat([e[key] for e in with_images])
     return batch
@@ -890,9 +904,11 @@ class SFTRecipe:
                 raise SFTError(f"{folder}: no annotations.json (generate one with `vmtr synth`)")
             loaded = load_video_mtr_json(path)
             settings = path.parent / "settings.json"
-            if self.cfg.vision_aux_weight > 0:
+            if self.cfg.vision_aux_weight > 0 or self.cfg.frame_aux_weight > 0:
                 if not settings.exists():
-                    raise SFTError(f"{folder}: no settings.json, which --vision-aux-weight needs")
+                    raise SFTError(
+                        f"{folder}: no settings.json, which the auxiliary vision losses need"
+                    )
                 size = int(json.loads(settings.read_text())["frame_size"])
                 self.frame_px.update((item.id, size) for item in loaded)
             items.extend(loaded)
@@ -925,7 +941,7 @@ class SFTRecipe:
     def _needle_heads(self, model: Any, source: Path) -> NeedleHeads | None:
         """The auxiliary vision heads (`vmtr.policies.vision_aux`), when asked for; a source
         checkpoint that trained them passes them on."""
-        if self.cfg.vision_aux_weight <= 0:
+        if self.cfg.vision_aux_weight <= 0 and self.cfg.frame_aux_weight <= 0:
             return None
         from vmtr.eval.synthetic import COLOURS, SHAPES
 
@@ -935,7 +951,8 @@ class SFTRecipe:
         if state_file.exists():
             state = torch.load(state_file, weights_only=False)
             if "needle_heads" in state:
-                heads.load_state_dict(state["needle_heads"])
+                # (checkpoints from before the frame-level heads lack them: those start at zero)
+                heads.load_state_dict(state["needle_heads"], strict=False)
         return heads.to(self.accelerator.device)
 
     def _cache_frames(self, items: Sequence[QAItem]) -> list[CachedItem]:
@@ -997,9 +1014,7 @@ class SFTRecipe:
                     with_close=self.cfg.answer_form in ("text", "needle"),
                 )
             if self.heads is not None and traj.frames:
-                example["aux_colour"], example["aux_shape"] = self._aux_labels(
-                    cached, traj, example
-                )
+                example.update(self._aux_labels(cached, traj, example))
             example["loss_weights"] = content_weights(
                 example["input_ids"],
                 example["labels"],
@@ -1014,11 +1029,13 @@ class SFTRecipe:
 
     def _aux_labels(
         self, cached: CachedItem, traj: Trajectory, example: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
+        """Cell-level and frame-level needle classes of the example's images."""
         from vmtr.eval.synthetic import COLOURS, SHAPES
 
-        return example_labels(
-            needles_of(cached.item),
+        needles = needles_of(cached.item)
+        colour, shape = example_labels(
+            needles,
             traj.frames,
             example["image_grid_thw"],
             self.processor.image_processor.merge_size,
@@ -1026,6 +1043,13 @@ class SFTRecipe:
             list(COLOURS),
             SHAPES,
         )
+        frame_colour, frame_shape = frame_labels(needles, traj.frames, list(COLOURS), SHAPES)
+        return {
+            "aux_colour": colour,
+            "aux_shape": shape,
+            "aux_frame_colour": frame_colour,
+            "aux_frame_shape": frame_shape,
+        }
 
     def micro_batches(
         self, examples: list[dict[str, torch.Tensor]]
@@ -1055,22 +1079,35 @@ class SFTRecipe:
             while self.step < cfg.steps:
                 examples, _ = self.batch_at(self.step)
                 total_weight = sum(float(e["loss_weights"].sum()) for e in examples)
-                loss_sum, aux_sum, tokens = 0.0, 0.0, 0
+                loss_sum, aux_sum, frame_sum, tokens = 0.0, 0.0, 0.0, 0
                 n_micro = math.ceil(len(examples) / cfg.micro_batch)
                 for batch in self.micro_batches(examples):
                     batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
                     labels = batch.pop("labels")
                     weights = batch.pop("loss_weights")
                     aux = batch.pop("aux_colour", None), batch.pop("aux_shape", None)
+                    frame_aux = (
+                        batch.pop("aux_frame_colour", None),
+                        batch.pop("aux_frame_shape", None),
+                    )
                     with self._capture() as merged:
                         out = self.model(**batch)
                     # Weighted sum over tokens / all weight of the step: a token-level mean.
                     loss = token_loss(out.logits, labels, "sum", weights) / max(1e-9, total_weight)
                     loss_sum += float(loss.detach())
                     if self.heads is not None and aux[0] is not None and merged:
-                        aux_loss = self.heads.loss(torch.cat(merged), *aux) / n_micro
-                        aux_sum += float(aux_loss.detach())
-                        loss = loss + cfg.vision_aux_weight * aux_loss
+                        tokens_seen = torch.cat(merged)
+                        if cfg.vision_aux_weight > 0:
+                            aux_loss = self.heads.loss(tokens_seen, *aux) / n_micro
+                            aux_sum += float(aux_loss.detach())
+                            loss = loss + cfg.vision_aux_weight * aux_loss
+                        if cfg.frame_aux_weight > 0:
+                            sizes = merged_sizes(
+                                batch["image_grid_thw"], self.processor.image_processor.merge_size
+                            )
+                            frame_loss = self.heads.frame_loss(tokens_seen, sizes, *frame_aux)
+                            frame_sum += float(frame_loss.detach()) / n_micro
+                            loss = loss + cfg.frame_aux_weight * frame_loss / n_micro
                     self.accelerator.backward(loss)
                     tokens += int(batch["attention_mask"].sum())
                 pretext_log = {}
@@ -1089,7 +1126,8 @@ class SFTRecipe:
                 record = {
                     "step": self.step,
                     "loss": round(loss_sum, 5),
-                    **({"vision_aux_loss": round(aux_sum, 5)} if self.heads is not None else {}),
+                    **({"vision_aux_loss": round(aux_sum, 5)} if cfg.vision_aux_weight else {}),
+                    **({"frame_aux_loss": round(frame_sum, 5)} if cfg.frame_aux_weight else {}),
                     **pretext_log,
                     "grad_norm": round(float(norm), 4),
                     "lr": self.scheduler.get_last_lr()[0],

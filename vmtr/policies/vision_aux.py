@@ -8,6 +8,10 @@ tokens already separate colours and shapes; the tiny model's tower learns only t
 language loss, a few content tokens per episode. This loss gives each merged token a direct
 target: which needle colour and shape (or none) covers its cell. The linear heads are training
 scaffolding, kept in the trainer state and never saved with the model.
+
+A cell sees only part of a needle, which is enough for its colour but not its shape: the cell
+loss leaves shapes near chance, while a head on each frame's max-pooled tokens (the frame-level
+loss, `frame_labels`) teaches the same tower shapes to 99 % (`scripts/shape_tower.py`).
 """
 
 from __future__ import annotations
@@ -77,29 +81,79 @@ def example_labels(
     return torch.cat(colour), torch.cat(shape)
 
 
+def frame_labels(
+    needles: Sequence[dict[str, Any]],
+    frames: Sequence[int],
+    colours: Sequence[str],
+    shapes: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour and shape class of the needle each image shows (``frames``: pool indices).
+
+    0 when it shows none; IGNORE when it shows two, which one pooled vector cannot name both.
+    """
+    colour, shape = [], []
+    for pool_index in frames:
+        shown = [n for n in needles if n["pool_index"] == pool_index]
+        if len(shown) == 1:
+            colour.append(1 + list(colours).index(shown[0]["colour"]))
+            shape.append(1 + list(shapes).index(shown[0]["shape"]))
+        else:
+            colour.append(0 if not shown else IGNORE)
+            shape.append(0 if not shown else IGNORE)
+    return torch.tensor(colour, dtype=torch.long), torch.tensor(shape, dtype=torch.long)
+
+
+def merged_sizes(grid_thw: torch.Tensor, merge: int) -> list[int]:
+    """Merged tokens per image, to split the tower's output back into images."""
+    return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Needle rows and empty rows (class 0) each count half, so the few needle rows are not
+    drowned by the many empty ones; IGNORE rows count nothing."""
+    total = logits.new_zeros(())
+    for part in (labels > 0, labels == 0):
+        if part.any():
+            total = total + 0.5 * nn.functional.cross_entropy(logits[part], labels[part])
+    return total
+
+
 class NeedleHeads(nn.Module):
-    """Linear colour and shape classifiers over merged visual tokens."""
+    """Linear colour and shape classifiers over merged visual tokens (one per cell) and over
+    each frame's max-pooled tokens."""
 
     def __init__(self, hidden: int, n_colours: int, n_shapes: int) -> None:
         super().__init__()
         self.colour = nn.Linear(hidden, n_colours + 1)
         self.shape = nn.Linear(hidden, n_shapes + 1)
+        self.frame_colour = nn.Linear(hidden, n_colours + 1)
+        self.frame_shape = nn.Linear(hidden, n_shapes + 1)
         # Zero init: the loss starts at chance and its first gradients reach only the heads, so
         # a fresh head does not jolt a trained tower (default init measured 6.3 against 3.6).
-        for layer in (self.colour, self.shape):
+        for layer in (self.colour, self.shape, self.frame_colour, self.frame_shape):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def loss(self, tokens: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-        """Class-balanced cross-entropy: needle cells and empty cells each count half, so the
-        few needle cells are not drowned by the many empty ones."""
-        total = tokens.new_zeros(())
-        for head, labels in ((self.colour, colour), (self.shape, shape)):
-            logits = head(tokens.float())
-            for part in (labels > 0, labels == 0):
-                if part.any():
-                    total = total + 0.5 * nn.functional.cross_entropy(logits[part], labels[part])
-        return total
+        """Cell level: each merged token against the needle covering its cell."""
+        tokens = tokens.float()
+        return balanced_cross_entropy(self.colour(tokens), colour) + balanced_cross_entropy(
+            self.shape(tokens), shape
+        )
+
+    def frame_loss(
+        self,
+        tokens: torch.Tensor,
+        sizes: Sequence[int],
+        colour: torch.Tensor,
+        shape: torch.Tensor,
+    ) -> torch.Tensor:
+        """Frame level: each image's merged tokens (``sizes`` of them, in order) max-pooled, as
+        `pooled_frames` pools them, against the needle the image shows."""
+        pooled = torch.stack([part.max(0).values for part in tokens.float().split(list(sizes))])
+        return balanced_cross_entropy(self.frame_colour(pooled), colour) + balanced_cross_entropy(
+            self.frame_shape(pooled), shape
+        )
 
 
 @contextmanager
@@ -123,6 +177,5 @@ def pooled_frames(visual: nn.Module, processor: Any, images: Sequence[Any]) -> t
     enc = processor.image_processor(images=list(images), return_tensors="pt")
     out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
     tokens = out.pooler_output if hasattr(out, "pooler_output") else out
-    merge = visual.spatial_merge_size**2
-    sizes = [int(t * h * w) // merge for t, h, w in enc["image_grid_thw"].tolist()]
+    sizes = merged_sizes(enc["image_grid_thw"], visual.spatial_merge_size)
     return torch.stack([part.max(0).values for part in tokens.split(sizes)])
