@@ -2,7 +2,7 @@
 
     python benchmarks/rl_ablation.py --start runs/tiny/13-needle/best \\
         --train runs/tiny/data/train-s1001 [--heldout runs/table/heldout-s5000] [--n 200] \\
-        [--steps 30] [--parallel 3] [--out runs/ablation-needle]
+        [--steps 30] [--parallel 3] [--out runs/ablation-needle] [--seed 0 [1 2 ...]]
 
 Every arm starts from the same warm-started checkpoint and runs the same `vmtr train rl` recipe
 (GRPO, same seed, same steps, same data), differing only in the reward:
@@ -16,16 +16,23 @@ retrieve rate and mean frames seen. Per-item results are JSONL files under ``--o
 resume from their checkpoints, so an interrupted ablation picks up where it stopped. The held-out
 set and the warm start's rows are the ones `synthetic_table.py --model START` makes, so the two
 tables share them.
+
+With several ``--seed`` values every arm runs once per seed (the prompts drawn and the sampling
+differ; ``OUT/seed-S/rl-ARM``) and a second table gives each arm's accuracy per seed, its mean,
+standard deviation and balanced mean: one RL seed moves an arm by more than the arms differ, so
+a claim needs the spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,7 +55,7 @@ ARMS = {
 MULTI = "multi-turn (16 + 8 + 8, 3 turns)"
 
 
-def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str]) -> list[str]:
+def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -84,33 +91,40 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str]) -> lis
         "--save-every",
         str(args.save_every),
         "--seed",
-        str(args.seed),
+        str(seed),
         *flags,
     ]
 
 
-def train_arms(args: argparse.Namespace) -> dict[str, Path]:
-    """Run the RL arms (``--parallel`` at a time, one thread each); return their checkpoints."""
+def arm_dir(out: Path, name: str, seed: int, several: bool) -> Path:
+    """Where an arm's run lives: ``OUT/rl-ARM``, under ``seed-S/`` when several seeds run."""
+    slug = name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
+    return (out / f"seed-{seed}" if several else out) / f"rl-{slug}"
+
+
+def train_arms(args: argparse.Namespace) -> dict[tuple[str, int], Path]:
+    """Run the RL arms of every seed (``--parallel`` at a time, one thread each); return their
+    checkpoints by (arm, seed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     checkpoints, pending = {}, []
-    for name, flags in ARMS.items():
-        slug = name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
-        run_dir = args.out / f"rl-{slug}"
-        checkpoints[name] = run_dir / f"checkpoint-{args.steps}"
-        if not (checkpoints[name] / "config.json").exists():
-            pending.append((name, run_dir, flags))
+    for seed in args.seed:
+        for name, flags in ARMS.items():
+            run_dir = arm_dir(args.out, name, seed, len(args.seed) > 1)
+            checkpoints[name, seed] = run_dir / f"checkpoint-{args.steps}"
+            if not (checkpoints[name, seed] / "config.json").exists():
+                pending.append((name, run_dir, flags, seed))
     running: list[tuple[str, subprocess.Popen]] = []
     while pending or running:
         while pending and len(running) < args.parallel:
-            name, run_dir, flags = pending.pop(0)
+            name, run_dir, flags, seed = pending.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
-            print(f"training arm: {name}", file=sys.stderr, flush=True)
+            print(f"training arm: {name} (seed {seed})", file=sys.stderr, flush=True)
             log = (run_dir / "train.log").open("a")
             running.append(
                 (
                     name,
                     subprocess.Popen(
-                        rl_command(args, run_dir, flags), env=env, stdout=log, stderr=log
+                        rl_command(args, run_dir, flags, seed), env=env, stdout=log, stderr=log
                     ),
                 )
             )
@@ -124,6 +138,28 @@ def train_arms(args: argparse.Namespace) -> dict[str, Path]:
                         f"error: RL arm '{name}' failed (exit {proc.returncode}); see its train.log"
                     )
     return checkpoints
+
+
+def seeds_markdown(warm: dict[str, Any], arms: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Each arm's multi-turn accuracy per RL seed, with mean, standard deviation and balanced
+    mean; the warm start (no RL, greedy) scores the same under every seed."""
+    seeds = sorted({seed for per_seed in arms.values() for seed in per_seed})
+    head = " | ".join(f"seed {seed}" for seed in seeds)
+    lines = [
+        f"| Arm | {head} | Mean | SD | Balanced, mean |",
+        "|---|" + "---:|" * (len(seeds) + 3),
+    ]
+    rows = {"warm start, multi-turn (no RL)": dict.fromkeys(seeds, warm), **arms}
+    for label, per_seed in rows.items():
+        accuracy = [per_seed[seed]["accuracy"] for seed in seeds]
+        balanced = [per_seed[seed]["letters"]["balanced_accuracy"] for seed in seeds]
+        spread = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
+        cells = " | ".join(f"{a:.1%}" for a in accuracy)
+        lines.append(
+            f"| {label} | {cells} | {statistics.mean(accuracy):.1%} | {spread:.1%} "
+            f"| {statistics.mean(balanced):.1%} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -147,7 +183,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--kl-coef", type=float, default=0.0)
     parser.add_argument("--ppo-epochs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="RL seed(s); each runs every arm."
+    )
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument(
         "--max-new-tokens", type=int, default=64, help="Reply limit of the RL rollouts."
@@ -174,12 +212,13 @@ def main() -> None:
         args.workers,
         args.eval_max_new_tokens,
     )
-    table = [chance_row(items)]
-    for setting in SETTINGS:
-        table.append(
-            summary_row([r for r in warm if r["setting"] == setting], f"warm start, {setting}")
-        )
-    for name, checkpoint in train_arms(args).items():
+    warm_rows = {
+        setting: summary_row([r for r in warm if r["setting"] == setting], f"warm start, {setting}")
+        for setting in SETTINGS
+    }
+    table = [chance_row(items), *warm_rows.values()]
+    by_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    for (name, seed), checkpoint in train_arms(args).items():
         rows, _ = evaluate_model(
             str(checkpoint),
             items,
@@ -188,15 +227,21 @@ def main() -> None:
             args.workers,
             args.eval_max_new_tokens,
         )
-        table.append(summary_row(rows, f"{name}, {MULTI}"))
+        label = f"{name}, {MULTI}" + (f", seed {seed}" if len(args.seed) > 1 else "")
+        table.append(summary_row(rows, label))
+        by_seed.setdefault(name, {})[seed] = table[-1]
     print(
         f"Held-out synthetic set: {len(items)} items ({args.heldout}); warm start {args.start}; "
         f"RL: GRPO, {args.steps} steps x {args.prompts} prompts x {args.samples} samples, "
-        f"lr {args.lr}, temperature {args.temperature}, seed {args.seed}; "
+        f"lr {args.lr}, temperature {args.temperature}, "
+        f"seed{'s' if len(args.seed) > 1 else ''} {', '.join(map(str, args.seed))}; "
         f"{time.perf_counter() - started:.0f} s.\n"
     )
     print(markdown(table))
     print()
+    if len(args.seed) > 1:
+        print(seeds_markdown(warm_rows[MULTI], by_seed))
+        print()
     for row in table:
         line = evidence_line(row)
         if line:

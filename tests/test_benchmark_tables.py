@@ -1,0 +1,34 @@
+"""The RL ablation's multi-seed table: per-seed cells, mean, spread and balanced mean."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import rl_ablation  # noqa: E402
+
+
+def row(accuracy: float, balanced: float) -> dict:
+    return {"accuracy": accuracy, "letters": {"balanced_accuracy": balanced}}
+
+
+def test_seeds_table_gives_each_arm_its_seeds_mean_and_spread() -> None:
+    arms = {"RL, gated": {2: row(0.20, 0.30), 0: row(0.30, 0.20), 1: row(0.25, 0.25)}}
+    lines = rl_ablation.seeds_markdown(row(0.255, 0.258), arms).splitlines()
+    assert lines[0] == "| Arm | seed 0 | seed 1 | seed 2 | Mean | SD | Balanced, mean |"
+    # the warm start takes no RL seed: the same figure under each, no spread
+    assert (
+        lines[2]
+        == "| warm start, multi-turn (no RL) | 25.5% | 25.5% | 25.5% | 25.5% | 0.0% | 25.8% |"
+    )
+    # seeds in order whatever order they finished in; sample SD of 30, 25, 20 is 5
+    assert lines[3] == "| RL, gated | 30.0% | 25.0% | 20.0% | 25.0% | 5.0% | 25.0% |"
+
+
+def test_several_seeds_put_each_seed_in_its_own_folder() -> None:
+    out = Path("runs/x")
+    name = "RL, gated bi-level reward"
+    assert rl_ablation.arm_dir(out, name, 0, False) == out / "rl-gated-bi-level-reward"
+    assert rl_ablation.arm_dir(out, name, 3, True) == out / "seed-3" / "rl-gated-bi-level-reward"
