@@ -1,18 +1,22 @@
-"""Where does reading a needle's colour fail: finding the needle, or what is found there?
+"""Where does reading a needle's colour or shape fail: finding the needle, what is found there,
+or carrying it to the word?
 
     python scripts/reading_anatomy.py --model runs/tiny/7-weighted/best \\
-        --data runs/table/heldout-s5000 [--items 200]
+        --data runs/table/heldout-s5000 [--items 200] [--attribute colour|shape] \\
+        [--wording frame-first|shape-first]
 
-Over the scripted multi-turn episodes of `vmtr.policies.reading` (frame-first wording, "frame 37
-red circle"), at each colour word of a needle it reports:
-- top-1 accuracy of the colour word (as the reading check does);
-- per layer and head, the attention mass from the position that predicts the colour to the
+Over the scripted multi-turn episodes of `vmtr.policies.reading` (in the wording the model was
+taught: "frame 37 red circle" or "frame 37 circle in red"), at each colour (or shape) word of a
+needle it reports:
+- top-1 accuracy of the word (as the reading check does);
+- per layer and head, the attention mass from the position that predicts the word to the
   image tokens of the frame just named, against the mean other frame, and the share of that
   frame's mass on the merged-token cells the needle covers;
-- a linear probe (5-fold cross-validated) for the colour on the needle cells' hidden state entering each
-  layer: how much colour the attended tokens carry.
-High attention on the needle with a weak probe puts the failure in what the tokens carry; a
-strong probe with diffuse attention puts it in the routing.
+- linear probes (5-fold cross-validated) for the attribute on the needle cells' hidden state
+  entering each layer (how much the attended tokens carry) and on the hidden state of the
+  position that predicts the word (how much of it reached the reply).
+High attention on the needle with a weak cell probe puts the failure in what the tokens carry;
+a strong cell probe with a weak probe at the word puts it in the routing.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(TINY_DIR))
     parser.add_argument("--data", type=Path, default=Path("runs/table/heldout-s5000"))
     parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--attribute", choices=("colour", "shape"), default="colour")
+    parser.add_argument("--wording", choices=("frame-first", "shape-first"), default="frame-first")
     args = parser.parse_args()
     model = AutoModelForImageTextToText.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation="eager"
@@ -64,9 +70,11 @@ def main() -> None:
     text = model.config.text_config
     on_named = torch.zeros(text.num_hidden_layers, text.num_attention_heads)
     on_other, on_needle = torch.zeros_like(on_named), torch.zeros_like(on_named)
-    features, colours, hits, cell_share = [], [], 0, 0.0
+    features, at_word, labels, hits, cell_share = [], [], [], 0, 0.0
+    attribute = args.attribute
     frame_px = json.loads((args.data / "settings.json").read_text())["frame_size"]  # box units
-    for item, traj, inputs, targets in scripted_episodes(processor, items, cache, budget):
+    episodes = scripted_episodes(processor, items, cache, budget, wording=args.wording)
+    for item, traj, inputs, targets in episodes:
         out = model(**inputs, output_attentions=True, output_hidden_states=True)
         image_positions = (
             (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
@@ -77,8 +85,14 @@ def main() -> None:
         predicted = out.logits[0, :-1].argmax(-1)
         needles = {n["colour"]: n for n in item.extra["needles"]}
         for kind, i in reading_positions(targets, marks):
-            needle = needles.get(tok.decode([targets[i]]).strip()) if kind == "colour" else None
-            if needle is None:
+            if kind != attribute:
+                continue
+            word = tok.decode([targets[i]]).strip()
+            # the needle by its colour word: "red circle", or "circle in red"
+            after = i - 1 if args.wording == "frame-first" else i + 2
+            colour = word if attribute == "colour" else tok.decode([targets[after]]).strip()
+            needle = needles.get(colour)
+            if needle is None or needle[attribute] != word:
                 continue
             named = [
                 s for f, s in zip(traj.frames, spans, strict=True) if f == needle["pool_index"]
@@ -96,13 +110,16 @@ def main() -> None:
                 on_other[layer] += row[:, torch.cat(other)].sum(-1) / len(other)
                 on_needle[layer] += row[:, cells].sum(-1) / row[:, named[0]].sum(-1).clamp_min(1e-9)
             features.append(torch.stack([h[0, cells].mean(0) for h in out.hidden_states]))
-            colours.append(needle["colour"])
+            at_word.append(torch.stack([h[0, i] for h in out.hidden_states]))
+            labels.append(word)
             hits += int(predicted[i] == targets[i])
-    n = len(colours)
+    n = len(labels)
     if n == 0:
-        raise SystemExit("error: no needle colour word in these items' scripted episodes")
-    print(f"{n} needle colour words; top-1 {hits / n:.0%}")
-    print("attention at the colour word: named frame / mean other frame (ratio); share on needle")
+        raise SystemExit(f"error: no needle {attribute} word in these items' scripted episodes")
+    print(f"{n} needle {attribute} words; top-1 {hits / n:.0%}")
+    print(
+        f"attention at the {attribute} word: named frame / mean other frame (ratio); share on needle"
+    )
     print(f"(the needle covers {cell_share / n:.0%} of a frame's tokens)")
     for layer in range(on_named.shape[0]):
         heads = [
@@ -112,15 +129,19 @@ def main() -> None:
             for h in range(on_named.shape[1])
         ]
         print(f"layer {layer}: " + "  ".join(heads))
-    names = sorted(set(colours))
-    x, y = torch.stack(features), torch.tensor([names.index(c) for c in colours])
-    with torch.enable_grad():
-        probes = [probe_accuracy(x[:, k], y, len(names)) for k in range(x.shape[1])]
-    print(
-        "linear probe for the colour on the needle cells entering each layer (5-fold CV): "
-        + ", ".join(f"layer {k} {a:.0%}" for k, a in enumerate(probes[:-1]))
-        + f", after the last {probes[-1]:.0%}"
-    )
+    names = sorted(set(labels))
+    y = torch.tensor([names.index(c) for c in labels])
+    majority = max(labels.count(c) for c in names) / n
+    for where, rows in (("the needle cells", features), (f"the {attribute} word", at_word)):
+        x = torch.stack(rows)
+        with torch.enable_grad():
+            probes = [probe_accuracy(x[:, k], y, len(names)) for k in range(x.shape[1])]
+        print(
+            f"linear probe for the {attribute} on {where} entering each layer (5-fold CV; "
+            f"majority {majority:.0%}): "
+            + ", ".join(f"layer {k} {a:.0%}" for k, a in enumerate(probes[:-1]))
+            + f", after the last {probes[-1]:.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ def sft(
     needle_wording: Annotated[
         str,
         typer.Option(
-            help='frame-first ("frame 37 red circle") or colour-first ("red circle at frame 37").'
+            help='frame-first ("frame 37 red circle"), colour-first ("red circle at frame 37") '
+            'or shape-first ("frame 37 circle in red").'
         ),
     ] = "frame-first",
     answer_form: Annotated[

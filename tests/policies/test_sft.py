@@ -121,8 +121,11 @@ def test_needle_wording_changes_only_how_a_needle_is_named(cached) -> None:
     assert sft.describe_needles(needles, shown, "colour-first") == (
         "Seen: red circle at frame 12, blue square at frame 40."
     )
+    assert sft.describe_needles(needles, shown, "shape-first") == (
+        "Seen: frame 12 circle in red, frame 40 square in blue."
+    )
     c = cached[0]
-    for wording in ("colour-first", "frame-first"):
+    for wording in ("colour-first", "frame-first", "shape-first"):
         traj = sft.plan_trajectory(
             c.item, c.pool, sft.MULTI_TURN, random.Random(3), wording=wording
         )

@@ -72,11 +72,14 @@ SINGLE_16 = ProtocolSettings(max_turns=1)
 SINGLE_32 = ProtocolSettings(max_turns=1, first_turn_frames=32)
 
 
-NeedleWording = Literal["frame-first", "colour-first"]
-"""How a reply names a needle: "frame 37 red circle" (the bundled model's) or "red circle at
-frame 37". Colour first was tried as a way to let the colour be read off any saturated object
-rather than off the one frame just named; 300 steps of it from the warm start did not read
-colours better (README, "The tiny model")."""
+NeedleWording = Literal["frame-first", "colour-first", "shape-first"]
+"""How a reply names a needle: "frame 37 red circle" (the bundled model's), "red circle at
+frame 37" or "frame 37 circle in red". Colour first was tried as a way to let the colour be read
+off any saturated object rather than off the one frame just named; 300 steps of it from the warm
+start did not read colours better (README, "The tiny model"). Shape first asks for the shape
+where the frame-first model's attention already rests on the needle (right after the frame
+number); at the colour word, where frame-first asks for it, no head looks at the needle
+(`scripts/reading_anatomy.py --attribute shape`)."""
 
 AnswerForm = Literal["letter", "text", "bridge", "needle"]
 """How a scripted reply answers: by the option's letter ("C"); by its text (" yellow"), which
@@ -271,6 +274,8 @@ def describe_needles(
         return "Seen: no shapes."
     if wording == "colour-first":
         named = [f"{n['colour']} {n['shape']} at frame {n['pool_index']}" for n in visible]
+    elif wording == "shape-first":
+        named = [f"frame {n['pool_index']} {n['shape']} in {n['colour']}" for n in visible]
     else:
         named = [f"frame {n['pool_index']} {n['colour']} {n['shape']}" for n in visible]
     listed = ", ".join(named)
