@@ -749,8 +749,9 @@ def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[st
         ]
         batch[key] = torch.stack(rows)
     with_images = [e for e in examples if "pixel_values" in e]
-    images = ("pixel_values", "image_grid_thw", "aux_colour", "aux_shape")
-    for key in (*images, "aux_frame_colour", "aux_frame_shape"):
+    # image-side tensors: per patch, per image or per merged token, all in image order
+    concatenated = ("pixel_values", "image_grid_thw", "aux_colour", "aux_shape")
+    for key in (*concatenated, "aux_frame_colour", "aux_frame_shape"):
         if with_images and key in with_images[0]:
             batch[key] = torch.cat([e[key] for e in with_images])
     return batch
