@@ -89,8 +89,8 @@ def main() -> None:
                 continue
             word = tok.decode([targets[i]]).strip()
             # the needle by its colour word: "red circle", or "circle in red"
-            after = i - 1 if args.wording == "frame-first" else i + 2
-            colour = word if attribute == "colour" else tok.decode([targets[after]]).strip()
+            colour_at = i - 1 if args.wording == "frame-first" else i + 2
+            colour = word if attribute == "colour" else tok.decode([targets[colour_at]]).strip()
             needle = needles.get(colour)
             if needle is None or needle[attribute] != word:
                 continue

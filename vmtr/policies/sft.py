@@ -237,6 +237,11 @@ class SFTConfig(BaseModel):
     )
     pretext_batch: int = Field(32, ge=1, description="Rows of each pretext per step.")
 
+    @property
+    def needle_heads(self) -> bool:
+        """Whether either auxiliary vision loss is on (both train `NeedleHeads`)."""
+        return self.vision_aux_weight > 0 or self.frame_aux_weight > 0
+
 
 # ---------------------------------------------------------------------------------------------
 # Trajectories
@@ -749,9 +754,15 @@ def collate(examples: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[st
         ]
         batch[key] = torch.stack(rows)
     with_images = [e for e in examples if "pixel_values" in e]
-    # image-side tensors: per patch, per image or per merged token, all in image order
-    concatenated = ("pixel_values", "image_grid_thw", "aux_colour", "aux_shape")
-    for key in (*concatenated, "aux_frame_colour", "aux_frame_shape"):
+    # image-side tensors (per patch, per image or per merged token), all in image order
+    for key in (
+        "pixel_values",
+        "image_grid_thw",
+        "aux_colour",
+        "aux_shape",
+        "aux_frame_colour",
+        "aux_frame_shape",
+    ):
         if with_images and key in with_images[0]:
             batch[key] = torch.cat([e[key] for e in with_images])
     return batch
@@ -910,7 +921,7 @@ class SFTRecipe:
                 raise SFTError(f"{folder}: no annotations.json (generate one with `vmtr synth`)")
             loaded = load_video_mtr_json(path)
             settings = path.parent / "settings.json"
-            if self.cfg.vision_aux_weight > 0 or self.cfg.frame_aux_weight > 0:
+            if self.cfg.needle_heads:
                 if not settings.exists():
                     raise SFTError(
                         f"{folder}: no settings.json, which the auxiliary vision losses need"
@@ -947,7 +958,7 @@ class SFTRecipe:
     def _needle_heads(self, model: Any, source: Path) -> NeedleHeads | None:
         """The auxiliary vision heads (`vmtr.policies.vision_aux`), when asked for; a source
         checkpoint that trained them passes them on."""
-        if self.cfg.vision_aux_weight <= 0 and self.cfg.frame_aux_weight <= 0:
+        if not self.cfg.needle_heads:
             return None
         from vmtr.eval.synthetic import COLOURS, SHAPES
 

@@ -108,6 +108,11 @@ def merged_sizes(grid_thw: torch.Tensor, merge: int) -> list[int]:
     return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
 
 
+def max_pool_images(tokens: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """One vector per image: the max over its merged tokens (``sizes`` of them, in order)."""
+    return torch.stack([part.max(0).values for part in tokens.split(list(sizes))])
+
+
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Needle rows and empty rows (class 0) each count half, so the few needle rows are not
     drowned by the many empty ones; IGNORE rows count nothing."""
@@ -150,7 +155,7 @@ class NeedleHeads(nn.Module):
     ) -> torch.Tensor:
         """Frame level: each image's merged tokens (``sizes`` of them, in order) max-pooled, as
         `pooled_frames` pools them, against the needle the image shows."""
-        pooled = torch.stack([part.max(0).values for part in tokens.float().split(list(sizes))])
+        pooled = max_pool_images(tokens.float(), sizes)
         return balanced_cross_entropy(self.frame_colour(pooled), colour) + balanced_cross_entropy(
             self.frame_shape(pooled), shape
         )
@@ -177,5 +182,4 @@ def pooled_frames(visual: nn.Module, processor: Any, images: Sequence[Any]) -> t
     enc = processor.image_processor(images=list(images), return_tensors="pt")
     out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
     tokens = out.pooler_output if hasattr(out, "pooler_output") else out
-    sizes = merged_sizes(enc["image_grid_thw"], visual.spatial_merge_size)
-    return torch.stack([part.max(0).values for part in tokens.split(sizes)])
+    return max_pool_images(tokens, merged_sizes(enc["image_grid_thw"], visual.spatial_merge_size))
