@@ -129,6 +129,15 @@ def sft(
             "(copyable ranges; which labels is left to RL)."
         ),
     ] = False,
+    retrieve_aim: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of episodes whose scripted retrieves aim from the border frames the "
+            "reply named (the first-turn labels around them; never the needles). 0: none.",
+        ),
+    ] = 0.0,
     vision_aux_weight: Annotated[
         float,
         typer.Option(
@@ -178,6 +187,7 @@ def sft(
             keep_checkpoints=keep_checkpoints,
             retrieve_block=retrieve_block,
             retrieve_labels=retrieve_labels,
+            retrieve_aim=retrieve_aim,
             caption_share=caption_share,
             caption_frames=caption_frames,
             caption_content_loss=caption_content_loss,

@@ -405,6 +405,54 @@ def test_label_ranges_copy_first_turn_labels_and_never_aim(cached) -> None:
     assert hits > 0
 
 
+def test_aimed_ranges_bracket_the_named_border_with_first_turn_labels() -> None:
+    labels = [0, 4, 8, 13, 17, 21, 25, 29]
+    assert sft.aimed_range(labels, [17, 21], 0) == (17, 25)  # first border .. label after
+    assert sft.aimed_range(labels, [21, 17, 18, 19], 1) == (13, 17)  # label before .. first
+    assert sft.aimed_range(labels, [], 0) is None
+    assert sft.aimed_range(labels, [0, 4], 1) == (0, 0)  # nothing before the first label
+    assert sft.aimed_range(labels, [25, 29], 0) == (25, 29)  # nothing after the last
+
+
+def test_aimed_episodes_follow_the_border_not_the_needles(cached) -> None:
+    aimed = 0
+    for c in cached:
+        overview = first_turn_frames(len(c.pool), sft.MULTI_TURN.first_turn_frames)
+        cue = c.item.extra["cue_pool_indices"]
+        moved = dataclasses.replace(
+            c.item,
+            extra={
+                **c.item.extra,
+                "needles": [{**x, "pool_index": cue[1]} for x in c.item.extra["needles"]],
+            },
+        )
+        for seed in range(4):
+            traj = sft.plan_trajectory(
+                c.item, c.pool, sft.MULTI_TURN, random.Random(seed), aim=True
+            )
+            assert traj.aimed
+            seen: set[int] = set()
+            users = [m for m in traj.messages if m["role"] == "user"]
+            retrieves = 0
+            for user, action in zip(users, traj.actions, strict=False):
+                seen |= set(protocol.frames_in(user))
+                if isinstance(action, protocol.Retrieve):
+                    border = [i for i in seen if cue[0] <= i <= cue[1]]
+                    assert (action.start, action.end) == sft.aimed_range(
+                        overview, border, retrieves
+                    )
+                    retrieves += 1
+                    aimed += 1
+            # the first retrieve reads the border only: needles elsewhere leave it unchanged
+            other = sft.plan_trajectory(
+                moved, c.pool, sft.MULTI_TURN, random.Random(seed), aim=True
+            )
+            first, again = traj.actions[0], other.actions[0]
+            if isinstance(first, protocol.Retrieve) and isinstance(again, protocol.Retrieve):
+                assert (first.start, first.end) == (again.start, again.end)
+    assert aimed > 0
+
+
 def test_periodic_eval_keeps_the_best_model(data_dir: Path, tmp_path: Path) -> None:
     config = _config(data_dir, tmp_path, steps=2).model_copy(update={"eval_every": 1})
     recipe = sft.SFTRecipe(config, log=lambda _: None)
@@ -599,6 +647,10 @@ def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None
     assert not {"8", "1", "5"} & boosted  # the retrieve range's digits stay at weight 1
     assert weights[:2].tolist() == [0.0, 0.0]
     assert set(weights[2:].tolist()) <= {1.0, 5.0}
+    # aimed ranges were read off the border, so their digits count as content
+    aimed = sft.content_weights(ids, labels, content, 5.0, opening, closing, aimed=True)
+    words_at = {w.strip("Ġ ") for w, x in zip(words, aimed.tolist(), strict=True) if x == 5.0}
+    assert {"8", "1", "5"} <= words_at
 
 
 def test_weighted_token_loss_is_the_plain_one_when_weights_are_ones() -> None:

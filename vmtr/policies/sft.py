@@ -14,7 +14,9 @@ only. The labels are written to be honest about what the frames show:
   for colour and shape questions, every needle for order and count questions);
 - otherwise it retrieves a **random** range (or, with ``retrieve_labels``, the range between
   two first-turn frame labels picked at random): where to look is left for RL to learn, so the
-  warm start does not imitate an oracle;
+  warm start does not imitate an oracle. With ``retrieve_aim`` a share of episodes instead aim
+  from the border frames the reply has just named (`aimed_range`): a fixed rule on what was
+  seen, never on where the needles are, which RL can keep, sharpen or drop;
 - on the last turn without the evidence it must still answer; that reply says it guesses, and
   the option letter inside ``<answer>`` carries no loss (the format does), so the model is
   never trained to produce an answer it could not have known. With ``needle`` answers the guess
@@ -170,6 +172,14 @@ class SFTConfig(BaseModel):
         "(`label_range`) instead of a random range or block: RL then only has to learn which "
         "labels to copy.",
     )
+    retrieve_aim: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of protocol episodes whose retrieves aim from the border frames "
+        "they named (`aimed_range`) instead of the random rule; their range digits carry "
+        "the content weight. 0 leaves all aiming to RL.",
+    )
     caption_share: float = Field(
         0.0, ge=0, le=1, description="Share of examples that are short reading drills (captions)."
     )
@@ -255,6 +265,7 @@ class Trajectory:
     guesses: list[bool]  # per assistant reply: its answer letter carries no loss
     actions: list[protocol.Action]
     settings: ProtocolSettings
+    aimed: bool = False  # its retrieves follow `aimed_range` (their digits carry information)
 
     @property
     def frames(self) -> list[int]:
@@ -372,6 +383,29 @@ def label_range(rng: random.Random, labels: Sequence[int]) -> tuple[int, int]:
     return labels[first], labels[first + gap]
 
 
+def aimed_range(
+    labels: Sequence[int], border: Sequence[int], retrieves_done: int
+) -> tuple[int, int] | None:
+    """Where to look next from the border frames seen so far (None when none was seen).
+
+    The border (the cue) is one contiguous interval, and the first-turn frames ``labels`` that
+    bracket the frames seen inside it bound it. The first retrieve spans the first border frame
+    to the label after the last one, the second the label before the first border frame to it:
+    two copies of numbers the reply has just written, each paired with its neighbour among the
+    first-turn labels (a fixed lookup). On the README's held-out items the two retrieves show
+    every needle 92-93 % of the time, against 34 % for random ranges. It reads only which
+    frames showed the border, never the needles.
+    """
+    if not border:
+        return None
+    first, last = min(border), max(border)
+    if retrieves_done == 0:
+        after = [i for i in labels if i > last]
+        return first, after[0] if after else last
+    before = [i for i in labels if i < first]
+    return (before[-1] if before else first), first
+
+
 def plan_trajectory(
     item: QAItem,
     pool: Sequence[float],
@@ -383,8 +417,10 @@ def plan_trajectory(
     answer_form: AnswerForm = "letter",
     needle_guess: NeedleGuess = "random",
     retrieve_labels: bool = False,
+    aim: bool = False,
 ) -> Trajectory:
-    """Script one episode of ``item`` under ``settings`` (see the module docstring's rules).
+    """Script one episode of ``item`` under ``settings`` (see the module docstring's rules);
+    ``aim`` retrieves by `aimed_range` where a border was seen.
 
     Every reply is checked with `protocol.parse_reply` against the action it was written for.
     """
@@ -422,7 +458,12 @@ def plan_trajectory(
             expected: protocol.Action = protocol.Answer(letter or item.answer, "")
         else:
             guess = False
-            if retrieve_labels:
+            cue = item.extra.get("cue_pool_indices")
+            border = [i for i in seen if cue and cue[0] <= i <= cue[1]]
+            aimed = aimed_range(overview, border, len(actions)) if aim else None
+            if aimed is not None:
+                start, end = aimed
+            elif retrieve_labels:
                 start, end = label_range(rng, overview)
             else:
                 start, end = random_range(rng, n, retrieve_width, retrieve_block)
@@ -436,7 +477,7 @@ def plan_trajectory(
         if isinstance(action, protocol.Answer):
             break
         frames = select_segment(action.start, action.end, settings.frames_per_retrieve)
-    return Trajectory(messages, guesses, actions, settings)
+    return Trajectory(messages, guesses, actions, settings, aimed=aim)
 
 
 def _same_action(got: protocol.Action, want: protocol.Action) -> bool:
@@ -724,14 +765,16 @@ def content_weights(
     weight: float,
     retrieve_open: int,
     retrieve_close: int,
+    aimed: bool = False,
 ) -> torch.Tensor:
     """Per-token loss weights: ``weight`` on labelled content tokens, 1 on other labelled ones,
-    0 where there is no label. Tokens between ``<retrieve>`` and ``</retrieve>`` stay at 1: the
-    scripted ranges are random, so weighting their digits would only add noise.
+    0 where there is no label. Tokens between ``<retrieve>`` and ``</retrieve>`` stay at 1
+    unless the ranges were ``aimed``: random ranges' digits would only add noise.
     """
     weights = (labels != IGNORE).float()
-    inside = between_tags(ids, retrieve_open, retrieve_close)
-    boost = torch.isin(labels, content_ids) & ~inside
+    boost = torch.isin(labels, content_ids)
+    if not aimed:
+        boost &= ~between_tags(ids, retrieve_open, retrieve_close)
     return torch.where(boost, weights * weight, weights)
 
 
@@ -1004,6 +1047,8 @@ class SFTRecipe:
                     only = self.content_ids
             else:
                 settings = pick_settings(rng, self.cfg.single_turn_share)
+                # (no draw when off, so runs without aiming keep their data stream)
+                aim = self.cfg.retrieve_aim > 0 and rng.random() < self.cfg.retrieve_aim
                 traj = plan_trajectory(
                     cached.item,
                     cached.pool,
@@ -1015,6 +1060,7 @@ class SFTRecipe:
                     self.cfg.answer_form,
                     self.cfg.needle_guess,
                     self.cfg.retrieve_labels,
+                    aim,
                 )
             # guesses carry loss only as needle-form random letters (`trains_guesses`)
             trained = trains_guesses(self.cfg.answer_form, self.cfg.needle_guess)
@@ -1038,6 +1084,7 @@ class SFTRecipe:
                 self.content_ids,
                 self.cfg.content_weight if only is None else 1.0,
                 *self.retrieve_tags,
+                traj.aimed,
             )
             examples.append(example)
             cached.release()
