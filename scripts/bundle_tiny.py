@@ -1,12 +1,13 @@
 """Copy a trained tiny model into vmtr/assets/tiny with a vmtr_tiny.json that says how it was
 made and what it scored (the last step of scripts/train_tiny.sh).
 
-    python scripts/bundle_tiny.py FINAL WARM
+    python scripts/bundle_tiny.py FINAL WARM [--aimed]
 
 FINAL is the model to bundle, holding the ``heldout.json`` that `benchmarks/synthetic_table.py
 --json-out` wrote for it; WARM is the supervised warm start it was trained from (a ``best/``
 folder's ``vmtr_best.json``, or a ``final/`` folder's run ``report.json``, gives its step and
-held-out check). The description is written from those measurements,
+held-out check); ``--aimed`` says the warm start's last stages scripted aimed retrieves
+(`vmtr train sft --retrieve-aim`). The description is written from those measurements,
 so it never states a figure the bundled weights did not score.
 """
 
@@ -38,7 +39,15 @@ ANSWER_FORMS = {
 """What the model card adds for a model trained with `vmtr train sft --answer-form`."""
 
 
-def describe(params: int, report: dict[str, Any]) -> str:
+AIMED = (
+    " Three more supervised stages then scripted its retrieves from the border frames its "
+    "reply named (the first-turn labels around them, never the needles' frames), and GRPO ran "
+    "once more."
+)
+"""What the model card adds for a warm start trained with `vmtr train sft --retrieve-aim`."""
+
+
+def describe(params: int, report: dict[str, Any], aimed: bool = False) -> str:
     """The model card's one paragraph, from the held-out table and reading check."""
     rows = {row["setting"].split(" (")[0]: row for row in report["rows"]}
     multi, single = rows["multi-turn"], rows["single-turn, 16 uniform frames"]
@@ -52,7 +61,10 @@ def describe(params: int, report: dict[str, Any]) -> str:
         "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
         "the oracle's; protocol episodes, reading drills, protocol episodes with the loss on "
         "what replies read weighted up, and an auxiliary needle loss on the vision tower), then "
-        "GRPO with the gated bi-level reward." + ANSWER_FORMS.get(form, "") + " On "
+        "GRPO with the gated bi-level reward."
+        + ANSWER_FORMS.get(form, "")
+        + (AIMED if aimed else "")
+        + " On "
         f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
         f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving in "
         f"{multi['retrieve_rate']:.0%} of episodes) and {single['accuracy']:.0%} from 16 uniform "
@@ -95,7 +107,8 @@ def warm_check(warm: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    final, warm = Path(sys.argv[1]), Path(sys.argv[2])
+    args = [a for a in sys.argv[1:] if a != "--aimed"]
+    final, warm, aimed = Path(args[0]), Path(args[1]), "--aimed" in sys.argv[1:]
     report = json.loads((final / "heldout.json").read_text())
     warm_best = warm_check(warm)
     shutil.rmtree(TINY_DIR, ignore_errors=True)
@@ -105,7 +118,7 @@ def main() -> None:
     reading = report["reading"]
     info = {
         "trained": True,
-        "description": describe(params, report),
+        "description": describe(params, report, aimed),
         "recipe": "scripts/train_tiny.sh",
         "answer_form": report.get("answer_form", "letter"),
         "warm_start": {

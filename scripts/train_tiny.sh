@@ -12,15 +12,16 @@
 #      is how the bundled model was made, by watching held-out reading;
 #   3. GRPO with the gated bi-level reward (`vmtr train rl`, 30 steps) from the warm start;
 #   4. two more `vmtr train sft` stages with needle answers (--answer-form needle: the answer
-#      repeats the needle the reading named, which the parser maps to its option), then GRPO
-#      with the gated bi-level reward again (30 steps);
-#   5. the README's held-out table for the result, then the model, with vmtr_tiny.json saying
+#      repeats the needle the reading named, which the parser maps to its option);
+#   5. three more with aimed retrieves (from the border frames the reply named), then GRPO with
+#      the gated bi-level reward again (30 steps);
+#   6. the README's held-out table for the result, then the model, with vmtr_tiny.json saying
 #      how it was made and what it scored, copied into vmtr/assets/tiny.
-# Retrieves are scripted as random aligned 8-frame blocks (never the oracle's range): free random
-# ranges left greedy decoding writing malformed ranges ("2, 4, 4").
+# Until stage 14 retrieves are scripted as random aligned 8-frame blocks (never the oracle's
+# range): free random ranges left greedy decoding writing malformed ranges ("2, 4, 4").
 # Data, checkpoints and logs stay under RUN (git-ignored). Re-running skips finished stages; an
 # interrupted stage continues from its last checkpoint.
-# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core for about 3.5 hours,
+# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core for about 4 hours,
 # then two for the RL stages and the table, about 70 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,13 +136,30 @@ stage 13-needle 12-needle/checkpoints/step-000300 200 200 "${NEEDLE[@]}" --lr 3e
   --eval-every 100
 WARM="$RUN/13-needle/best"
 
-# 14. RL again, from the needle warm start (the README's ablation, `--start "$WARM"`).
-rl_stage 14-rl "$WARM"
-FINAL="$RUN/14-rl/checkpoint-$RL_STEPS"
+# 14-16. Aimed retrieves (--retrieve-aim 1, session 13): the scripted retrieves span the first
+# border frame the reply named to the first-turn label after the last one, then the label
+# before the first border frame to it (never the needles' frames), so the warm start learns to
+# look where the border was; random blocks showed every needle in a third of the held-out
+# items, these in three quarters. Each stage has more multi-turn protocol episodes than the last
+# (fewer drills and one-turn budgets).
+AIM=("${FIVE[@]}" --batch-size 8 --warmup 10 --retrieve-block 8 --content-weight 10
+  --vision-aux-weight 1 --caption-frames 8 --caption-content-loss --answer-form needle
+  --retrieve-aim 1 --lr 3e-4 --eval-every 100)
+stage 14-aim 13-needle/best 300 300 "${AIM[@]}" --caption-share 0.5 --answer-share 0.25 \
+  --seed 51
+stage 15-aim 14-aim/checkpoints/step-000300 400 400 "${AIM[@]}" --caption-share 0.25 \
+  --answer-share 0.1 --single-turn-share 0.2 --seed 53
+stage 16-aim 15-aim/checkpoints/step-000400 400 400 "${AIM[@]}" --caption-share 0.1 \
+  --answer-share 0.05 --single-turn-share 0.1 --seed 55
+WARM="$RUN/16-aim/final"
 
-# 15. The README's held-out table and reading check for the final model, kept beside it.
+# 17. RL from the aimed warm start (the README's ablation, `--start "$WARM"`).
+rl_stage 17-rl "$WARM"
+FINAL="$RUN/17-rl/checkpoint-$RL_STEPS"
+
+# 18. The README's held-out table and reading check for the final model, kept beside it.
 python benchmarks/synthetic_table.py --model "$FINAL" --workers 2 --json-out "$FINAL/heldout.json" \
   --answer-form needle
 
-python scripts/bundle_tiny.py "$FINAL" "$WARM"
+python scripts/bundle_tiny.py "$FINAL" "$WARM" --aimed
 du -sh "$(python -c 'from vmtr.models.tiny import TINY_DIR; print(TINY_DIR)')"

@@ -65,6 +65,14 @@ def sft(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of short reading drills among examples."),
     ] = 0.0,
+    single_turn_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of protocol episodes with a one-turn budget (half 16, half 32 frames).",
+        ),
+    ] = 0.5,
     caption_frames: Annotated[
         int, typer.Option(min=1, help="Consecutive frames in a reading drill.")
     ] = 8,
@@ -189,6 +197,7 @@ def sft(
             retrieve_labels=retrieve_labels,
             retrieve_aim=retrieve_aim,
             caption_share=caption_share,
+            single_turn_share=single_turn_share,
             caption_frames=caption_frames,
             caption_content_loss=caption_content_loss,
             answer_share=answer_share,
