@@ -34,7 +34,7 @@ ANSWER_FORMS = {
     '("so green is D."), then it answers with the letter.',
     "needle": " Two more supervised stages then taught it to answer with the needle it read "
     '("blue cross", or a number for counts; the parser maps that to the one option it names, '
-    "and it guesses a letter when it saw none), and GRPO ran again.",
+    "and it guesses a letter when it saw none).",
 }
 """What the model card adds for a model trained with `vmtr train sft --answer-form`."""
 
@@ -42,8 +42,10 @@ ANSWER_FORMS = {
 AIMED = (
     " Three more supervised stages then scripted its retrieves from the border frames its "
     "reply named (the first-turn labels around them, never the needles' frames), and GRPO ran "
-    "once more."
+    "once more, with the answer reward only at lr 3e-5 (from that warm start the gated reward, "
+    "and lr 1e-4, lost accuracy)."
 )
+NOT_AIMED = " GRPO with the gated bi-level reward then ran again."
 """What the model card adds for a warm start trained with `vmtr train sft --retrieve-aim`."""
 
 
@@ -63,7 +65,7 @@ def describe(params: int, report: dict[str, Any], aimed: bool = False) -> str:
         "what replies read weighted up, and an auxiliary needle loss on the vision tower), then "
         "GRPO with the gated bi-level reward."
         + ANSWER_FORMS.get(form, "")
-        + (AIMED if aimed else "")
+        + (AIMED if aimed else NOT_AIMED if form == "needle" else "")
         + " On "
         f"{multi['n']} held-out {held['minutes']:g}-minute videos (seed {held['seed']}) it "
         f"answers {multi['accuracy']:.0%} multi-turn ({multi['turns']:.1f} turns, retrieving in "
