@@ -13,9 +13,9 @@ so it never states a figure the bundled weights did not score.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,11 @@ AIMED = (
     "once more, with the answer reward only at lr 3e-5 (from that warm start the gated reward, "
     "and lr 1e-4, lost accuracy)."
 )
+"""What the model card adds for a warm start trained with `vmtr train sft --retrieve-aim` (the
+last RL stage of scripts/train_tiny.sh)."""
+
 NOT_AIMED = " GRPO with the gated bi-level reward then ran again."
-"""What the model card adds for a warm start trained with `vmtr train sft --retrieve-aim`."""
+"""The last step of a needle-answer model without aimed stages (sessions 10-12)."""
 
 
 def describe(params: int, report: dict[str, Any], aimed: bool = False) -> str:
@@ -109,8 +112,12 @@ def warm_check(warm: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--aimed"]
-    final, warm, aimed = Path(args[0]), Path(args[1]), "--aimed" in sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("final", type=Path)
+    parser.add_argument("warm", type=Path)
+    parser.add_argument("--aimed", action="store_true")
+    args = parser.parse_args()
+    final, warm, aimed = args.final, args.warm, args.aimed
     report = json.loads((final / "heldout.json").read_text())
     warm_best = warm_check(warm)
     shutil.rmtree(TINY_DIR, ignore_errors=True)

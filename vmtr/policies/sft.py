@@ -460,9 +460,9 @@ def plan_trajectory(
             guess = False
             cue = item.extra.get("cue_pool_indices")
             border = [i for i in seen if cue and cue[0] <= i <= cue[1]]
-            aimed = aimed_range(overview, border, len(actions)) if aim else None
-            if aimed is not None:
-                start, end = aimed
+            target = aimed_range(overview, border, len(actions)) if aim else None
+            if target is not None:
+                start, end = target
             elif retrieve_labels:
                 start, end = label_range(rng, overview)
             else:
