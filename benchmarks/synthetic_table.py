@@ -18,6 +18,7 @@ use more than one core well).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import sys
@@ -232,9 +233,14 @@ def evaluate_model(
 
 def model_tag(model: str) -> str:
     """A results-file tag naming ``model`` by its whole path, so that two checkpoints both
-    called ``best`` never share (and resume from) each other's rows."""
+    called ``best`` never share (and resume from) each other's rows. ``tiny`` names whatever
+    model is bundled, so its tag adds a fingerprint of the weights: a re-bundled model must not
+    resume from its predecessor's rows."""
     if model == "tiny":
-        return "tiny"
+        from vmtr.models.tiny import TINY_DIR
+
+        weights = hashlib.sha1((Path(TINY_DIR) / "model.safetensors").read_bytes()).hexdigest()
+        return f"tiny-{weights[:10]}"
     return "-".join(p for p in Path(model).parts if p not in ("/", "..", "."))
 
 

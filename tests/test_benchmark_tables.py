@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import rl_ablation  # noqa: E402
+import synthetic_table  # noqa: E402
 
 
 def row(accuracy: float, balanced: float) -> dict:
@@ -32,3 +33,12 @@ def test_several_seeds_put_each_seed_in_its_own_folder() -> None:
     name = "RL, gated bi-level reward"
     assert rl_ablation.arm_dir(out, name, 0, False) == out / "rl-gated-bi-level-reward"
     assert rl_ablation.arm_dir(out, name, 3, True) == out / "seed-3" / "rl-gated-bi-level-reward"
+
+
+def test_results_tags_tell_models_apart() -> None:
+    # two checkpoints with the same last folder name get their own files
+    assert synthetic_table.model_tag("runs/a/best") != synthetic_table.model_tag("runs/b/best")
+    # the bundled model's tag carries its weights' fingerprint, not just the word "tiny"
+    tag = synthetic_table.model_tag("tiny")
+    assert tag.startswith("tiny-") and len(tag) == len("tiny-") + 10
+    assert tag == synthetic_table.model_tag("tiny")
