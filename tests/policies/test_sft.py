@@ -430,7 +430,6 @@ def test_aimed_episodes_follow_the_border_not_the_needles(cached) -> None:
             traj = sft.plan_trajectory(
                 c.item, c.pool, sft.MULTI_TURN, random.Random(seed), aim=True
             )
-            assert traj.aimed
             seen: set[int] = set()
             users = [m for m in traj.messages if m["role"] == "user"]
             retrieves = 0
@@ -443,6 +442,8 @@ def test_aimed_episodes_follow_the_border_not_the_needles(cached) -> None:
                     )
                     retrieves += 1
                     aimed += 1
+            # flagged aimed exactly when a retrieve was (so only aimed digits get the weight)
+            assert traj.aimed == (retrieves > 0)
             # the first retrieve reads the border only: needles elsewhere leave it unchanged
             other = sft.plan_trajectory(
                 moved, c.pool, sft.MULTI_TURN, random.Random(seed), aim=True

@@ -265,7 +265,7 @@ class Trajectory:
     guesses: list[bool]  # per assistant reply: its answer letter carries no loss
     actions: list[protocol.Action]
     settings: ProtocolSettings
-    aimed: bool = False  # its retrieves follow `aimed_range` (their digits carry information)
+    aimed: bool = False  # a retrieve followed `aimed_range` (its digits carry information)
 
     @property
     def frames(self) -> list[int]:
@@ -298,6 +298,11 @@ def describe_needles(
     return f"Seen: {listed}."
 
 
+def border_frames(cue: Sequence[int] | None, seen: set[int]) -> list[int]:
+    """The frames shown so far that carried the border (the cue ``[first, last]``), in order."""
+    return sorted(i for i in seen if cue[0] <= i <= cue[1]) if cue else []
+
+
 def describe_border(cue: Sequence[int] | None, seen: set[int]) -> str:
     """Where the border (the cue) showed among the frames shown so far; empty if unknown.
 
@@ -306,7 +311,7 @@ def describe_border(cue: Sequence[int] | None, seen: set[int]) -> str:
     """
     if not cue:
         return ""
-    framed = sorted(i for i in seen if cue[0] <= i <= cue[1])
+    framed = border_frames(cue, seen)
     if not framed:
         return "No border. "
     if len(framed) == 1:
@@ -435,6 +440,7 @@ def plan_trajectory(
     seen: set[int] = set()
     guesses: list[bool] = []
     actions: list[protocol.Action] = []
+    aimed = False  # whether a retrieve followed `aimed_range` (not the random fallback)
     for turn in range(1, settings.max_turns + 1):
         messages.append(
             protocol.user_message(
@@ -458,11 +464,11 @@ def plan_trajectory(
             expected: protocol.Action = protocol.Answer(letter or item.answer, "")
         else:
             guess = False
-            cue = item.extra.get("cue_pool_indices")
-            border = [i for i in seen if cue and cue[0] <= i <= cue[1]]
+            border = border_frames(item.extra.get("cue_pool_indices"), seen)
             target = aimed_range(overview, border, len(actions)) if aim else None
             if target is not None:
                 start, end = target
+                aimed = True
             elif retrieve_labels:
                 start, end = label_range(rng, overview)
             else:
@@ -477,7 +483,7 @@ def plan_trajectory(
         if isinstance(action, protocol.Answer):
             break
         frames = select_segment(action.start, action.end, settings.frames_per_retrieve)
-    return Trajectory(messages, guesses, actions, settings, aimed=aim)
+    return Trajectory(messages, guesses, actions, settings, aimed=aimed)
 
 
 def _same_action(got: protocol.Action, want: protocol.Action) -> bool:
