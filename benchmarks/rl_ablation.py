@@ -51,7 +51,11 @@ ARMS = {
     "RL, answer reward only": ["--no-frame-reward"],
     "RL, gated bi-level reward": [],
     "RL, bi-level reward, no gate": ["--no-gate"],
+    # not one of the paper's arms: the code's frame term under the paper's gate, which leaves a
+    # wrong answer nothing for taking more turns (see vmtr.policies.rewards)
+    "RL, gated bi-level reward, format gated too": ["--gate-format"],
 }
+PAPER_ARMS = list(ARMS)[:3]
 MULTI = "multi-turn (16 + 8 + 8, 3 turns)"
 
 
@@ -96,10 +100,14 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
     ]
 
 
+def arm_slug(name: str) -> str:
+    """An arm's short name, as its folder and ``--arms`` spell it: "answer-reward-only"."""
+    return name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
+
+
 def arm_dir(out: Path, name: str, seed: int, several: bool) -> Path:
     """Where an arm's run lives: ``OUT/rl-ARM``, under ``seed-S/`` when several seeds run."""
-    slug = name.split(",", 1)[1].strip().replace(" ", "-").replace(",", "")
-    return (out / f"seed-{seed}" if several else out) / f"rl-{slug}"
+    return (out / f"seed-{seed}" if several else out) / f"rl-{arm_slug(name)}"
 
 
 def train_arms(args: argparse.Namespace) -> dict[tuple[str, int], Path]:
@@ -108,7 +116,8 @@ def train_arms(args: argparse.Namespace) -> dict[tuple[str, int], Path]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     checkpoints, pending = {}, []
     for seed in args.seed:
-        for name, flags in ARMS.items():
+        for name in args.arms:
+            flags = ARMS[name]
             run_dir = arm_dir(args.out, name, seed, len(args.seed) > 1)
             checkpoints[name, seed] = run_dir / f"checkpoint-{args.steps}"
             if not (checkpoints[name, seed] / "config.json").exists():
@@ -151,10 +160,13 @@ def seeds_markdown(warm: dict[str, Any], arms: dict[str, dict[int, dict[str, Any
     ]
     rows = {"warm start, multi-turn (no RL)": dict.fromkeys(seeds, warm), **arms}
     for label, per_seed in rows.items():
-        accuracy = [per_seed[seed]["accuracy"] for seed in seeds]
-        balanced = [per_seed[seed]["letters"]["balanced_accuracy"] for seed in seeds]
+        ran = [seed for seed in seeds if seed in per_seed]
+        accuracy = [per_seed[seed]["accuracy"] for seed in ran]
+        balanced = [per_seed[seed]["letters"]["balanced_accuracy"] for seed in ran]
         spread = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
-        cells = " | ".join(f"{a:.1%}" for a in accuracy)
+        cells = " | ".join(
+            f"{per_seed[seed]['accuracy']:.1%}" if seed in per_seed else "–" for seed in seeds
+        )
         lines.append(
             f"| {label} | {cells} | {statistics.mean(accuracy):.1%} | {spread:.1%} "
             f"| {statistics.mean(balanced):.1%} |"
@@ -198,8 +210,16 @@ def main() -> None:
         "start's rows and the README's table agree).",
     )
     parser.add_argument("--parallel", type=int, default=2, help="RL arms trained at once.")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[arm_slug(name) for name in ARMS],
+        default=[arm_slug(name) for name in PAPER_ARMS],
+        help="Arms to train and ask (default: the paper's three).",
+    )
     parser.add_argument("--workers", type=int, default=2, help="Evaluation processes.")
     args = parser.parse_args()
+    args.arms = [name for name in ARMS if arm_slug(name) in args.arms]
 
     items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
     started = time.perf_counter()

@@ -28,6 +28,27 @@ def test_seeds_table_gives_each_arm_its_seeds_mean_and_spread() -> None:
     assert lines[3] == "| RL, gated | 30.0% | 25.0% | 20.0% | 25.0% | 5.0% | 25.0% |"
 
 
+def test_an_arm_missing_a_seed_is_averaged_over_the_seeds_it_ran() -> None:
+    arms = {
+        "RL, gated": {0: row(0.30, 0.20), 1: row(0.20, 0.30)},
+        "RL, new arm": {1: row(0.40, 0.40)},
+    }
+    lines = rl_ablation.seeds_markdown(row(0.25, 0.25), arms).splitlines()
+    assert lines[4] == "| RL, new arm | – | 40.0% | 40.0% | 0.0% | 40.0% |"
+
+
+def test_arms_are_picked_by_their_folder_names() -> None:
+    assert rl_ablation.arm_slug("RL, answer reward only") == "answer-reward-only"
+    # the default arms are the paper's three; every arm has a folder of its own
+    assert [rl_ablation.arm_slug(name) for name in rl_ablation.PAPER_ARMS] == [
+        "answer-reward-only",
+        "gated-bi-level-reward",
+        "bi-level-reward-no-gate",
+    ]
+    slugs = [rl_ablation.arm_slug(name) for name in rl_ablation.ARMS]
+    assert len(set(slugs)) == len(slugs)
+
+
 def test_several_seeds_put_each_seed_in_its_own_folder() -> None:
     out = Path("runs/x")
     name = "RL, gated bi-level reward"

@@ -35,6 +35,15 @@ def rl(
     reward: Annotated[str, typer.Option(help="code or paper reward variant.")] = "code",
     frame_reward: Annotated[bool, typer.Option(help="Turn-level frame term (ablation).")] = True,
     gate: Annotated[bool, typer.Option(help="Gate turn rewards on a right answer.")] = True,
+    gate_format: Annotated[
+        bool | None,
+        typer.Option(
+            "--gate-format/--keep-format",
+            help="Whether the gate also removes a wrong answer's intermediate format terms (the "
+            "paper's gate); unset: the reward variant's own choice.",
+            show_default=False,
+        ),
+    ] = None,
     lora_rank: Annotated[int, typer.Option(min=0, help="> 0: train a LoRA adapter.")] = 0,
     quantization: Annotated[str, typer.Option(help="none, 4bit (QLoRA) or 8bit.")] = "none",
     save_every: Annotated[int, typer.Option(min=1)] = 50,
@@ -66,7 +75,9 @@ def rl(
             quantization=quantization,
             save_every=save_every,
             seed=seed,
-            reward=RewardSettings(variant=reward, use_frame_reward=frame_reward, gate=gate),
+            reward=RewardSettings(
+                variant=reward, use_frame_reward=frame_reward, gate=gate, gate_format=gate_format
+            ),
         )
         recipe = RLRecipe(data, out, model, settings)
         recipe.setup()

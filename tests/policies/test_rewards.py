@@ -53,6 +53,34 @@ def test_paper_variant():
     assert wrong.per_turn == pytest.approx([0.0, 0.1])
 
 
+def test_paper_gate_with_code_frame_term():
+    both = RewardSettings(gate_format=True)
+    right = trajectory_reward(
+        RETRIEVE_THEN_ANSWER, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=both
+    )
+    # a right answer is paid as under the code's variant: flat frame bonus, decayed answer
+    assert right.per_turn == pytest.approx([0.6, 1.0])
+    three_turns = [
+        TurnOutcome(valid=True, action="retrieve", seen_after=FIRST | {30}),
+        *RETRIEVE_THEN_ANSWER,
+    ]
+    for turns in (RETRIEVE_THEN_ANSWER, three_turns):
+        wrong = trajectory_reward(
+            turns, correct=False, relevant=RELEVANT, first_seen=FIRST, settings=both
+        )
+        # a wrong answer keeps only its final format term, however many turns it took
+        assert wrong.total == pytest.approx(0.1)
+    # and the paper's variant can keep the code's gate
+    kept = trajectory_reward(
+        RETRIEVE_THEN_ANSWER,
+        correct=False,
+        relevant=RELEVANT,
+        first_seen=FIRST,
+        settings=RewardSettings(variant="paper", gate_format=False),
+    )
+    assert kept.per_turn == pytest.approx([0.1, 0.1])
+
+
 def test_no_gate_pays_frames_without_a_right_answer():
     r = trajectory_reward(
         RETRIEVE_THEN_ANSWER,

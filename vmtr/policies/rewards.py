@@ -11,8 +11,11 @@ A trajectory earns, per turn k (1..K):
 
 The gate keeps intermediate rewards from paying off without a right answer. Code: a wrong-answer
 trajectory loses only its frame terms and keeps its format terms. Paper:
-``1[R_acc > 0] * sum_{k<K} (R_fms + R_fmt) + R_acc + R_fmt^K``, so it loses both. Each turn's
-reward belongs on the last token of that turn's reply (see `advantages.py`).
+``1[R_acc > 0] * sum_{k<K} (R_fms + R_fmt) + R_acc + R_fmt^K``, so it loses both.
+``gate_format`` picks the gate apart from the frame term's form. Under the code's gate a wrong
+answer still earns 0.1 a turn, which the answer's turn decay does not offset, so every wrong
+answer pays for taking more turns; the paper's gate pays a wrong answer 0.1 whatever its length.
+Each turn's reward belongs on the last token of that turn's reply (see `advantages.py`).
 
 `exploration_bonus` is the code's batch-level bootstrapping: while few correct trajectories
 retrieve, the ones that did get extra intermediate reward.
@@ -39,6 +42,11 @@ class RewardSettings(BaseModel):
     turn_decay: float = Field(0.1, description="Answer reward lost per extra turn (code).")
     use_frame_reward: bool = Field(True, description="False: the 'answer only' ablation.")
     gate: bool = Field(True, description="False: the 'no gate' ablation.")
+    gate_format: bool | None = Field(
+        None,
+        description="Gate also removes a wrong answer's intermediate format terms (the paper's "
+        "gate); None: the variant's own choice.",
+    )
     exploration_bonus: bool = True
     explore_low: float = Field(0.5, description="Retrieve rate under which +bonus applies.")
     explore_very_low: float = Field(0.1, description="Retrieve rate under which +2x applies.")
@@ -110,7 +118,7 @@ def trajectory_reward(
         answer = 1.0 - s.turn_decay * last if s.variant == "code" else 1.0
     if s.gate and not answered:
         frames = [0.0] * len(turns)
-        if s.variant == "paper":
+        if s.gate_format if s.gate_format is not None else s.variant == "paper":
             fmt = [0.0] * last + fmt[last:]
     per_turn = [f + m for f, m in zip(fmt, frames, strict=True)]
     if per_turn:
