@@ -38,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_table import (  # noqa: E402
     SETTINGS,
+    breakdown_line,
     chance_row,
     evaluate_model,
     evidence_line,
+    item_kinds,
     load_items,
     markdown,
     model_tag,
@@ -224,6 +226,7 @@ def main() -> None:
     items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
     started = time.perf_counter()
     tag = model_tag(args.start)
+    kinds = item_kinds(items)
     warm, _ = evaluate_model(
         args.start,
         items,
@@ -233,7 +236,9 @@ def main() -> None:
         args.eval_max_new_tokens,
     )
     warm_rows = {
-        setting: summary_row([r for r in warm if r["setting"] == setting], f"warm start, {setting}")
+        setting: summary_row(
+            [r for r in warm if r["setting"] == setting], f"warm start, {setting}", kinds
+        )
         for setting in SETTINGS
     }
     table = [chance_row(items), *warm_rows.values()]
@@ -248,7 +253,7 @@ def main() -> None:
             args.eval_max_new_tokens,
         )
         label = f"{name}, {MULTI}" + (f", seed {seed}" if len(args.seed) > 1 else "")
-        table.append(summary_row(rows, label))
+        table.append(summary_row(rows, label, kinds))
         by_seed.setdefault(name, {})[seed] = table[-1]
     print(
         f"Held-out synthetic set: {len(items)} items ({args.heldout}); warm start {args.start}; "
@@ -263,9 +268,9 @@ def main() -> None:
         print(seeds_markdown(warm_rows[MULTI], by_seed))
         print()
     for row in table:
-        line = evidence_line(row)
-        if line:
-            print(line)
+        for line in (evidence_line(row), breakdown_line(row)):
+            if line:
+                print(line)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from vmtr.eval.report import evidence_sentence
-from vmtr.eval.scoring import evidence_split, letter_balance
+from vmtr.eval.scoring import breakdown, evidence_split, letter_balance
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
@@ -111,14 +111,21 @@ def load_items(folder: Path, n: int, seed: int, minutes: float) -> list[dict[str
             "answer": it.answer,
             "windows": it.relevant_windows,
             "extra": {"needles": it.extra["needles"]},
+            "kind": it.categories.get("kind"),
         }
         for it in items
     ]
 
 
-def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
-    """Accuracy, frames, turns, retrieve rate and invalid replies over ``rows`` (one setting)."""
+def summary_row(
+    rows: list[dict[str, Any]], label: str, kinds: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Accuracy, frames, turns, retrieve rate and invalid replies over ``rows`` (one setting);
+    ``kinds`` (item id -> question kind) adds accuracy per kind to the turns-taken breakdown."""
     n = len(rows)
+    categories = [
+        {"turns taken": r["turns"], **({"kind": kinds.get(r["id"])} if kinds else {})} for r in rows
+    ]
     return {
         "setting": label,
         "accuracy": sum(r["correct"] for r in rows) / n,
@@ -130,7 +137,24 @@ def summary_row(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
         "reads": [r["reads"] for r in rows if r.get("reads") is not None],
         "evidence": evidence_split(rows),
         "letters": letter_balance(rows, gold_key="truth", predicted_key="answer"),
+        "breakdown": breakdown(
+            {**r, "categories": c} for r, c in zip(rows, categories, strict=True)
+        ),
     }
+
+
+def breakdown_line(row: dict[str, Any]) -> str | None:
+    """Right answers per question kind and per number of turns taken, as a line under the
+    table: where a policy loses (a kind it cannot read, a turn it reads worse on)."""
+    groups = row.get("breakdown")
+    if not groups:
+        return None
+    parts = [
+        f"{key} "
+        + ", ".join(f"{value} {cell['correct']}/{cell['n']}" for value, cell in cells.items())
+        for key, cells in sorted(groups.items())
+    ]
+    return f"- {row['setting']}: right answers by " + "; by ".join(parts)
 
 
 def evidence_line(row: dict[str, Any]) -> str | None:
@@ -153,13 +177,18 @@ def chance_row(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def item_kinds(items: list[dict[str, Any]]) -> dict[str, str]:
+    """Item id -> question kind (colour, shape, order, count) of the held-out items."""
+    return {it["id"]: it["kind"] for it in items if it.get("kind")}
+
+
 def summarise(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One table row per setting, chance first."""
     table = [chance_row(items)]
     for setting in SETTINGS:
         mine = [r for r in rows if r["setting"] == setting]
         if mine:
-            table.append(summary_row(mine, setting))
+            table.append(summary_row(mine, setting, item_kinds(items)))
     return table
 
 
@@ -300,9 +329,9 @@ def main() -> None:
                 f"{sum(reads)}/{len(reads)} runs where a shape was shown ({sum(reads) / len(reads):.0%})"
             )
     for row in table:
-        line = evidence_line(row)
-        if line:
-            print(line)
+        for line in (evidence_line(row), breakdown_line(row)):
+            if line:
+                print(line)
     reading = None
     if not args.no_reading:
         reading = reading_check(

@@ -63,3 +63,28 @@ def test_results_tags_tell_models_apart() -> None:
     tag = synthetic_table.model_tag("tiny")
     assert tag.startswith("tiny-") and len(tag) == len("tiny-") + 10
     assert tag == synthetic_table.model_tag("tiny")
+
+
+def test_breakdown_line_counts_right_answers_per_kind_and_turns_taken() -> None:
+    def result(item: str, turns: int, correct: bool) -> dict:
+        return {
+            "id": item,
+            "status": "ok",
+            "turns": turns,
+            "correct": correct,
+            "frames": 16,
+            "invalid": 0,
+            "answer": "A",
+            "truth": "A" if correct else "B",
+            "saw_evidence": True,
+        }
+
+    rows = [result("a", 2, True), result("b", 3, False), result("c", 3, True)]
+    kinds = {"a": "colour", "b": "count", "c": "count"}
+    line = synthetic_table.breakdown_line(synthetic_table.summary_row(rows, "multi", kinds))
+    assert (
+        line == "- multi: right answers by kind colour 1/1, count 1/2; by turns taken 2 1/1, 3 1/2"
+    )
+    # without kinds (an old results file), the turns still split
+    line = synthetic_table.breakdown_line(synthetic_table.summary_row(rows, "multi"))
+    assert line == "- multi: right answers by turns taken 2 1/1, 3 1/2"
