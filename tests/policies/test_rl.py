@@ -119,12 +119,28 @@ def test_recipe_steps_checkpoints_and_resumes(data, tmp_path, algo):
     assert all("reward" in r and "kl" in r for r in rows)
     assert (tmp_path / "checkpoint-1" / "config.json").exists()
     assert (tmp_path / "metrics.png").exists()
+    episodes = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in episodes] == [1, 1]
+    for e in episodes:
+        # one reward per turn, and the turn-level terms add up to it
+        assert len(e["reward"]) == len(e["turns"]) == len(e["reward_format"])
+        parts = zip(e["reward_format"], e["reward_frames"], e["reward_bonus"], strict=True)
+        terms = [f + m + b for f, m, b in parts]
+        terms[-1] += e["reward_answer"]
+        assert e["reward"] == pytest.approx(terms)
+        assert all(t["reply"] is not None and t["action"] for t in e["turns"])
+    # a run that died after logging step 2 but before saving it: the resumed run logs step 2 once
+    for name in ("metrics.jsonl", "rollouts.jsonl"):
+        with (tmp_path / name).open("a") as f:
+            f.write(json.dumps({"step": 2, "stale": True}) + "\n")
     more = RLRecipe(data, tmp_path, "tiny", settings.model_copy(update={"steps": 2}))
     more.setup()
     assert more.step == 1
     more.train()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 2
+    assert [r["step"] for r in rows] == [1, 2] and "stale" not in rows[-1]
+    episodes = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in episodes] == [1, 1, 2, 2]
 
 
 @pytest.mark.slow

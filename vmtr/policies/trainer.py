@@ -3,6 +3,8 @@
 One recipe class, read top to bottom: `setup` (policy, frozen reference, critic, optimiser, data),
 `train` (per step: rollouts through the agent graph -> gated bi-level rewards -> advantages ->
 clipped policy loss + value loss + KL to the reference - entropy bonus), `save` / `resume`.
+Batch means go to ``metrics.jsonl``, every episode (replies, actions, reward terms per turn) to
+``rollouts.jsonl``; a resumed run drops the rows of steps it repeats.
 Settings default to Video-MTR's released run script (clip 0.2, entropy 0.001, KL 0.001, grad
 clip 1.0, actor lr 1e-6, critic lr 1e-5, rollout temperature 0.7, top-p 0.95, 512 new tokens,
 16 prompts x 2 samples); the tiny model needs a far larger learning rate.
@@ -208,8 +210,26 @@ class RLRecipe:
             if self.critic_optimizer is not None and "critic_optimizer" in state:
                 self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.step = state["step"]
+            # rows past the checkpoint came from steps that will run again
+            trim_log(self.rollouts_path(), self.step)
+            if self.acc.is_main_process:
+                trim_log(self.out / "metrics.jsonl", self.step)
             random.setstate(state["python_rng"])
             torch.set_rng_state(state["torch_rng"])
+
+    def rollouts_path(self) -> Path:
+        """This process's per-episode log (one file per process: episodes are not gathered)."""
+        rank = self.acc.process_index
+        return self.out / ("rollouts.jsonl" if rank == 0 else f"rollouts-rank{rank}.jsonl")
+
+    def log_rollouts(self, trajectories: list[Trajectory]) -> None:
+        """One line per episode of the step about to be trained on: its replies, actions and
+        reward terms per turn, so a drift (to more turns, to one letter) can be traced to the
+        episodes and rewards that drove it; metrics.jsonl only has batch means."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with self.rollouts_path().open("a") as f:
+            for traj in trajectories:
+                f.write(json.dumps(rollout_record(self.step + 1, traj)) + "\n")
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -241,6 +261,7 @@ class RLRecipe:
                 generation=gen,
             )
         stats = score(trajectories, self.by_id, self.s.reward)
+        self.log_rollouts(trajectories)
         rollout_seconds = time.perf_counter() - started
         self.policy.train()
         losses = self.update(trajectories)
@@ -401,6 +422,40 @@ class RLRecipe:
 
             shutil.rmtree(folder)
         tmp.rename(folder)
+
+
+def rollout_record(step: int, traj: Trajectory) -> dict[str, Any]:
+    """An episode as `rollouts.jsonl` keeps it (no tensors)."""
+    reward = traj.reward
+    return {
+        "step": step,
+        "item": traj.item_id,
+        "group": traj.group,
+        "answer": traj.answer,
+        "correct": traj.correct,
+        "turns": [
+            {"action": t["action"], "reply": t["raw"], "frames": t["frames"]} for t in traj.turns
+        ],
+        "reward": reward.per_turn if reward else None,
+        "reward_answer": reward.answer if reward else None,
+        "reward_format": reward.format if reward else None,
+        "reward_frames": reward.frames if reward else None,
+        "reward_bonus": reward.bonus if reward else None,
+    }
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the JSONL rows of steps after ``step`` (a run that stopped between checkpoints
+    logged steps the resumed run repeats); the file is replaced whole, never left half written."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def plot_metrics(log_path: Path, png: Path) -> None:
