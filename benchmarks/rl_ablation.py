@@ -1,18 +1,22 @@
 """The Video-MTR ablation in miniature: single-turn, warm start, and RL with three reward designs.
 
-    python benchmarks/rl_ablation.py --start runs/tiny/13-needle/best \\
+    python benchmarks/rl_ablation.py --start runs/tiny/16-aim/final \\
         --train runs/tiny/data/train-s1001 [--heldout runs/table/heldout-s5000] [--n 200] \\
-        [--steps 30] [--parallel 3] [--out runs/ablation-needle] [--seed 0 [1 2 ...]]
+        [--steps 30] [--lr 3e-5] [--parallel 3] [--out runs/ablation] [--seed 0 [1 2 ...]] \\
+        [--arms answer-reward-only gated-bi-level-reward ...]
 
 Every arm starts from the same warm-started checkpoint and runs the same `vmtr train rl` recipe
 (GRPO, same seed, same steps, same data), differing only in the reward:
 - answer only: ``--no-frame-reward`` (format + answer terms);
 - gated bi-level: the released code's reward (frame terms only count with a right answer);
-- bi-level without the gate: ``--no-gate``.
+- bi-level without the gate: ``--no-gate``;
+- and, not one of the paper's arms (``--arms`` picks it), the code's frame term under the
+  paper's gate (``--gate-format``: a wrong answer keeps only its final format term).
 The warm start is asked single-turn (16 and 32 uniform frames) and multi-turn, each RL checkpoint
 multi-turn, all greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
 evaluation (`vmtr.ask` in worker processes). It prints a Markdown table of accuracy, mean turns,
-retrieve rate and mean frames seen. Per-item results are JSONL files under ``--out`` and RL runs
+retrieve rate and mean frames seen, and under it each row's right answers by whether the
+needles were shown, by question kind and by turns taken. Per-item results are JSONL files under ``--out`` and RL runs
 resume from their checkpoints, so an interrupted ablation picks up where it stopped. The held-out
 set and the warm start's rows are the ones `synthetic_table.py --model START` makes, so the two
 tables share them.
@@ -188,7 +192,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, default=Path("runs/table/heldout-s5000"))
     parser.add_argument("--heldout-seed", type=int, default=5000)
     parser.add_argument("--heldout-minutes", type=float, default=2.0)
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation30"))
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--prompts", type=int, default=8)

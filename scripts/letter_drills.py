@@ -26,7 +26,7 @@ Two pretexts teach what every variant needs, finding a token by its identity:
 ``--pretext-steps`` runs the copy pretext alone first; the induction circuit appears after
 700-1,100 steps of it (a sudden drop in its loss).
 
-Measured (README, "The tiny model"): without the pretexts no variant learned the match in
+Measured (docs/tiny-model.md): without the pretexts no variant learned the match in
 200-1,000 steps; with the induction circuit, ``after`` is solved in 100 steps and ``bridge`` in
 100-300 once the lookup pretext is drawn after real questions. Count questions (options
 always 1-4 in order) are solved by all; order questions (every option ends "came first")

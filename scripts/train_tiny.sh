@@ -65,7 +65,7 @@ stage() {
 stage 1-protocol tiny 200 400 --data "$D/drill-s1100" --data "$D/drill-s1101" \
   --batch-size 8 --lr 5e-4 --warmup 30 --seed 1 --retrieve-block 8
 # 2-4. Reading drills (8, then 4, then 2 consecutive frames): naming the border frames is
-# learned here; naming the needles only starts to be (see the README).
+# learned here; naming the needles only starts to be (see docs/tiny-model.md).
 stage 2-read8 1-protocol 175 300 "${ALL[@]}" --batch-size 16 --lr 5e-4 --warmup 10 --seed 2 \
   --caption-share 1 --caption-frames 8
 stage 3-read4 2-read8 250 400 "${ALL[@]}" --batch-size 16 --lr 1e-3 --warmup 10 --seed 5 \

@@ -2,7 +2,7 @@
 
 Turning a reading ("green") into the option's letter ("D. green" -> D) needs a lookup by
 content. The tiny model did not find that circuit from answer drills alone in thousands of
-steps; two synthetic tasks teach it directly (README, "The tiny model"):
+steps; two synthetic tasks teach it directly (docs/tiny-model.md):
 
 - induction (`induction_batch`): a random sequence, filler, the same sequence again; the loss is
   on the repeat. Rows must not repeat a token (each has one earlier match): with repeats the

@@ -78,7 +78,7 @@ NeedleWording = Literal["frame-first", "colour-first", "shape-first"]
 """How a reply names a needle: "frame 37 red circle" (the bundled model's), "red circle at
 frame 37" or "frame 37 circle in red". Colour first was tried as a way to let the colour be read
 off any saturated object rather than off the one frame just named; 300 steps of it from the warm
-start did not read colours better (README, "The tiny model"). Shape first asks for the shape
+start did not read colours better (docs/tiny-model.md). Shape first asks for the shape
 where the frame-first model's attention already rests on the needle (right after the frame
 number); at the colour word, where frame-first asks for it, no head looks at the needle
 (`scripts/reading_anatomy.py --attribute shape`)."""
@@ -96,7 +96,7 @@ the question asks about as the reading named it (" yellow cross"; for counts the
 the parser maps to the one option it mentions: the answer is the same words for colour, shape
 and order questions, copied from the ``<think>`` just written, so the model never has to match
 a word to a letter or choose which word of its reading a question wants. Text-answer models
-answered that way unprompted (session 8). README, "The tiny model"."""
+answered that way unprompted (session 8); docs/tiny-model.md."""
 
 NeedleGuess = Literal["random", "masked"]
 """How a needle-form reply guesses: a random letter with loss (the default), or the answer's
