@@ -193,6 +193,9 @@ def test_two_processes_under_accelerate(data, tmp_path):
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # written by the main process only
     assert (tmp_path / "checkpoint-1" / "model.safetensors").exists()
+    # each process logs the episodes it rolled out: one prompt x two samples each
+    for name in ("rollouts.jsonl", "rollouts-rank1.jsonl"):
+        assert len((tmp_path / name).read_text().splitlines()) == 2
 
 
 @pytest.mark.slow
