@@ -226,7 +226,6 @@ class RLRecipe:
         """One line per episode of the step about to be trained on: its replies, actions and
         reward terms per turn, so a drift (to more turns, to one letter) can be traced to the
         episodes and rewards that drove it; metrics.jsonl only has batch means."""
-        self.out.mkdir(parents=True, exist_ok=True)
         with self.rollouts_path().open("a") as f:
             for traj in trajectories:
                 f.write(json.dumps(rollout_record(self.step + 1, traj)) + "\n")
