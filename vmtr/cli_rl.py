@@ -17,6 +17,13 @@ def rl(
         str, typer.Option(help="Start checkpoint: tiny, a folder or a hub id.")
     ] = "tiny",
     algo: Annotated[str, typer.Option(help="ppo (bi-level GAE + value head) or grpo.")] = "grpo",
+    credit: Annotated[
+        str,
+        typer.Option(
+            help="GRPO credit: trajectory (one advantage per episode) or turn (each turn's "
+            "reward-to-go against the group's episodes at the same turn)."
+        ),
+    ] = "trajectory",
     steps: Annotated[int, typer.Option(min=1)] = 500,
     prompts_per_step: Annotated[int, typer.Option(min=1)] = 16,
     samples_per_prompt: Annotated[int, typer.Option(min=1)] = 2,
@@ -60,6 +67,7 @@ def rl(
     with user_errors():
         settings = RLSettings(
             algo=algo,
+            credit=credit,
             steps=steps,
             prompts_per_step=prompts_per_step,
             samples_per_prompt=samples_per_prompt,

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from vmtr.policies.advantages import bilevel_gae, grpo_advantages, turn_level_gae
+from vmtr.policies.advantages import (
+    bilevel_gae,
+    grpo_advantages,
+    grpo_turn_advantages,
+    rewards_to_go,
+    turn_level_gae,
+)
 
 
 def test_turn_level_gae():
@@ -48,3 +54,30 @@ def test_grpo_group_normalised():
     assert adv == pytest.approx([expected, -expected, expected, -expected, 0.0], rel=1e-5)
     assert grpo_advantages([2.0, 2.0], [0, 0]) == [0.0, 0.0]
     assert grpo_advantages([1.0, 0.0], [0, 0], scale=False) == pytest.approx([0.5, -0.5])
+
+
+def test_rewards_to_go():
+    assert rewards_to_go([0.1, 0.2, 1.0]) == pytest.approx([1.3, 1.2, 1.0])
+    assert rewards_to_go([1.0, 1.0], gamma=0.5) == pytest.approx([1.5, 1.0])
+    assert rewards_to_go([]) == []
+
+
+def test_grpo_turn_advantages_by_hand():
+    # group 0: a right answer after a retrieve, a wrong one after a retrieve, a right one at once;
+    # group 1: one episode reached turn 2 alone
+    turn_rewards = [[0.1, 1.1], [0.1, 0.0], [1.0], [0.1, 1.1], [0.0]]
+    adv = grpo_turn_advantages(turn_rewards, [0, 0, 0, 1, 1])
+    totals = [1.2, 0.1, 1.0]
+    mean = sum(totals) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in totals) / 2)
+    first = [(x - mean) / std for x in totals]
+    # turn 1 is plain GRPO; turn 2 compares the two group-0 episodes that reached it (1.1 vs 0.0)
+    assert adv[0] == pytest.approx([first[0], 1 / math.sqrt(2)], rel=1e-5)
+    assert adv[1] == pytest.approx([first[1], -1 / math.sqrt(2)], rel=1e-5)
+    assert adv[2] == pytest.approx([first[2]], rel=1e-5)
+    # group 1: turn 1 is 1.2 against 0.0; the lone turn 2 keeps its turn-1 advantage
+    assert adv[3] == pytest.approx([1 / math.sqrt(2), 1 / math.sqrt(2)], rel=1e-5)
+    assert adv[4] == pytest.approx([-1 / math.sqrt(2)], rel=1e-5)
+    # the first turn always agrees with trajectory-level GRPO
+    plain = grpo_advantages([sum(r) for r in turn_rewards], [0, 0, 0, 1, 1])
+    assert [a[0] for a in adv] == pytest.approx(plain)

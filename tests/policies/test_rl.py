@@ -4,6 +4,7 @@ both advantage estimators, the update, checkpoints and resume."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,13 @@ from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import relevant_pool_indices, rollout, score
-from vmtr.policies.trainer import RLRecipe, RLSettings, model_inputs, token_logprobs
+from vmtr.policies.trainer import (
+    RLRecipe,
+    RLSettings,
+    model_inputs,
+    token_logprobs,
+    turn_token_advantages,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +105,24 @@ def test_relevant_pool_indices_nearest_for_narrow_windows():
     assert relevant_pool_indices(pool, [[2.9, 3.0]]) == {2}
 
 
+def test_turn_credit_spreads_each_turns_advantage_over_its_tokens():
+    traj = SimpleNamespace(
+        action_mask=torch.tensor([0, 1, 1, 0, 0, 1, 1, 1, 0]), turn_spans=[(1, 2), (5, 7)]
+    )
+    adv = turn_token_advantages(traj, [0.5, -1.0])
+    assert adv.tolist() == [0, 0.5, 0.5, 0, 0, -1, -1, -1, 0]
+    with pytest.raises(ValueError, match="GRPO"):
+        RLSettings(algo="ppo", credit="turn")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_recipe_steps_checkpoints_and_resumes(data, tmp_path, algo):
+@pytest.mark.parametrize(
+    ("algo", "credit"), [("grpo", "trajectory"), ("grpo", "turn"), ("ppo", "trajectory")]
+)
+def test_recipe_steps_checkpoints_and_resumes(data, tmp_path, algo, credit):
     settings = RLSettings(
         algo=algo,
+        credit=credit,
         steps=1,
         prompts_per_step=1,
         samples_per_prompt=2,

@@ -11,6 +11,13 @@ model's own tokens ending at an end-of-turn position where that turn's reward si
 Returns (value targets) are A + v. Environment tokens (prompts, frames) carry no advantage.
 
 GRPO: each trajectory's total reward, normalised within its group (same prompt), on every token.
+
+Turn-level GRPO (no critic, but credit per turn): the reward-to-go of turn k,
+G_k = r_k + gamma_turn * G_{k+1}, normalised among the episodes of the same prompt that reached
+turn k. Turn 1 is every episode, so its advantage is plain GRPO's; a later turn is judged against
+the other continuations at the same depth, so a retrieve that led nowhere is no longer paid for
+by a first turn that went well. A depth only one episode of its group reached falls back to that
+episode's turn-1 advantage (nothing to compare with).
 Plain functions over 1-D tensors of one trajectory's response tokens, so tests can check them
 against numbers worked out by hand.
 """
@@ -89,3 +96,41 @@ def grpo_advantages(
         centred = x - x.mean()
         out[members] = centred / (x.std(unbiased=True) + eps) if scale else centred
     return [float(a) for a in out]
+
+
+def rewards_to_go(rewards: Sequence[float], gamma: float = 1.0) -> list[float]:
+    """G_k = r_k + gamma * G_{k+1} over one trajectory's turns."""
+    out = [0.0] * len(rewards)
+    running = 0.0
+    for k in reversed(range(len(rewards))):
+        running = rewards[k] + gamma * running
+        out[k] = running
+    return out
+
+
+def grpo_turn_advantages(
+    turn_rewards: Sequence[Sequence[float]],
+    groups: Sequence[int],
+    gamma: float = 1.0,
+    eps: float = 1e-6,
+    scale: bool = True,
+) -> list[list[float]]:
+    """Per trajectory, one advantage per turn: its reward-to-go normalised within (group, turn)."""
+    to_go = [rewards_to_go(r, gamma) for r in turn_rewards]
+    first = grpo_advantages([g[0] if g else 0.0 for g in to_go], groups, eps, scale)
+    out = [[0.0] * len(g) for g in to_go]
+    for i, g in enumerate(to_go):
+        if g:
+            out[i][0] = first[i]
+    depth = max((len(g) for g in to_go), default=0)
+    for k in range(1, depth):
+        for group in set(groups):
+            members = [i for i, g in enumerate(to_go) if groups[i] == group and len(g) > k]
+            if len(members) < 2:
+                for i in members:
+                    out[i][k] = first[i]
+                continue
+            adv = grpo_advantages([to_go[i][k] for i in members], [0] * len(members), eps, scale)
+            for i, a in zip(members, adv, strict=True):
+                out[i][k] = a
+    return out

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.models.qwen import QwenVideoLM
-from vmtr.policies.advantages import bilevel_gae, grpo_advantages
+from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
 
@@ -43,6 +43,11 @@ class RLSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     algo: Literal["ppo", "grpo"] = "grpo"
+    credit: Literal["trajectory", "turn"] = Field(
+        "trajectory",
+        description="GRPO only: one advantage per episode, or per turn (reward-to-go normalised "
+        "among the group's episodes at the same turn).",
+    )
     steps: int = Field(500, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     samples_per_prompt: int = Field(2, ge=1)
@@ -66,6 +71,14 @@ class RLSettings(BaseModel):
     seed: int = 0
     reward: RewardSettings = RewardSettings()
     protocol: ProtocolSettings = ProtocolSettings()
+
+    @model_validator(mode="after")
+    def _credit_is_grpo_only(self) -> RLSettings:
+        if self.algo == "ppo" and self.credit != "trajectory":
+            raise ValueError(
+                "--credit is GRPO's; PPO's bi-level GAE already gives each turn its own"
+            )
+        return self
 
 
 class ValueModel(nn.Module):
@@ -130,6 +143,14 @@ def token_logprobs(
     entropy = -(probs * torch.where(probs > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
     pad = torch.zeros(1, device=chosen.device)
     return torch.cat([pad, chosen]), torch.cat([pad, entropy])
+
+
+def turn_token_advantages(traj: Trajectory, turn_adv: list[float]) -> torch.Tensor:
+    """Each turn's advantage on that turn's sampled tokens, 0 on everything else."""
+    adv = torch.zeros(traj.action_mask.shape, dtype=torch.float32)
+    for (first, last), a in zip(traj.turn_spans, turn_adv, strict=True):
+        adv[first : last + 1] = a
+    return adv * traj.action_mask
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -277,6 +298,15 @@ class RLRecipe:
     def advantages(self, trajectories: list[Trajectory]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per trajectory: (token advantages [L], value targets [L] or empty)."""
         out = []
+        if self.s.algo == "grpo" and self.s.credit == "turn":
+            per_turn = grpo_turn_advantages(
+                [t.reward.per_turn for t in trajectories],
+                [t.group for t in trajectories],
+                gamma=self.s.gamma_turn,
+            )
+            for traj, turn_adv in zip(trajectories, per_turn, strict=True):
+                out.append((turn_token_advantages(traj, turn_adv), torch.empty(0)))
+            return out
         if self.s.algo == "grpo":
             adv = grpo_advantages(
                 [t.reward.total for t in trajectories], [t.group for t in trajectories]
