@@ -60,6 +60,8 @@ ARMS = {
     # not one of the paper's arms: the code's frame term under the paper's gate, which leaves a
     # wrong answer nothing for taking more turns (see vmtr.policies.rewards)
     "RL, gated bi-level reward, format gated too": ["--gate-format"],
+    # nor this: the same reward as the gated arm, each turn judged by its own reward-to-go
+    "RL, gated bi-level reward, turn-level credit": ["--credit", "turn"],
 }
 PAPER_ARMS = list(ARMS)[:3]
 MULTI = "multi-turn (16 + 8 + 8, 3 turns)"
