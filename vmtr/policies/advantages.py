@@ -15,9 +15,10 @@ GRPO: each trajectory's total reward, normalised within its group (same prompt),
 Turn-level GRPO (no critic, but credit per turn): the reward-to-go of turn k,
 G_k = r_k + gamma_turn * G_{k+1}, normalised among the episodes of the same prompt that reached
 turn k. Turn 1 is every episode, so its advantage is plain GRPO's; a later turn is judged against
-the other continuations at the same depth, so a retrieve that led nowhere is no longer paid for
-by a first turn that went well. A depth only one episode of its group reached falls back to that
-episode's turn-1 advantage (nothing to compare with).
+the other continuations at the same depth instead of taking the whole episode's standing. A depth
+only one episode of its group reached falls back to that episode's turn-1 advantage (nothing to
+compare with).
+
 Plain functions over 1-D tensors of one trajectory's response tokens, so tests can check them
 against numbers worked out by hand.
 """
