@@ -62,6 +62,12 @@ ARMS = {
     "RL, gated bi-level reward, format gated too": ["--gate-format"],
     # nor this: the same reward as the gated arm, each turn judged by its own reward-to-go
     "RL, gated bi-level reward, turn-level credit": ["--credit", "turn"],
+    # and the same, centred only (Dr. GRPO): a group's small format-only gaps stay small
+    "RL, gated bi-level reward, turn-level credit, centred": [
+        "--credit",
+        "turn",
+        "--no-group-std",
+    ],
 }
 PAPER_ARMS = list(ARMS)[:3]
 MULTI = "multi-turn (16 + 8 + 8, 3 turns)"

@@ -24,6 +24,13 @@ def rl(
             "reward-to-go against the group's episodes at the same turn)."
         ),
     ] = "trajectory",
+    group_std: Annotated[
+        bool,
+        typer.Option(
+            help="GRPO: divide by the group's reward spread (--no-group-std only centres, as "
+            "Dr. GRPO does)."
+        ),
+    ] = True,
     steps: Annotated[int, typer.Option(min=1)] = 500,
     prompts_per_step: Annotated[int, typer.Option(min=1)] = 16,
     samples_per_prompt: Annotated[int, typer.Option(min=1)] = 2,
@@ -68,6 +75,7 @@ def rl(
         settings = RLSettings(
             algo=algo,
             credit=credit,
+            group_std=group_std,
             steps=steps,
             prompts_per_step=prompts_per_step,
             samples_per_prompt=samples_per_prompt,

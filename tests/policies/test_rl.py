@@ -115,6 +115,23 @@ def test_turn_credit_spreads_each_turns_advantage_over_its_tokens():
         RLSettings(algo="ppo", credit="turn")
 
 
+@pytest.mark.parametrize("credit", ["trajectory", "turn"])
+def test_grpo_group_std_scales_or_only_centres(tmp_path, credit):
+    def episode(total: float):
+        reward = SimpleNamespace(per_turn=[total], total=total)
+        return SimpleNamespace(
+            reward=reward, group=0, action_mask=torch.tensor([0, 1, 1]), turn_spans=[(1, 2)]
+        )
+
+    episodes = [episode(1.0), episode(0.0)]
+    for group_std, size in ((True, 2**-0.5), (False, 0.5)):
+        settings = RLSettings(credit=credit, group_std=group_std)
+        recipe = RLRecipe(tmp_path, tmp_path, "tiny", settings)
+        (high, _), (low, _) = recipe.advantages(episodes)
+        assert high.tolist() == pytest.approx([0, size, size], rel=1e-5)
+        assert low.tolist() == pytest.approx([0, -size, -size], rel=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("algo", "credit"), [("grpo", "trajectory"), ("grpo", "turn"), ("ppo", "trajectory")]

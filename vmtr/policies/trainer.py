@@ -48,6 +48,11 @@ class RLSettings(BaseModel):
         description="GRPO only: one advantage per episode, or per turn (reward-to-go normalised "
         "among the group's episodes at the same turn).",
     )
+    group_std: bool = Field(
+        True,
+        description="GRPO: divide by the group's standard deviation (False: only centre, as "
+        "Dr. GRPO does, so small reward gaps stay small).",
+    )
     steps: int = Field(500, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     samples_per_prompt: int = Field(2, ge=1)
@@ -303,13 +308,16 @@ class RLRecipe:
                 [t.reward.per_turn for t in trajectories],
                 [t.group for t in trajectories],
                 gamma=self.s.gamma_turn,
+                scale=self.s.group_std,
             )
             for traj, turn_adv in zip(trajectories, per_turn, strict=True):
                 out.append((turn_token_advantages(traj, turn_adv), torch.empty(0)))
             return out
         if self.s.algo == "grpo":
             adv = grpo_advantages(
-                [t.reward.total for t in trajectories], [t.group for t in trajectories]
+                [t.reward.total for t in trajectories],
+                [t.group for t in trajectories],
+                scale=self.s.group_std,
             )
             for traj, a in zip(trajectories, adv, strict=True):
                 out.append((traj.action_mask * a, torch.empty(0)))
