@@ -10,8 +10,10 @@ Every arm starts from the same warm-started checkpoint and runs the same `vmtr t
 - answer only: ``--no-frame-reward`` (format + answer terms);
 - gated bi-level: the released code's reward (frame terms only count with a right answer);
 - bi-level without the gate: ``--no-gate``;
-- and, not one of the paper's arms (``--arms`` picks it), the code's frame term under the
-  paper's gate (``--gate-format``: a wrong answer keeps only its final format term).
+- and, not among the paper's arms (``--arms`` picks them), the code's frame term under the
+  paper's gate (``--gate-format``: a wrong answer keeps only its final format term), and the
+  gated reward with turn-level GRPO credit (``--credit turn``), scaled or only centred
+  (``--no-group-std``).
 The warm start is asked single-turn (16 and 32 uniform frames) and multi-turn, each RL checkpoint
 multi-turn, all greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
 evaluation (`vmtr.ask` in worker processes). It prints a Markdown table of accuracy, mean turns,

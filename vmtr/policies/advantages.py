@@ -25,6 +25,7 @@ against numbers worked out by hand.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -100,13 +101,8 @@ def grpo_advantages(
 
 
 def rewards_to_go(rewards: Sequence[float], gamma: float = 1.0) -> list[float]:
-    """G_k = r_k + gamma * G_{k+1} over one trajectory's turns."""
-    out = [0.0] * len(rewards)
-    running = 0.0
-    for k in reversed(range(len(rewards))):
-        running = rewards[k] + gamma * running
-        out[k] = running
-    return out
+    """G_k = r_k + gamma * G_{k+1} over one trajectory's turns: turn-level GAE with no critic."""
+    return turn_level_gae(rewards, [0.0] * len(rewards), gamma, lam=1.0)
 
 
 def grpo_turn_advantages(
@@ -119,19 +115,14 @@ def grpo_turn_advantages(
     """Per trajectory, one advantage per turn: its reward-to-go normalised within (group, turn)."""
     to_go = [rewards_to_go(r, gamma) for r in turn_rewards]
     first = grpo_advantages([g[0] if g else 0.0 for g in to_go], groups, eps, scale)
-    out = [[0.0] * len(g) for g in to_go]
-    for i, g in enumerate(to_go):
-        if g:
-            out[i][0] = first[i]
-    depth = max((len(g) for g in to_go), default=0)
-    for k in range(1, depth):
-        for group in set(groups):
-            members = [i for i, g in enumerate(to_go) if groups[i] == group and len(g) > k]
-            if len(members) < 2:
-                for i in members:
-                    out[i][k] = first[i]
-                continue
-            adv = grpo_advantages([to_go[i][k] for i in members], [0] * len(members), eps, scale)
-            for i, a in zip(members, adv, strict=True):
+    # every turn starts from its episode's turn-1 advantage, kept where no peer reached its depth
+    out = [[first[i]] * len(g) for i, g in enumerate(to_go)]
+    for k in range(1, max((len(g) for g in to_go), default=0)):
+        reached = [i for i, g in enumerate(to_go) if len(g) > k]
+        labels = [groups[i] for i in reached]
+        adv = grpo_advantages([to_go[i][k] for i in reached], labels, eps, scale)
+        sizes = Counter(labels)
+        for i, label, a in zip(reached, labels, adv, strict=True):
+            if sizes[label] > 1:
                 out[i][k] = a
     return out
