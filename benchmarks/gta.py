@@ -46,6 +46,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from vmtr.models.cache_names import cache_kwargs, output_cache
 from vmtr.models.gta import (
     GTAAttention,
     GTASettings,
@@ -74,7 +75,7 @@ def cache_bytes_per_token_per_layer(model: Any, processor: Any) -> float:
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=[image], return_tensors="pt")
     with torch.no_grad():
-        cache = model(**inputs, use_cache=True).past_key_values
+        cache = output_cache(model(**inputs, use_cache=True))
     total = 0
     for layer in cache.layers:
         total += layer.keys.numel() * layer.keys.element_size()
@@ -88,11 +89,11 @@ def decode_tokens_per_s(model: Any, context: int, new_tokens: int, vocab: int) -
     ids = torch.randint(10, vocab, (1, context), generator=generator)
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=ids, **cache_kwargs(cache), use_cache=True).logits
         token = logits[:, -1:].argmax(-1)
         started = time.perf_counter()
         for _ in range(new_tokens):
-            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=token, **cache_kwargs(cache), use_cache=True).logits
             token = logits[:, -1:].argmax(-1)
         elapsed = time.perf_counter() - started
     return new_tokens / elapsed

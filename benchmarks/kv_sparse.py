@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vmtr.models.cache_names import cache_kwargs, output_cache
+
 QUESTION = "Which colour was the shape shown while the border was visible?"
 OPTIONS = ["A. red", "B. blue", "C. green", "D. yellow"]
 
@@ -130,7 +132,7 @@ def _prefill(model: Any, encoded: dict[str, Any], mode: str, sparse: Any, folder
     with torch.inference_mode():
         if mode == "dense":
             out = model(**encoded, position_ids=positions, use_cache=True, logits_to_keep=tail_len)
-            cache = out.past_key_values
+            cache = output_cache(out)
             return cache, out.logits[0], {"kv_bytes": _cache_bytes(cache)}
         store = DenseStore("disk", folder)
         video = chunked_prefill(model, encoded, positions, sparse, store=store, layout=layout)
@@ -147,7 +149,7 @@ def _prefill(model: Any, encoded: dict[str, Any], mode: str, sparse: Any, folder
                 video.key_bias(dense), cache.get_seq_length(), tail_len, torch.float32, "cpu"
             )
             tail["attention_mask"] = {"full_attention": mask}
-        out = model(**tail, past_key_values=cache, use_cache=True, logits_to_keep=tail_len)
+        out = model(**tail, **cache_kwargs(cache), use_cache=True, logits_to_keep=tail_len)
         extra = {
             "dense_chunks": dense,
             "chunks": len(video.chunks),

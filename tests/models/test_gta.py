@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import DynamicCache, Qwen2_5_VLForConditionalGeneration
 
 from vmtr.config import GenerationSettings
+from vmtr.models.cache_names import cache_kwargs, output_cache
 from vmtr.models.gta import (
     GTAAttention,
     GTASettings,
@@ -89,7 +90,7 @@ def test_shapes_and_cache_layout(processor, settings, keys):
         out = model(**inputs, use_cache=True)
     length = inputs["input_ids"].shape[1]
     assert out.logits.shape == (1, length, len(processor.tokenizer))
-    for layer in out.past_key_values.layers:
+    for layer in output_cache(out).layers:
         assert layer.keys.shape == (1, keys, length, 32)
         assert layer.values.shape == (1, 1, length, settings.latent_dim)
 
@@ -109,7 +110,7 @@ def test_cache_bytes_per_token_per_layer(processor, gta_model):
     held = {}
     for name, model in (("gta", gta_model), ("gqa", gqa)):
         with torch.no_grad():
-            cache = model(**inputs, use_cache=True).past_key_values
+            cache = output_cache(model(**inputs, use_cache=True))
         layer = cache.layers[0]
         nbytes = layer.keys.numel() * layer.keys.element_size()
         nbytes += layer.values.numel() * layer.values.element_size()
@@ -164,7 +165,7 @@ def test_cached_decoding_equals_full_recomputation(processor, gta_model, kernel)
                     pixel_values=inputs["pixel_values"],
                     image_grid_thw=inputs["image_grid_thw"],
                     position_ids=positions[:, :, :prompt],
-                    past_key_values=cache,
+                    **cache_kwargs(cache),
                     use_cache=True,
                 ).logits
             ]
@@ -174,7 +175,7 @@ def test_cached_decoding_equals_full_recomputation(processor, gta_model, kernel)
                     model(
                         input_ids=ids[:, start:end],
                         position_ids=positions[:, :, start:end],
-                        past_key_values=cache,
+                        **cache_kwargs(cache),
                         use_cache=True,
                     ).logits
                 )

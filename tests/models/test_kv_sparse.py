@@ -19,6 +19,7 @@ from vmtr.agent.long_context import (
     first_message,
 )
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.kv_sparse import (
     DenseStore,
     SparseSettings,
@@ -94,7 +95,7 @@ def _tail_logits(lm, video, encoded, positions, dense):
             input_ids=encoded["input_ids"][:, end:],
             mm_token_type_ids=encoded["mm_token_type_ids"][:, end:],
             position_ids=positions[:, :, end:],
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
         ).logits
 

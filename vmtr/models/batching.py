@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings
+from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.qwen import QwenVideoLM, _Session
 from vmtr.models.vlm import FrameFetcher, Generation
 
@@ -195,7 +196,7 @@ def _prefill(lm: QwenVideoLM, state: _Session) -> tuple[torch.Tensor, int, Dynam
         pixel_values=pixel_values,
         image_grid_thw=grids,
         position_ids=positions[:, :, start:].to(lm.device),
-        past_key_values=cache,
+        **cache_kwargs(cache),
         use_cache=True,
         logits_to_keep=1,
     )
@@ -314,7 +315,7 @@ def _decode_rows(
             input_ids=torch.tensor(step_ids, device=device).view(rows, 1),
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
         )
         logits = out.logits[:, -1, :]
@@ -357,7 +358,7 @@ def generate_batch(
         pixel_values=pixels,
         image_grid_thw=grids.to(device) if grids is not None else None,
         position_ids=positions.to(device),
-        past_key_values=cache,
+        **cache_kwargs(cache),
         use_cache=True,
         logits_to_keep=1,
     )

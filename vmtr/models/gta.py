@@ -123,9 +123,14 @@ class GTAAttention(nn.Module):
         position_ids: torch.LongTensor | None = None,
         past_key_values: Any = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Shared maps over cached keys and latents, then the gated per-head decoder."""
+        """Shared maps over cached keys and latents, then the gated per-head decoder.
+
+        The decoder layer hands the KV cache over as ``cache`` on newer transformers releases
+        and as ``past_key_values`` on older ones (`vmtr.models.cache_names`); either is used."""
+        cache = cache if cache is not None else past_key_values
         batch, length, _ = hidden_states.shape
         query, key, latent, gate = self.in_proj(hidden_states).split(self.splits, dim=-1)
         query = query.view(batch, length, self.groups, self.head_dim).transpose(1, 2)
@@ -136,9 +141,9 @@ class GTAAttention(nn.Module):
         cos, sin = position_embeddings  # type: ignore[misc]
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
 
-        if past_key_values is not None:
+        if cache is not None:
             # The cache stores exactly what GTA needs: the shared keys and the value latent.
-            key, latent = past_key_values.update(key, latent, self.layer_idx)
+            key, latent = cache.update(key, latent, self.layer_idx)
 
         kernel = self.config._attn_implementation or "sdpa"
         if kernel not in SUPPORTED_KERNELS:

@@ -56,6 +56,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import DynamicCache
 
+from vmtr.models.cache_names import cache_kwargs
+
 KV = tuple[torch.Tensor, torch.Tensor]
 """Keys and values of one layer, each [batch, kv_heads, tokens, head_dim]."""
 
@@ -444,7 +446,7 @@ def chunked_prefill(
             input_ids=ids[:, start:end].to(device),
             mm_token_type_ids=mm[:, start:end].to(device),
             position_ids=positions[:, :, start:end].to(device),
-            past_key_values=cache,
+            **cache_kwargs(cache),
             attention_mask=_mask_map(model, mask),
             use_cache=True,
             **kwargs,
@@ -538,7 +540,7 @@ def attention_relevance(
             ),
         }
     try:
-        model(**tail, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(**tail, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()

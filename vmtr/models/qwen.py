@@ -23,6 +23,7 @@ from transformers import AutoProcessor, DynamicCache
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings
+from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.gta import load_model
 from vmtr.models.hub import hub_reachable
 from vmtr.models.vlm import FrameFetcher, Generation, ModelLoadError
@@ -308,7 +309,7 @@ class QwenVideoLM:
             pixel_values=pixel_values,
             image_grid_thw=grids,
             position_ids=positions[:, :, start:].to(self.device),
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -332,7 +333,7 @@ class QwenVideoLM:
             out = self.model(
                 input_ids=torch.tensor([[token]], device=self.device),
                 position_ids=pos,
-                past_key_values=cache,
+                **cache_kwargs(cache),
                 use_cache=True,
             )
             logits = out.logits[:, -1, :]

@@ -33,6 +33,7 @@ import torch
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings
+from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.kv_sparse import (
     SparseSettings,
     VideoKV,
@@ -379,7 +380,7 @@ class SparseVideoLM:
             **self._tail(state, state.cached_upto, positions),
             **self._later_images(state, state.cached_upto),
             **self._bias(state, state.length - state.cached_upto),
-            past_key_values=state.cache,
+            **cache_kwargs(state.cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -403,7 +404,7 @@ class SparseVideoLM:
             out = self.model(
                 input_ids=torch.tensor([[token]], device=self.device),
                 position_ids=pos,
-                past_key_values=state.cache,
+                **cache_kwargs(state.cache),
                 use_cache=True,
                 **self._bias(state, 1),
             )
