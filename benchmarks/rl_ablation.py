@@ -15,7 +15,9 @@ Every arm starts from the same warm-started checkpoint and runs the same `vmtr t
   gated reward with turn-level GRPO credit (``--credit turn``), scaled or only centred
   (``--no-group-std``).
 The warm start is asked single-turn (16 and 32 uniform frames) and multi-turn, each RL checkpoint
-multi-turn, all greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
+multi-turn; the warm start and every checkpoint also with oracle aim (every retrieve rewritten to
+the needles' frames, `vmtr.eval.oracle`), which splits a policy's accuracy into what its aim
+costs it and what its reading caps it at. All greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
 evaluation (`vmtr.ask` in worker processes). It prints a Markdown table of accuracy, mean turns,
 retrieve rate and mean frames seen, and under it each row's right answers by whether the
 needles were shown, by question kind and by turns taken. Per-item results are JSONL files under ``--out`` and RL runs
@@ -43,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_table import (  # noqa: E402
+    ORACLE,
     SETTINGS,
     breakdown_line,
     chance_row,
@@ -261,14 +264,16 @@ def main() -> None:
         rows, _ = evaluate_model(
             str(checkpoint),
             items,
-            [MULTI],
+            [MULTI, ORACLE],
             checkpoint.parent / f"heldout-{checkpoint.name}.jsonl",
             args.workers,
             args.eval_max_new_tokens,
         )
-        label = f"{name}, {MULTI}" + (f", seed {seed}" if len(args.seed) > 1 else "")
-        table.append(summary_row(rows, label, kinds))
-        by_seed.setdefault(name, {})[seed] = table[-1]
+        suffix = f", seed {seed}" if len(args.seed) > 1 else ""
+        for setting in (MULTI, ORACLE):
+            mine = [r for r in rows if r["setting"] == setting]
+            table.append(summary_row(mine, f"{name}, {setting}{suffix}", kinds))
+        by_seed.setdefault(name, {})[seed] = table[-2]
     print(
         f"Held-out synthetic set: {len(items)} items ({args.heldout}); warm start {args.start}; "
         f"RL: GRPO, {args.steps} steps x {args.prompts} prompts x {args.samples} samples, "

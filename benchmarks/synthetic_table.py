@@ -8,7 +8,10 @@ seen and mean turns. Settings, all through `vmtr.ask`:
 
 - chance: 1 / number of options (25 % with four options); no frames;
 - single-turn with 16 and with 32 uniform frames (``max_turns=1``);
-- multi-turn with the protocol's defaults (16 first-turn frames, retrieves of 8, 3 turns).
+- multi-turn with the protocol's defaults (16 first-turn frames, retrieves of 8, 3 turns);
+- multi-turn with oracle aim (`vmtr.eval.oracle.OracleAim`): the same model and protocol, but
+  every retrieve it writes asks for the span of the needles' frames. It bounds what better
+  aiming (the part of the policy RL can move) could buy this model; the rest is reading.
 
 Per-item results go to a JSONL file beside the data, so an interrupted run resumes where it
 stopped. Items run in worker processes with one thread each (the tiny model is far too small to
@@ -34,7 +37,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
     "single-turn, 32 uniform frames": {"max_turns": 1, "first_turn_frames": 32},
     "multi-turn (16 + 8 + 8, 3 turns)": {},
+    "multi-turn, oracle aim": {},
 }
+ORACLE = "multi-turn, oracle aim"
+"""The setting whose model is wrapped in `OracleAim` over the item's needle frames."""
 
 _LM: Any = None
 
@@ -53,16 +59,21 @@ def _init_worker(model: str) -> None:
 def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
     from vmtr.agent.ask import ask
     from vmtr.eval.datasets import QAItem
+    from vmtr.eval.oracle import OracleAim
     from vmtr.eval.runner import shown_times
     from vmtr.eval.scoring import saw_evidence
     from vmtr.policies.sft import reads_first_turn
 
     started = time.perf_counter()
+    model = _LM
+    if setting == ORACLE:
+        needles = [n["pool_index"] for n in item["extra"]["needles"]]
+        model = OracleAim(_LM, needles, max_index=item["extra"].get("pool_count", 64) - 1)
     result = ask(
         item["video"],
         item["question"],
         item["options"],
-        model=_LM,
+        model=model,
         temperature=0,
         max_new_tokens=max_new_tokens,
         **SETTINGS[setting],
@@ -110,7 +121,7 @@ def load_items(folder: Path, n: int, seed: int, minutes: float) -> list[dict[str
             "options": it.options,
             "answer": it.answer,
             "windows": it.relevant_windows,
-            "extra": {"needles": it.extra["needles"]},
+            "extra": {"needles": it.extra["needles"], "pool_count": it.extra.get("pool_count", 64)},
             "kind": it.categories.get("kind"),
         }
         for it in items

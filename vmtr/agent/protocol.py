@@ -31,7 +31,7 @@ ErrorKind = Literal[
 ]
 
 _ANSWER_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
-_RETRIEVE_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<retrieve>(.*?)</retrieve>\s*$", re.DOTALL)
+RETRIEVE_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<retrieve>(.*?)</retrieve>\s*$", re.DOTALL)
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
 _LETTER_RE = re.compile(r"^\(?([A-Za-z])\)?(?:[.:)]\s*.*)?$", re.DOTALL)
 _OPTION_RE = re.compile(r"^\s*\(?([A-Z])[.:)]\s*")
@@ -177,7 +177,7 @@ def parse_reply(
                 f"got {body[:40]!r}.",
             )
         return Answer(letter, think)
-    retrieve = _RETRIEVE_RE.match(text)
+    retrieve = RETRIEVE_RE.match(text)
     if retrieve:
         if last_turn:
             return Invalid("retrieve_on_last_turn", "no turns are left for new frames; answer now.")
