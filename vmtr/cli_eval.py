@@ -100,6 +100,14 @@ def eval_command(
     embedder: Annotated[str, typer.Option(help="open_clip spec for --store.")] = (
         "ViT-B-32:laion2b_s34b_b79k"
     ),
+    oracle_aim: Annotated[
+        bool,
+        typer.Option(
+            "--oracle-aim",
+            help="Rewrite every retrieve to the question's relevant windows: an upper bound on "
+            "what better aiming would buy (benchmarks with relevant windows).",
+        ),
+    ] = False,
     shard: Annotated[
         str | None, typer.Option(help="Run only shard i of n (i/n); the folder merges them.")
     ] = None,
@@ -132,6 +140,7 @@ def eval_command(
             frames=frames,
             max_turns=max_turns,
             store=embedder if store else None,
+            oracle_aim=oracle_aim,
             shard=shard,
             batch_size=batch_size,
             temperature=temperature,
@@ -179,6 +188,7 @@ def _evaluate(
     frames: int | None,
     max_turns: int,
     store: str | None,
+    oracle_aim: bool,
     shard: str | None,
     batch_size: int,
     temperature: float,
@@ -220,7 +230,10 @@ def _evaluate(
         protocol=ProtocolSettings(max_turns=max_turns),
         generation=GenerationSettings(temperature=temperature, max_new_tokens=max_new_tokens),
         store=store,
+        oracle_aim=oracle_aim,
     )
+    if oracle_aim and not any(item.relevant_windows for item in items):
+        raise ValueError(f"--oracle-aim needs relevant windows, and {benchmark} has none")
     from vmtr.cli import quiet_libraries
 
     quiet_libraries()

@@ -1,6 +1,11 @@
 """Uniform frame choice for the first turn and for a retrieve, as the released code does it."""
 
-from vmtr.tools.select import first_turn_frames, select_segment, uniform_indices
+from vmtr.tools.select import (
+    first_turn_frames,
+    relevant_pool_indices,
+    select_segment,
+    uniform_indices,
+)
 
 
 def test_first_turn_is_linspace_over_pool():
@@ -38,3 +43,9 @@ def test_retrieve_returns_at_most_n_in_range():
 def test_uniform_indices_unique_sorted():
     picks = uniform_indices(0, 20, 8)
     assert picks == sorted(set(picks)) and len(picks) == 8 and picks[0] == 0 and picks[-1] == 20
+
+
+def test_relevant_pool_indices_nearest_for_narrow_windows():
+    pool = [0.5, 1.5, 2.5, 3.5]
+    assert relevant_pool_indices(pool, [[1.0, 3.0]]) == {1, 2}
+    assert relevant_pool_indices(pool, [[2.9, 3.0]]) == {2}

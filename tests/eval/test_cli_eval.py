@@ -75,6 +75,39 @@ def test_single_turn_mode_and_frames(cli, synthetic, tmp_path, monkeypatch) -> N
     assert payload["parsed_by"] == {"answer_tag": 2}  # no think tag: read from the answer tag
 
 
+def test_oracle_aim_through_the_command(cli, synthetic, tmp_path, monkeypatch) -> None:
+    scripted = ScriptedVideoLM(
+        lambda m: (
+            "<think>x</think>"
+            + ("<retrieve>0, 1</retrieve>" if len(m) == 2 else "<answer>A</answer>")
+        )
+    )
+    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    args = ["synthetic", "--data", str(synthetic), "--output", str(tmp_path / "o"), "--limit", "2"]
+    result = CliRunner().invoke(cli, [*args, "--oracle-aim", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["config"]["oracle_aim"] is True
+    samples = [json.loads(line) for line in (tmp_path / "o" / "samples.jsonl").open()]
+    # the script always asks for 0..1; the oracle asks for 8 frames around the needles
+    ranges = [s["turns"][0]["retrieve"] for s in samples]
+    assert all(end - start == 7 for start, end in ranges) and [0, 1] not in ranges, ranges
+    # a benchmark whose questions carry no relevant windows cannot be aimed at them
+    bare = CliRunner().invoke(
+        cli,
+        [
+            "videomme",
+            "--data",
+            str(FIXTURES / "videomme"),
+            "-o",
+            str(tmp_path / "v"),
+            "--oracle-aim",
+        ],
+    )
+    assert bare.exit_code == 1 and "needs relevant windows" in bare.stderr
+    assert bare.stderr.strip().count("\n") == 0
+
+
 def test_user_errors_are_one_line(cli, tmp_path) -> None:
     runner = CliRunner()
     missing = runner.invoke(cli, ["videomme", "--data", str(tmp_path / "x"), "--output", "o"])

@@ -174,3 +174,50 @@ def test_rows_say_whether_the_relevant_window_was_on_screen(make_video, tmp_path
         "accuracy_missed": 1.0,
     }
     assert "covered every relevant window in 50.0%" in (out / "summary.md").read_text()
+
+
+def test_oracle_aim_runs_aim_at_each_questions_windows(make_video, tmp_path: Path) -> None:
+    """Every retrieve of an oracle-aim run shows the question's own relevant frames (10-frame
+    pool at 1 fps; the script always asks for 2..6); the run keeps its own key, and runs made
+    without it keep theirs."""
+    video = make_video("clip.mp4", seconds=10.0, fps=5.0)
+    specs = [("early", [(0.0, 1.2)]), ("late", [(8.2, 9.0)]), ("none", [])]
+    items = [
+        QAItem(
+            id=i,
+            video=video,
+            question="think, then pick B",
+            options=OPTIONS,
+            answer="B",
+            relevant_windows=w,
+        )
+        for i, w in specs
+    ]
+    plain, oracle = (
+        _settings(benchmark="synthetic"),
+        _settings(benchmark="synthetic", oracle_aim=True),
+    )
+    assert "oracle_aim" not in plain.identity() and oracle.identity()["oracle_aim"] is True
+    assert plain.run_key() != oracle.run_key()
+    out = tmp_path / "out"
+    for batch_size in (1, 2):
+        run(
+            items,
+            oracle,
+            tmp_path / f"b{batch_size}",
+            ScriptedVideoLM(_reply),
+            batch_size=batch_size,
+        )
+        rows = collect(tmp_path / f"b{batch_size}", items, oracle.run_key())
+        retrieved = {r["id"]: r["turns"][0]["retrieve"] for r in rows}
+        second = {r["id"]: r["turns"][1]["frames"] for r in rows}
+        # 8 frames a retrieve, so a retrieve-wide range around the windows' frames
+        assert retrieved == {"early": [0, 7], "late": [2, 9], "none": [2, 6]}, retrieved
+        assert {r["id"]: r["saw_evidence"] for r in rows} == {
+            "early": True,
+            "late": True,
+            "none": None,
+        }
+        assert second["none"] == [2, 3, 4, 5, 6]
+    run(items, plain, out, ScriptedVideoLM(_reply))
+    assert [r["turns"][0]["retrieve"] for r in collect(out, items, plain.run_key())] == [[2, 6]] * 3

@@ -15,7 +15,7 @@ from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.rewards import RewardSettings
-from vmtr.policies.rollout import relevant_pool_indices, rollout, score
+from vmtr.policies.rollout import rollout, score
 from vmtr.policies.trainer import (
     RLRecipe,
     RLSettings,
@@ -23,6 +23,7 @@ from vmtr.policies.trainer import (
     token_logprobs,
     turn_token_advantages,
 )
+from vmtr.tools.select import relevant_pool_indices
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +98,6 @@ def test_score_attaches_rewards(data, lm):
     assert stats["relevant_seen"] == pytest.approx(sum(covered) / 4)
     assert stats["frame_iou"] == pytest.approx(sum(ious) / 4)
     assert 0.0 < stats["frame_iou"] < 1.0
-
-
-def test_relevant_pool_indices_nearest_for_narrow_windows():
-    pool = [0.5, 1.5, 2.5, 3.5]
-    assert relevant_pool_indices(pool, [[1.0, 3.0]]) == {1, 2}
-    assert relevant_pool_indices(pool, [[2.9, 3.0]]) == {2}
 
 
 def test_turn_credit_spreads_each_turns_advantage_over_its_tokens():

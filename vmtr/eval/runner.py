@@ -74,6 +74,11 @@ class EvalSettings(BaseModel):
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     store: str | None = Field(None, description="Embedder spec of the segment store, or None.")
+    oracle_aim: bool = Field(
+        False,
+        description="Rewrite every retrieve to the question's relevant frames "
+        "(vmtr.eval.oracle): what perfect aiming would buy the model.",
+    )
 
     def effective_protocol(self) -> ProtocolSettings:
         """The protocol actually run: single-turn is one turn showing ``frames`` uniform frames."""
@@ -88,7 +93,7 @@ class EvalSettings(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The settings that change answers, as plain JSON (no device, batch size or paths)."""
         model = self.model.model_dump(mode="json", exclude={"device"})
-        return {
+        identity = {
             "benchmark": self.benchmark,
             "mode": self.mode,
             "model": model,
@@ -96,6 +101,9 @@ class EvalSettings(BaseModel):
             "generation": self.generation.model_dump(mode="json"),
             "store": self.store,
         }
+        if self.oracle_aim:  # only when on, so the runs made before it keep their keys
+            identity["oracle_aim"] = True
+        return identity
 
     def run_key(self) -> str:
         """Short stable hash of `identity`."""
@@ -271,7 +279,11 @@ def _item_fields(item: QAItem, position: int) -> dict[str, Any]:
     }
 
 
-def run_item(graph: Any, item: QAItem, position: int, max_turns: int) -> dict[str, Any]:
+GraphFor = Callable[[QAItem], Any]
+"""The compiled agent graph a question runs on."""
+
+
+def run_item(graph_for: GraphFor, item: QAItem, position: int, max_turns: int) -> dict[str, Any]:
     """Run the agent graph on one question; any failure becomes an error row with its reason."""
     from vmtr.tools.video import VideoError
 
@@ -284,7 +296,7 @@ def run_item(graph: Any, item: QAItem, position: int, max_turns: int) -> dict[st
     }
     started = time.perf_counter()
     try:
-        state = graph.invoke(inputs, config)
+        state = graph_for(item).invoke(inputs, config)
     except VideoError as error:
         return error_row(item, position, "video", str(error))
     except ValueError as error:
@@ -332,6 +344,30 @@ def build_eval_graph(lm: VideoLM, settings: EvalSettings, scorer: Any = None) ->
         scorer=scorer,
         guided_retrieve=scorer is not None,
     )
+
+
+def question_graphs(lm: VideoLM, settings: EvalSettings, scorer: Any = None) -> GraphFor:
+    """One graph for the whole run; with oracle aim, a graph per question whose model's
+    retrieves ask for that question's relevant frames (none: the model's own ranges)."""
+    if not settings.oracle_aim:
+        graph = build_eval_graph(lm, settings, scorer)
+        return lambda item: graph
+
+    from vmtr.eval.oracle import OracleAim
+    from vmtr.tools.select import relevant_pool_indices
+    from vmtr.tools.video import pool_timestamps, probe
+
+    protocol = settings.effective_protocol()
+
+    def aimed(item: QAItem) -> Any:
+        pool = pool_timestamps(
+            probe(item.video), max_frames=protocol.pool_size, max_fps=protocol.pool_max_fps
+        )
+        relevant = relevant_pool_indices(pool, item.relevant_windows)
+        oracle = OracleAim(lm, relevant, protocol.frames_per_retrieve, len(pool) - 1)
+        return build_eval_graph(oracle, settings, scorer)
+
+    return aimed
 
 
 def run(
@@ -393,9 +429,9 @@ def run(
         if progress is not None:
             progress(0, len(todo))
         if batch_size <= 1 or len(todo) <= 1:
-            graph = build_eval_graph(lm, settings, scorer)
+            graph_for = question_graphs(lm, settings, scorer)
             for pos, item in todo:
-                commit(run_item(graph, item, pos, max_turns))
+                commit(run_item(graph_for, item, pos, max_turns))
         else:
             _run_concurrently(lm, settings, scorer, todo, batch_size, max_turns, commit)
     finally:
@@ -419,13 +455,13 @@ def _run_concurrently(
         from vmtr.models.batching import BatchingVideoLM
 
         batcher = BatchingVideoLM(lm, max_batch=batch_size)
-    graph = build_eval_graph(batcher or lm, settings, scorer)
+    graph_for = question_graphs(batcher or lm, settings, scorer)
     queue = iter(todo)
     running: set[Future] = set()
     try:
         with ThreadPoolExecutor(batch_size, thread_name_prefix="vmtr-eval") as pool:
             for pos, item in queue:
-                running.add(pool.submit(run_item, graph, item, pos, max_turns))
+                running.add(pool.submit(run_item, graph_for, item, pos, max_turns))
                 if len(running) >= batch_size:
                     break
             while running:
@@ -434,7 +470,7 @@ def _run_concurrently(
                     commit(future.result())
                     nxt = next(queue, None)
                     if nxt is not None:
-                        running.add(pool.submit(run_item, graph, nxt[1], nxt[0], max_turns))
+                        running.add(pool.submit(run_item, graph_for, nxt[1], nxt[0], max_turns))
     finally:
         if batcher is not None:
             batcher.close()

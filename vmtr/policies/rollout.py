@@ -29,6 +29,7 @@ from vmtr.policies.rewards import (
     frame_iou,
     trajectory_reward,
 )
+from vmtr.tools.select import relevant_pool_indices
 
 
 @dataclass
@@ -73,19 +74,6 @@ class _Recorder:
         if record is not None:
             self.records[session] = record
         self.lm.end_session(session)
-
-
-def relevant_pool_indices(pool: Sequence[float], windows: Sequence[Sequence[float]]) -> set[int]:
-    """Pool frames inside the annotated windows; the nearest pool frame for a window too narrow
-    to contain one (as with a one-pool-frame needle)."""
-    chosen: set[int] = set()
-    for start, end in windows:
-        inside = {i for i, t in enumerate(pool) if start <= t <= end}
-        if not inside and pool:
-            middle = (start + end) / 2
-            inside = {min(range(len(pool)), key=lambda i: abs(pool[i] - middle))}
-        chosen |= inside
-    return chosen
 
 
 def turn_outcomes(turns: Sequence[dict[str, Any]]) -> tuple[list[TurnOutcome], set[int]]:

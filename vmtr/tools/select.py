@@ -55,3 +55,16 @@ def select_segment(
     from vmtr.tools.guided import pick_in_range
 
     return pick_in_range(np.asarray(scores, dtype=np.float32), start, end, n)
+
+
+def relevant_pool_indices(pool: Sequence[float], windows: Sequence[Sequence[float]]) -> set[int]:
+    """Pool frames inside the annotated windows; the nearest pool frame for a window too narrow
+    to contain one (as with a one-pool-frame needle)."""
+    chosen: set[int] = set()
+    for start, end in windows:
+        inside = {i for i, t in enumerate(pool) if start <= t <= end}
+        if not inside and pool:
+            middle = (start + end) / 2
+            inside = {min(range(len(pool)), key=lambda i: abs(pool[i] - middle))}
+        chosen |= inside
+    return chosen
