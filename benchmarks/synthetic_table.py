@@ -10,8 +10,10 @@ seen and mean turns. Settings, all through `vmtr.ask`:
 - single-turn with 16 and with 32 uniform frames (``max_turns=1``);
 - multi-turn with the protocol's defaults (16 first-turn frames, retrieves of 8, 3 turns);
 - multi-turn with oracle aim (`vmtr.eval.oracle.OracleAim`): the same model and protocol, but
-  every retrieve it writes asks for the span of the needles' frames. It bounds what better
-  aiming (the part of the policy RL can move) could buy this model; the rest is reading.
+  every retrieve it writes asks for 8 frames around the needles. It bounds what better aiming
+  (the part of the policy RL can move) could buy this model; the rest is reading;
+- the same in two turns: the aimed retrieve's turn is the last, so its prompt asks for an
+  answer. It adds a stopping rule to the bound: answer once the needles were shown.
 
 Per-item results go to a JSONL file beside the data, so an interrupted run resumes where it
 stopped. Items run in worker processes with one thread each (the tiny model is far too small to
@@ -38,9 +40,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 32 uniform frames": {"max_turns": 1, "first_turn_frames": 32},
     "multi-turn (16 + 8 + 8, 3 turns)": {},
     "multi-turn, oracle aim": {},
+    "two turns, oracle aim": {"max_turns": 2},
 }
 ORACLE = "multi-turn, oracle aim"
-"""The setting whose model is wrapped in `OracleAim` over the item's needle frames."""
+ORACLE_SETTINGS = {ORACLE, "two turns, oracle aim"}
+"""The settings whose model is wrapped in `OracleAim` over the item's needle frames."""
 
 _LM: Any = None
 
@@ -66,7 +70,7 @@ def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[st
 
     started = time.perf_counter()
     model = _LM
-    if setting == ORACLE:
+    if setting in ORACLE_SETTINGS:
         needles = [n["pool_index"] for n in item["extra"]["needles"]]
         model = OracleAim(_LM, needles, max_index=item["extra"].get("pool_count", 64) - 1)
     result = ask(
