@@ -52,8 +52,10 @@ def user_errors() -> Iterator[None]:
         yield
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise fail(f"invalid setting {where}: {first.get('msg', error)}") from None
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        # a check across settings has no field to name; its own message says which flags
+        message = str(first.get("msg", error)).removeprefix("Value error, ")
+        raise fail(f"invalid setting {where}: {message}" if where else message) from None
     except (VideoError, ModelLoadError, ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:

@@ -108,6 +108,8 @@ def test_turn_credit_spreads_each_turns_advantage_over_its_tokens():
     assert adv.tolist() == [0, 0.5, 0.5, 0, 0, -1, -1, -1, 0]
     with pytest.raises(ValueError, match="GRPO"):
         RLSettings(algo="ppo", credit="turn")
+    with pytest.raises(ValueError, match="whitens"):  # a flag that would do nothing under PPO
+        RLSettings(algo="ppo", group_std=False)
 
 
 @pytest.mark.parametrize("credit", ["trajectory", "turn"])

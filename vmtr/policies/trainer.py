@@ -78,10 +78,14 @@ class RLSettings(BaseModel):
     protocol: ProtocolSettings = ProtocolSettings()
 
     @model_validator(mode="after")
-    def _credit_is_grpo_only(self) -> RLSettings:
+    def _grpo_options_need_grpo(self) -> RLSettings:
         if self.algo == "ppo" and self.credit != "trajectory":
             raise ValueError(
                 "--credit is GRPO's; PPO's bi-level GAE already gives each turn its own"
+            )
+        if self.algo == "ppo" and not self.group_std:
+            raise ValueError(
+                "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
             )
         return self
 
