@@ -76,6 +76,8 @@ ARMS = {
 }
 PAPER_ARMS = list(ARMS)[:3]
 MULTI = "multi-turn (16 + 8 + 8, 3 turns)"
+ASKED = {3: (MULTI, ORACLE), 2: ("two turns (16 + 8)", "two turns, oracle aim")}
+"""Per turn budget: the held-out settings an arm is asked under (its own aim, oracle aim)."""
 
 
 def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: int) -> list[str]:
@@ -115,6 +117,8 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         str(args.save_every),
         "--seed",
         str(seed),
+        "--max-turns",
+        str(args.max_turns),
         *flags,
     ]
 
@@ -237,6 +241,13 @@ def main() -> None:
         help="Arms to train and ask (default: the paper's three).",
     )
     parser.add_argument("--workers", type=int, default=2, help="Evaluation processes.")
+    parser.add_argument(
+        "--max-turns",
+        type=int,
+        choices=sorted(ASKED),
+        default=3,
+        help="Turn budget of the RL rollouts and of the arms' held-out runs (Video-MTR: 3).",
+    )
     args = parser.parse_args()
     args.arms = [name for name in ARMS if arm_slug(name) in args.arms]
 
@@ -260,17 +271,18 @@ def main() -> None:
     }
     table = [chance_row(items), *warm_rows.values()]
     by_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    own, oracle = ASKED[args.max_turns]
     for (name, seed), checkpoint in train_arms(args).items():
         rows, _ = evaluate_model(
             str(checkpoint),
             items,
-            [MULTI, ORACLE],
+            [own, oracle],
             checkpoint.parent / f"heldout-{checkpoint.name}.jsonl",
             args.workers,
             args.eval_max_new_tokens,
         )
         suffix = f", seed {seed}" if len(args.seed) > 1 else ""
-        for setting in (MULTI, ORACLE):
+        for setting in (own, oracle):
             mine = [r for r in rows if r["setting"] == setting]
             table.append(summary_row(mine, f"{name}, {setting}{suffix}", kinds))
         by_seed.setdefault(name, {})[seed] = table[-2]
@@ -284,7 +296,7 @@ def main() -> None:
     print(markdown(table))
     print()
     if len(args.seed) > 1:
-        print(seeds_markdown(warm_rows[MULTI], by_seed))
+        print(seeds_markdown(warm_rows[own], by_seed))
         print()
     for row in table:
         for line in (evidence_line(row), breakdown_line(row)):

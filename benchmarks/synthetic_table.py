@@ -8,7 +8,8 @@ seen and mean turns. Settings, all through `vmtr.ask`:
 
 - chance: 1 / number of options (25 % with four options); no frames;
 - single-turn with 16 and with 32 uniform frames (``max_turns=1``);
-- multi-turn with the protocol's defaults (16 first-turn frames, retrieves of 8, 3 turns);
+- multi-turn with the protocol's defaults (16 first-turn frames, retrieves of 8, 3 turns), and
+  with two turns (one retrieve, then the answer);
 - multi-turn with oracle aim (`vmtr.eval.oracle.OracleAim`): the same model and protocol, but
   every retrieve it writes asks for 8 frames around the needles. It bounds what better aiming
   (the part of the policy RL can move) could buy this model; the rest is reading;
@@ -39,6 +40,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
     "single-turn, 32 uniform frames": {"max_turns": 1, "first_turn_frames": 32},
     "multi-turn (16 + 8 + 8, 3 turns)": {},
+    "two turns (16 + 8)": {"max_turns": 2},
     "multi-turn, oracle aim": {},
     "two turns, oracle aim": {"max_turns": 2},
 }

@@ -139,3 +139,32 @@ def test_ask_kv_sparse_labels_groups_of_frames(clip):
         assert first["frames"] == list(range(12))
         kv[per_label] = first["kv"]["kv_bytes"]
     assert kv["3"] < kv["1"]  # 4 labels instead of 12 in the pooled cache
+
+
+def test_train_rl_maps_its_flags_onto_the_settings(monkeypatch, tmp_path):
+    """The reward and protocol flags reach the recipe; a combination that would do nothing
+    (PPO with GRPO's --no-group-std) is one line, not a traceback."""
+    seen = {}
+
+    class FakeRecipe:
+        def __init__(self, data, out, model, settings):
+            seen["settings"] = settings
+            self.step = 0
+
+        def setup(self):
+            pass
+
+        def train(self, progress=None):
+            pass
+
+    monkeypatch.setattr("vmtr.policies.trainer.RLRecipe", FakeRecipe)
+    base = ["train", "rl", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*base, "--max-turns", "2", "--no-gate", "--gate-format"])
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert settings.protocol.max_turns == 2
+    assert (settings.reward.gate, settings.reward.gate_format) == (False, True)
+    line = _one_line_error(runner.invoke(app, [*base, "--algo", "ppo", "--no-group-std"]))
+    assert (
+        line == "error: --no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
+    )

@@ -46,6 +46,9 @@ def rl(
         int, typer.Option(min=1, help="Optimizer passes over each step's rollouts.")
     ] = 1,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    max_turns: Annotated[
+        int, typer.Option(min=1, help="Turn budget of the rollouts' protocol (Video-MTR: 3).")
+    ] = 3,
     reward: Annotated[str, typer.Option(help="code or paper reward variant.")] = "code",
     frame_reward: Annotated[bool, typer.Option(help="Turn-level frame term (ablation).")] = True,
     gate: Annotated[bool, typer.Option(help="Gate turn rewards on a right answer.")] = True,
@@ -67,6 +70,7 @@ def rl(
     from rich.console import Console
 
     from vmtr.cli import user_errors
+    from vmtr.config import ProtocolSettings
     from vmtr.policies.rewards import RewardSettings
     from vmtr.policies.trainer import RLRecipe, RLSettings
 
@@ -94,6 +98,7 @@ def rl(
             reward=RewardSettings(
                 variant=reward, use_frame_reward=frame_reward, gate=gate, gate_format=gate_format
             ),
+            protocol=ProtocolSettings(max_turns=max_turns),
         )
         recipe = RLRecipe(data, out, model, settings)
         recipe.setup()
