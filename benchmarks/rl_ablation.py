@@ -3,7 +3,7 @@
     python benchmarks/rl_ablation.py --start runs/tiny/16-aim/final \\
         --train runs/tiny/data/train-s1001 [--heldout runs/table/heldout-s5000] [--n 200] \\
         [--steps 30] [--lr 3e-5] [--parallel 3] [--out runs/ablation] [--seed 0 [1 2 ...]] \\
-        [--arms answer-reward-only gated-bi-level-reward ...]
+        [--arms answer-reward-only gated-bi-level-reward ...] [--max-turns 2]
 
 Every arm starts from the same warm-started checkpoint and runs the same `vmtr train rl` recipe
 (GRPO, same seed, same steps, same data), differing only in the reward:
