@@ -45,8 +45,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_table import (  # noqa: E402
+    MULTI,
     ORACLE,
     SETTINGS,
+    TWO_TURNS,
+    TWO_TURNS_ORACLE,
     breakdown_line,
     chance_row,
     evaluate_model,
@@ -75,8 +78,7 @@ ARMS = {
     ],
 }
 PAPER_ARMS = list(ARMS)[:3]
-MULTI = "multi-turn (16 + 8 + 8, 3 turns)"
-ASKED = {3: (MULTI, ORACLE), 2: ("two turns (16 + 8)", "two turns, oracle aim")}
+ASKED = {3: (MULTI, ORACLE), 2: (TWO_TURNS, TWO_TURNS_ORACLE)}
 """Per turn budget: the held-out settings an arm is asked under (its own aim, oracle aim)."""
 
 

@@ -44,8 +44,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "multi-turn, oracle aim": {},
     "two turns, oracle aim": {"max_turns": 2},
 }
-ORACLE = "multi-turn, oracle aim"
-ORACLE_SETTINGS = {ORACLE, "two turns, oracle aim"}
+MULTI, TWO_TURNS = "multi-turn (16 + 8 + 8, 3 turns)", "two turns (16 + 8)"
+ORACLE, TWO_TURNS_ORACLE = "multi-turn, oracle aim", "two turns, oracle aim"
+ORACLE_SETTINGS = {ORACLE, TWO_TURNS_ORACLE}
 """The settings whose model is wrapped in `OracleAim` over the item's needle frames."""
 
 _LM: Any = None
@@ -64,6 +65,7 @@ def _init_worker(model: str) -> None:
 
 def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
     from vmtr.agent.ask import ask
+    from vmtr.config import ProtocolSettings
     from vmtr.eval.datasets import QAItem
     from vmtr.eval.oracle import OracleAim
     from vmtr.eval.runner import shown_times
@@ -73,8 +75,8 @@ def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[st
     started = time.perf_counter()
     model = _LM
     if setting in ORACLE_SETTINGS:
-        needles = [n["pool_index"] for n in item["extra"]["needles"]]
-        model = OracleAim(_LM, needles, max_index=item["extra"].get("pool_count", 64) - 1)
+        protocol = ProtocolSettings(**SETTINGS[setting])
+        model = OracleAim.for_question(_LM, item["video"], item["windows"], protocol)
     result = ask(
         item["video"],
         item["question"],
@@ -127,7 +129,7 @@ def load_items(folder: Path, n: int, seed: int, minutes: float) -> list[dict[str
             "options": it.options,
             "answer": it.answer,
             "windows": it.relevant_windows,
-            "extra": {"needles": it.extra["needles"], "pool_count": it.extra.get("pool_count", 64)},
+            "extra": {"needles": it.extra["needles"]},
             "kind": it.categories.get("kind"),
         }
         for it in items

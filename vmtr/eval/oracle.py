@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from vmtr.agent.protocol import RETRIEVE_RE
-from vmtr.config import GenerationSettings
+from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.models.vlm import FrameFetcher, Generation, VideoLM
 
 
@@ -71,6 +72,25 @@ class OracleAim:
         self.name = f"{lm.name}+oracle-aim"
         self.span = relevant_span(relevant, width, max_index)
         self.rewritten = 0  # replies whose range was replaced, for reports
+
+    @classmethod
+    def for_question(
+        cls,
+        lm: VideoLM,
+        video: str | Path,
+        windows: Sequence[Sequence[float]],
+        protocol: ProtocolSettings,
+    ) -> OracleAim:
+        """Aimed at the pool frames inside ``windows`` (seconds) of ``video``, with the pool
+        and retrieve width that ``protocol`` gives the agent."""
+        from vmtr.tools.select import relevant_pool_indices
+        from vmtr.tools.video import pool_timestamps, probe
+
+        pool = pool_timestamps(
+            probe(video), max_frames=protocol.pool_size, max_fps=protocol.pool_max_fps
+        )
+        relevant = relevant_pool_indices(pool, windows)
+        return cls(lm, relevant, protocol.frames_per_retrieve, len(pool) - 1)
 
     def __getattr__(self, name: str) -> Any:
         # pixel_budget and any other backend attribute the agent asks for

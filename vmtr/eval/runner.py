@@ -354,17 +354,11 @@ def question_graphs(lm: VideoLM, settings: EvalSettings, scorer: Any = None) -> 
         return lambda item: graph
 
     from vmtr.eval.oracle import OracleAim
-    from vmtr.tools.select import relevant_pool_indices
-    from vmtr.tools.video import pool_timestamps, probe
 
     protocol = settings.effective_protocol()
 
     def aimed(item: QAItem) -> Any:
-        pool = pool_timestamps(
-            probe(item.video), max_frames=protocol.pool_size, max_fps=protocol.pool_max_fps
-        )
-        relevant = relevant_pool_indices(pool, item.relevant_windows)
-        oracle = OracleAim(lm, relevant, protocol.frames_per_retrieve, len(pool) - 1)
+        oracle = OracleAim.for_question(lm, item.video, item.relevant_windows, protocol)
         return build_eval_graph(oracle, settings, scorer)
 
     return aimed
