@@ -64,6 +64,10 @@ def rl(
     lora_rank: Annotated[int, typer.Option(min=0, help="> 0: train a LoRA adapter.")] = 0,
     quantization: Annotated[str, typer.Option(help="none, 4bit (QLoRA) or 8bit.")] = "none",
     save_every: Annotated[int, typer.Option(min=1)] = 50,
+    save_merged: Annotated[
+        bool,
+        typer.Option(help="LoRA: a merged full model in every checkpoint (the final one always)."),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fine-tune a model by RL on the agent's own multi-turn protocol (resumes from OUT)."""
@@ -94,6 +98,7 @@ def rl(
             lora_rank=lora_rank,
             quantization=quantization,
             save_every=save_every,
+            save_merged=save_merged,
             seed=seed,
             reward=RewardSettings(
                 variant=reward, use_frame_reward=frame_reward, gate=gate, gate_format=gate_format

@@ -345,9 +345,9 @@ def generate_batch(
     grids = torch.cat([e["image_grid_thw"] for e in with_images]) if with_images else None
     pixels = None
     if with_images:
-        dtype = next(model.model.visual.parameters()).dtype
+        dtype = next(lm.core.visual.parameters()).dtype
         pixels = torch.cat([e["pixel_values"] for e in with_images]).to(device, dtype)
-    positions, _ = model.model.get_rope_index(
+    positions, _ = lm.core.get_rope_index(
         input_ids, mm_token_type_ids=mm_types, image_grid_thw=grids, attention_mask=mask
     )
     cache = DynamicCache(config=model.config)

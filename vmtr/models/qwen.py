@@ -23,6 +23,7 @@ from transformers import AutoProcessor, DynamicCache
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings
+from vmtr.models.adapters import adapter_base, is_adapter_folder, load_adapter
 from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.gta import load_model
 from vmtr.models.hub import hub_reachable
@@ -72,6 +73,8 @@ def resolve_model_path(spec: str) -> str:
         return str(TINY_DIR)
     path = Path(spec).expanduser()
     if path.exists():
+        if is_adapter_folder(path):
+            return str(path)
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{spec}: folder has no config.json, so it is not a checkpoint")
         return str(path)
@@ -140,8 +143,14 @@ class QwenVideoLM:
 
     @classmethod
     def load(cls, settings: ModelSettings) -> QwenVideoLM:
-        """Load processor and model by hub id, local folder or ``tiny``; errors say what to do."""
+        """Load processor and model by hub id, local folder or ``tiny``; errors say what to do.
+
+        A folder holding a LoRA adapter (a ``vmtr train`` checkpoint of a LoRA run) loads the base
+        model its config names and folds the adapter in.
+        """
         path = resolve_model_path(settings.model)
+        if is_adapter_folder(path):
+            return cls._load_adapter(path, settings)
         is_hub_id = settings.model != "tiny" and not Path(path).exists()
         if is_hub_id:
             path = cached_snapshot(path) or path
@@ -177,6 +186,34 @@ class QwenVideoLM:
         if quant is None:
             model = model.to(device)
         return cls(model, processor, settings)
+
+    @classmethod
+    def _load_adapter(cls, folder: str, settings: ModelSettings) -> QwenVideoLM:
+        try:
+            import peft  # noqa: F401
+        except ImportError as err:
+            raise ModelLoadError(
+                f"{folder} holds a LoRA adapter; loading it needs peft (`pip install vmtr[train]`)"
+            ) from err
+        try:
+            base_spec = adapter_base(folder)
+        except ValueError as err:
+            raise ModelLoadError(str(err)) from err
+        base = cls.load(settings.model_copy(update={"model": base_spec}))
+        model = load_adapter(base.model, folder, trainable=False).merge_and_unload()
+        processor = base.processor
+        if (Path(folder) / "preprocessor_config.json").exists():
+            processor = AutoProcessor.from_pretrained(folder)
+        return cls(model, processor, settings)
+
+    @property
+    def core(self) -> Any:
+        """The inner ``Qwen2_5_VLModel`` (vision tower, M-RoPE rule), through a PEFT wrapper
+        when the model being trained carries a LoRA adapter."""
+        model = self.model
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        return model.model
 
     @property
     def pixel_budget(self) -> dict[str, int]:
@@ -286,7 +323,7 @@ class QwenVideoLM:
         """3-D M-RoPE positions [3, 1, L] of the whole sequence, from the model's own rule."""
         if not state.grids:
             return torch.arange(state.length).view(1, 1, -1).expand(3, 1, -1)
-        positions, _ = self.model.model.get_rope_index(
+        positions, _ = self.core.get_rope_index(
             state.ids,
             mm_token_type_ids=state.mm_types,
             image_grid_thw=torch.stack(state.grids),
@@ -358,7 +395,7 @@ class QwenVideoLM:
         patch_offsets = [0]
         for g in state.grids:
             patch_offsets.append(patch_offsets[-1] + int(g.prod()))
-        dtype = next(self.model.model.visual.parameters()).dtype
+        dtype = next(self.core.visual.parameters()).dtype
         return (
             pixels[patch_offsets[first] :].to(self.device, dtype),
             torch.stack(state.grids[first:]).to(self.device),

@@ -31,6 +31,7 @@ from torch import nn
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
+from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapter, save_merged
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
 from vmtr.policies.rewards import RewardSettings
@@ -71,6 +72,11 @@ class RLSettings(BaseModel):
     top_p: float = 0.95
     max_new_tokens: int = 512
     lora_rank: int = Field(0, ge=0, description="> 0 trains a LoRA adapter instead.")
+    save_merged: bool = Field(
+        False,
+        description="LoRA: a merged full model in every checkpoint's merged/ (the final one "
+        "always gets it).",
+    )
     quantization: Literal["none", "4bit", "8bit"] = "none"
     save_every: int = Field(50, ge=1)
     seed: int = 0
@@ -112,7 +118,7 @@ def model_inputs(lm: QwenVideoLM, traj: Trajectory) -> dict[str, Any]:
     ids = traj.input_ids.unsqueeze(0)
     mm = traj.mm_token_type_ids.unsqueeze(0)
     if traj.image_grid_thw is not None:
-        positions, _ = lm.model.model.get_rope_index(
+        positions, _ = lm.core.get_rope_index(
             ids, mm_token_type_ids=mm, image_grid_thw=traj.image_grid_thw
         )
     else:
@@ -196,7 +202,10 @@ class RLRecipe:
             raise ValueError(f"{self.data}: no training items")
         self.by_id = {item.id: item for item in self.items}
         resume = self.latest_checkpoint()
-        spec = str(resume) if resume else self.model_spec
+        lora = self.s.lora_rank > 0
+        # A LoRA checkpoint holds the adapter alone: the base loads from the original spec and
+        # the adapter goes back on it, trainable, so the optimiser state lines up again.
+        spec = str(resume) if resume and not lora else self.model_spec
         self.lm = QwenVideoLM.load(
             ModelSettings(
                 model=spec,
@@ -206,19 +215,14 @@ class RLRecipe:
             )
         )
         policy = self.lm.model
-        if self.s.lora_rank > 0 and not hasattr(policy, "peft_config"):
-            from peft import LoraConfig, get_peft_model
-
-            policy = get_peft_model(
-                policy,
-                LoraConfig(
-                    r=self.s.lora_rank,
-                    lora_alpha=2 * self.s.lora_rank,
-                    target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
-                ),
+        if lora:
+            policy = (
+                load_adapter(policy, resume, trainable=True)
+                if resume
+                else add_lora(policy, self.s.lora_rank)
             )
         self.reference = None
-        if self.s.kl_coef > 0 and self.s.lora_rank == 0:
+        if self.s.kl_coef > 0 and not lora:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         policy.train()
         self.optimizer = torch.optim.AdamW(
@@ -435,7 +439,12 @@ class RLRecipe:
             plot_metrics(log_path, self.out / "metrics.png")
 
     def save(self, folder: Path) -> None:
-        """Model + processor (loadable with `--model folder`) + optimiser, RNG and step."""
+        """Model + processor (loadable with `--model folder`) + optimiser, RNG and step.
+
+        A LoRA run saves the adapter alone (a folder `--model` also loads, base + adapter);
+        the final checkpoint, or every one with ``save_merged``, gets a merged full model in
+        ``merged/`` too, built from a copy: the live policy keeps its adapter and keeps training.
+        """
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return
@@ -443,8 +452,12 @@ class RLRecipe:
         tmp.mkdir(parents=True, exist_ok=True)
         model = self.acc.unwrap_model(self.policy)
         if self.s.lora_rank > 0:
-            model = model.merge_and_unload() if self.s.quantization == "none" else model
-        model.save_pretrained(tmp)
+            save_adapter(model, tmp)
+            merge = self.s.save_merged or self.step == self.s.steps
+            if merge and self.s.quantization == "none":
+                save_merged(model, tmp / MERGED_DIR, self.lm.processor)
+        else:
+            model.save_pretrained(tmp)
         self.lm.processor.save_pretrained(tmp)
         if self.critic is not None:
             torch.save(self.acc.unwrap_model(self.critic).state_dict(), tmp / "critic.pt")
@@ -454,6 +467,7 @@ class RLRecipe:
             "python_rng": random.getstate(),
             "torch_rng": torch.get_rng_state(),
             "settings": self.s.model_dump(),
+            "base_model": self.model_spec,
         }
         if self.critic_optimizer is not None:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
