@@ -20,6 +20,7 @@ import torch
 from vmtr.agent.graph import build_graph
 from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem
+from vmtr.models.engine import EpisodeEngine
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.rewards import (
     RewardSettings,
@@ -30,6 +31,7 @@ from vmtr.policies.rewards import (
     trajectory_reward,
 )
 from vmtr.tools.select import relevant_pool_indices
+from vmtr.tools.video import FrameCache
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Trajectory:
 class _Recorder:
     """Wraps the backend; keeps each session's tokens when the graph ends it."""
 
-    def __init__(self, lm: QwenVideoLM) -> None:
+    def __init__(self, lm: QwenVideoLM | EpisodeEngine) -> None:
         self.lm = lm
         self.name = lm.name
         self.pixel_budget = lm.pixel_budget
@@ -109,18 +111,21 @@ def _tensors(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_episode(
-    lm: QwenVideoLM,
+    lm: QwenVideoLM | EpisodeEngine,
     item: QAItem,
     *,
     group: int,
     seed: int,
     protocol_settings: ProtocolSettings,
     generation: GenerationSettings,
+    frame_cache: FrameCache | None = None,
 ) -> Trajectory:
     """One sampled episode on ``item`` through the agent graph."""
     recorder = _Recorder(lm)
     gen = generation.model_copy(update={"seed": seed})
-    graph = build_graph(recorder, protocol_settings=protocol_settings, generation=gen)
+    graph = build_graph(
+        recorder, protocol_settings=protocol_settings, generation=gen, frame_cache=frame_cache
+    )
     state = graph.invoke(
         {"video": str(item.video), "question": item.question, "options": item.options},
         {"recursion_limit": 4 * protocol_settings.max_turns + 10},
@@ -191,27 +196,39 @@ def rollout(
     seed: int,
     protocol_settings: ProtocolSettings,
     generation: GenerationSettings,
-    workers: int = 1,
+    batched: bool = True,
 ) -> list[Trajectory]:
-    """``group_size`` sampled episodes per item (GRPO groups), each with its own seed."""
+    """``group_size`` sampled episodes per item (GRPO groups), each with its own seed.
+
+    ``batched`` (the default) runs every episode at once, each graph in its own thread, on one
+    `EpisodeEngine`: one forward per token for all of them, a group's shared first prompt
+    prefilled once, each video's frames decoded once. Each episode samples from its own
+    generator, so its tokens are those of the one-at-a-time path (``batched=False``) with the
+    same seed.
+    """
     jobs = [
         (item, g, seed * 1_000_003 + g * 7919 + k)
         for g, item in enumerate(items)
         for k in range(group_size)
     ]
+    frames = FrameCache(max_frames=max(256, 64 * len(items)))
 
-    def one(job: tuple[QAItem, int, int]) -> Trajectory:
+    def one(model: QwenVideoLM | EpisodeEngine, job: tuple[QAItem, int, int]) -> Trajectory:
         item, group, job_seed = job
         return run_episode(
-            lm,
+            model,
             item,
             group=group,
             seed=job_seed,
             protocol_settings=protocol_settings,
             generation=generation,
+            frame_cache=frames,
         )
 
-    if workers <= 1:
-        return [one(job) for job in jobs]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, jobs))
+    if not batched or len(jobs) <= 1:
+        return [one(lm, job) for job in jobs]
+    with (
+        EpisodeEngine(lm, max_episodes=len(jobs)) as engine,
+        ThreadPoolExecutor(len(jobs), thread_name_prefix="vmtr-rollout") as pool,
+    ):
+        return list(pool.map(lambda job: one(engine, job), jobs))
