@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,9 @@ class RLSettings(BaseModel):
     kl_coef: float = 0.001
     grad_clip: float = 1.0
     ppo_epochs: int = Field(1, ge=1)
+    micro_batch: int = Field(
+        8, ge=1, description="Trajectories per forward in the update (padded to the longest)."
+    )
     gamma_turn: float = 1.0
     lam_turn: float = 1.0
     gamma: float = 1.0
@@ -115,23 +118,44 @@ class ValueModel(nn.Module):
 
 def model_inputs(lm: QwenVideoLM, traj: Trajectory) -> dict[str, Any]:
     """The forward inputs that reproduce what the model saw while sampling ``traj``."""
-    ids = traj.input_ids.unsqueeze(0)
-    mm = traj.mm_token_type_ids.unsqueeze(0)
-    if traj.image_grid_thw is not None:
-        positions, _ = lm.core.get_rope_index(
-            ids, mm_token_type_ids=mm, image_grid_thw=traj.image_grid_thw
-        )
-    else:
-        positions = torch.arange(ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
+    return batch_inputs(lm, [traj])
+
+
+def batch_inputs(lm: QwenVideoLM, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """Several trajectories as one right-padded batch: ids, modality types, padding mask, each
+    row's own M-RoPE positions (from the model's ``get_rope_index``) and all their images."""
+    lengths = [int(t.input_ids.shape[0]) for t in trajectories]
+    width, rows = max(lengths), len(trajectories)
+    ids = torch.full((rows, width), lm.end_id, dtype=torch.long)
+    mm = torch.zeros((rows, width), dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    positions = torch.zeros((3, rows, width), dtype=torch.long)
+    for row, (traj, length) in enumerate(zip(trajectories, lengths, strict=True)):
+        ids[row, :length] = traj.input_ids
+        mm[row, :length] = traj.mm_token_type_ids
+        mask[row, :length] = 1
+        one_ids, one_mm = traj.input_ids.unsqueeze(0), traj.mm_token_type_ids.unsqueeze(0)
+        if traj.image_grid_thw is not None:
+            pos, _ = lm.core.get_rope_index(
+                one_ids, mm_token_type_ids=one_mm, image_grid_thw=traj.image_grid_thw
+            )
+        else:
+            pos = torch.arange(length).view(1, 1, -1).expand(3, 1, -1)
+        positions[:, row, :length] = pos[:, 0]
+        if length < width:  # padding continues the row's positions (its outputs are masked)
+            positions[:, row, length:] = pos[:, 0, -1:] + 1 + torch.arange(width - length)
     device = lm.device
     inputs = {
         "input_ids": ids.to(device),
         "mm_token_type_ids": mm.to(device),
         "position_ids": positions.to(device),
     }
-    if traj.pixel_values is not None:
-        inputs["pixel_values"] = traj.pixel_values.to(device)
-        inputs["image_grid_thw"] = traj.image_grid_thw.to(device)
+    if rows > 1:
+        inputs["attention_mask"] = mask.to(device)
+    with_images = [t for t in trajectories if t.pixel_values is not None]
+    if with_images:
+        inputs["pixel_values"] = torch.cat([t.pixel_values for t in with_images]).to(device)
+        inputs["image_grid_thw"] = torch.cat([t.image_grid_thw for t in with_images]).to(device)
     return inputs
 
 
@@ -143,21 +167,33 @@ def token_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of every token given the ones before it (position 0 gets 0), and the entropy of
     the distribution it was drawn from — at the sampling temperature, vision tokens masked, as in
-    the backend's sampler, so the first PPO ratio is exactly 1."""
-    logits = model(**inputs, use_cache=False).logits[0, :-1].float()
-    logits[:, banned] = float("-inf")
+    the backend's sampler, so the first PPO ratio is exactly 1. Shapes ``[rows, L]``, or ``[L]``
+    for a batch of one."""
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    logits[..., banned] = float("-inf")
     if temperature > 0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
-    target = inputs["input_ids"][0, 1:]
+    target = inputs["input_ids"][:, 1:]
     chosen = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     # Vision placeholders are banned from sampling, so as targets (environment tokens only) they
     # score -inf; zero them so masked sums stay finite.
     chosen = torch.where(torch.isfinite(chosen), chosen, torch.zeros_like(chosen))
     probs = logp_all.exp()
     entropy = -(probs * torch.where(probs > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
-    pad = torch.zeros(1, device=chosen.device)
-    return torch.cat([pad, chosen]), torch.cat([pad, entropy])
+    pad = torch.zeros((chosen.shape[0], 1), device=chosen.device)
+    logp, entropy = torch.cat([pad, chosen], 1), torch.cat([pad, entropy], 1)
+    if logp.shape[0] == 1:
+        return logp[0], entropy[0]
+    return logp, entropy
+
+
+def padded(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """1-D tensors stacked into ``[rows, width]``, zero-padded on the right."""
+    out = torch.zeros((len(rows), width), dtype=rows[0].dtype)
+    for row, x in enumerate(rows):
+        out[row, : x.shape[0]] = x
+    return out
 
 
 def turn_token_advantages(traj: Trajectory, turn_adv: list[float]) -> torch.Tensor:
@@ -169,7 +205,8 @@ def turn_token_advantages(traj: Trajectory, turn_adv: list[float]) -> torch.Tens
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    """Mean over the mask's ones; per row (last axis) for 2-D inputs."""
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
 class RLRecipe:
@@ -330,9 +367,13 @@ class RLRecipe:
             for traj, a in zip(trajectories, adv, strict=True):
                 out.append((traj.action_mask * a, torch.empty(0)))
             return out
-        for traj in trajectories:
+        all_values = []
+        for first in range(0, len(trajectories), self.s.micro_batch):
+            chunk = trajectories[first : first + self.s.micro_batch]
             with torch.no_grad():
-                values = self.critic(**model_inputs(self.lm, traj))[0].cpu()
+                values = self.critic(**batch_inputs(self.lm, chunk)).view(len(chunk), -1).cpu()
+            all_values += [v[: t.input_ids.shape[0]] for v, t in zip(values, chunk, strict=True)]
+        for traj, values in zip(trajectories, all_values, strict=True):
             a, ret = bilevel_gae(
                 values,
                 traj.turn_spans,
@@ -346,7 +387,8 @@ class RLRecipe:
         return out
 
     def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
-        """PPO epochs over the step's trajectories, one trajectory per micro-batch."""
+        """PPO epochs over the step's trajectories, ``micro_batch`` of them per forward (right
+        padded; each trajectory's loss is its own masked mean, as one at a time)."""
         targets = self.advantages(trajectories)
         if self.s.algo == "ppo":  # whiten PPO advantages over the batch's response tokens
             masks = torch.cat([t.action_mask for t in trajectories])
@@ -367,41 +409,47 @@ class RLRecipe:
         }
         banned = self.lm.banned_ids
         n = len(trajectories)
+        size = self.s.micro_batch
         for _ in range(self.s.ppo_epochs):
             self.optimizer.zero_grad()
             if self.critic_optimizer is not None:
                 self.critic_optimizer.zero_grad()
-            for traj, (adv, ret) in zip(trajectories, targets, strict=True):
-                # No skipping, even for a reply-less trajectory: under DDP every process must run
-                # the same number of backward passes.
-                mask = traj.action_mask.to(self.acc.device)
-                inputs = model_inputs(self.lm, traj)
+            # No skipping, even of reply-less trajectories: under DDP every process must run the
+            # same number of backward passes.
+            for first in range(0, n, size):
+                chunk = trajectories[first : first + size]
+                chunk_targets = targets[first : first + size]
+                width = max(int(t.input_ids.shape[0]) for t in chunk)
+                mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
+                adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
+                old = padded([t.old_logprobs for t in chunk], width).to(self.acc.device)
+                inputs = batch_inputs(self.lm, chunk)
                 logp, entropy = token_logprobs(self.policy, inputs, banned, self.s.temperature)
-                old = traj.old_logprobs.to(logp.device)
-                adv = adv.to(logp.device)
+                logp, entropy = logp.view(len(chunk), -1), entropy.view(len(chunk), -1)
                 ratio = torch.exp(torch.clamp(logp - old, -20, 20))
                 clipped = torch.clamp(ratio, 1 - self.s.clip, 1 + self.s.clip)
-                pg = masked_mean(-torch.minimum(ratio * adv, clipped * adv), mask)
-                loss = pg - self.s.entropy_coef * masked_mean(entropy, mask)
-                kl = torch.zeros((), device=logp.device)
+                pg = masked_mean(-torch.minimum(ratio * adv, clipped * adv), mask)  # per row
+                ent = masked_mean(entropy, mask)
+                loss = pg - self.s.entropy_coef * ent
+                kl = torch.zeros_like(pg)
                 if self.s.kl_coef > 0:
-                    ref_logp = self.reference_logprobs(inputs, banned)
+                    ref_logp = self.reference_logprobs(inputs, banned).view(len(chunk), -1)
                     log_ratio = torch.where(mask.bool(), ref_logp - logp, torch.zeros_like(logp))
                     kl = masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask)  # k3 estimator
                     loss = loss + self.s.kl_coef * kl
-                self.acc.backward(loss / n)
-                totals["policy_loss"] += float(pg.detach()) / n
-                totals["kl"] += float(kl.detach()) / n
-                totals["entropy"] += float(masked_mean(entropy.detach(), mask)) / n
-                totals["clip_frac"] += (
-                    float(masked_mean(((ratio - 1).abs() > self.s.clip).float(), mask)) / n
-                )
+                self.acc.backward(loss.sum() / n)
+                totals["policy_loss"] += float(pg.detach().sum()) / n
+                totals["kl"] += float(kl.detach().sum()) / n
+                totals["entropy"] += float(ent.detach().sum()) / n
+                outside = ((ratio - 1).abs() > self.s.clip).float()
+                totals["clip_frac"] += float(masked_mean(outside, mask).sum()) / n
                 totals["ratio_max"] = max(totals["ratio_max"], float((ratio.detach() * mask).max()))
                 if self.critic is not None:
-                    values = self.critic(**inputs)[0]
-                    v_loss = 0.5 * masked_mean((values - ret.to(values.device)) ** 2, mask)
-                    self.acc.backward(v_loss / n)
-                    totals["value_loss"] += float(v_loss.detach()) / n
+                    values = self.critic(**inputs).view(len(chunk), -1)
+                    ret = padded([r for _, r in chunk_targets], width).to(values.device)
+                    v_loss = 0.5 * masked_mean((values - ret) ** 2, mask)
+                    self.acc.backward(v_loss.sum() / n)
+                    totals["value_loss"] += float(v_loss.detach().sum()) / n
             totals["grad_norm"] = float(
                 self.acc.clip_grad_norm_(self.policy.parameters(), self.s.grad_clip)
             )
