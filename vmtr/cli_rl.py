@@ -64,6 +64,9 @@ def rl(
     lora_rank: Annotated[int, typer.Option(min=0, help="> 0: train a LoRA adapter.")] = 0,
     quantization: Annotated[str, typer.Option(help="none, 4bit (QLoRA) or 8bit.")] = "none",
     save_every: Annotated[int, typer.Option(min=1)] = 50,
+    micro_batch: Annotated[
+        int, typer.Option(min=1, help="Trajectories per forward in the update (padded).")
+    ] = 8,
     save_merged: Annotated[
         bool,
         typer.Option(help="LoRA: a merged full model in every checkpoint (the final one always)."),
@@ -99,6 +102,7 @@ def rl(
             quantization=quantization,
             save_every=save_every,
             save_merged=save_merged,
+            micro_batch=micro_batch,
             seed=seed,
             reward=RewardSettings(
                 variant=reward, use_frame_reward=frame_reward, gate=gate, gate_format=gate_format

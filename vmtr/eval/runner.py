@@ -378,8 +378,9 @@ def run(
 ) -> RunOutcome:
     """Answer this shard's unfinished questions, committing each row as it finishes.
 
-    ``batch_size > 1`` runs that many questions at once; with a `QwenVideoLM` their turns are
-    decoded together by `BatchingVideoLM`. ``progress(done, total)`` follows this invocation.
+    ``batch_size > 1`` runs that many questions at once; with a `QwenVideoLM` they are decoded
+    together by an `EpisodeEngine` (one forward per token for all of them; a finished question's
+    place goes to the next at once). ``progress(done, total)`` follows this invocation.
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -446,9 +447,9 @@ def _run_concurrently(
     batcher = None
     qwen = sys.modules.get("vmtr.models.qwen")  # a QwenVideoLM means it is imported already
     if qwen is not None and isinstance(lm, qwen.QwenVideoLM):
-        from vmtr.models.batching import BatchingVideoLM
+        from vmtr.models.engine import EpisodeEngine
 
-        batcher = BatchingVideoLM(lm, max_batch=batch_size)
+        batcher = EpisodeEngine(lm, max_episodes=batch_size)
     graph_for = question_graphs(batcher or lm, settings, scorer)
     queue = iter(todo)
     running: set[Future] = set()

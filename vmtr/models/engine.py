@@ -44,6 +44,10 @@ from vmtr.models.turn_inputs import TurnEncoder
 from vmtr.models.vlm import FrameFetcher, Generation
 
 
+PAD_TOLERANCE = 1.25
+"""Turns are prefilled together when the longest is at most this many times the shortest."""
+
+
 @dataclass
 class _Episode:
     """One session's state in the engine: its tokens and its slot in the KV cache."""
@@ -52,6 +56,7 @@ class _Episode:
     slot: int | None = None
     in_cache: int = 0  # tokens of state.ids whose keys/values are in the slot
     released: bool = False
+    image_keys: list[Any] = field(default_factory=list)  # content key of each image shown
 
 
 @dataclass
@@ -101,6 +106,9 @@ class EpisodeEngine:
         self.rows = 0  # rows over those calls
         self._sessions: dict[str, _Episode] = {}
         self._prompts: dict[tuple[Any, ...], _Prompt] = {}  # worker thread only
+        self._vision: dict[Any, torch.Tensor] = {}  # frame key -> merged embeddings
+        self.frames_encoded = 0  # frames through the vision tower, for reports
+        self._image_token = lm.model.config.image_token_id
         self._free = list(range(max_episodes))  # a heap: the lowest free slot goes first
         self._slot_ready = threading.Condition()
         self._queue: queue.Queue[_Turn | None] = queue.Queue()
@@ -176,6 +184,7 @@ class EpisodeEngine:
         images = frames(new_frames) if new_frames else None
         encoded = self.encoder(text[len(state.text) :], images)
         lm._append(state, encoded, len(new_frames))
+        episode.image_keys += encoded["image_keys"]
         state.text = text
         if episode.slot is None:
             episode.slot = self._take_slot()
@@ -199,7 +208,7 @@ class EpisodeEngine:
         if episode is not None and text.startswith(episode.state.text):
             return episode
         if episode is not None:  # the conversation was rewritten: start the slot afresh
-            episode.state, episode.in_cache = _Session(), 0
+            episode.state, episode.in_cache, episode.image_keys = _Session(), 0, []
             return episode
         episode = _Episode(_Session())
         if session is not None:
@@ -303,10 +312,27 @@ class EpisodeEngine:
         self._pick_and_settle([*turns, *(t for t, _ in copies)], torch.cat(all_logits))
 
     def _prefill(self, turns: list[_Turn]) -> torch.Tensor:
+        """The turns' uncached tokens prefilled, in forwards of turns of similar length (so a
+        short turn is not padded to a long one's length); their last logits, in order."""
+        spans = [t.episode.state.length - t.episode.in_cache for t in turns]
+        order = sorted(range(len(turns)), key=lambda i: spans[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and spans[i] <= PAD_TOLERANCE * spans[groups[-1][0]]:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        logits: list[torch.Tensor | None] = [None] * len(turns)
+        for group in groups:
+            for i, row in zip(group, self._prefill_group([turns[i] for i in group]), strict=True):
+                logits[i] = row
+        return torch.stack(logits)
+
+    def _prefill_group(self, turns: list[_Turn]) -> torch.Tensor:
         """One forward over the turns' uncached tokens (right-padded); their last logits."""
         lm = self.lm
         rows, spans, chunks = [], [], []
-        pixels, grids = [], []
+        keys, pixels, grids = [], [], []
         for turn in turns:
             episode, state = turn.episode, turn.episode.state
             positions = self._prepare(turn)
@@ -315,6 +341,7 @@ class EpisodeEngine:
             if pv is not None:
                 pixels.append(pv)
                 grids.append(grid)
+                keys += episode.image_keys[len(episode.image_keys) - len(grid) :]
             rows.append(episode.slot)
             spans.append(state.length - start)
             chunks.append((state, start, positions))
@@ -330,11 +357,14 @@ class EpisodeEngine:
             if span < width:  # padding continues the row's positions (its outputs are unused)
                 pos[:, row, span:] = positions[:, 0, -1:] + 1
         mask = self.kv.plan(rows, spans, width)
+        ids = ids.to(lm.device)
+        embeds = lm.core.get_input_embeddings()(ids)
+        if pixels:
+            images = self.vision(keys, torch.cat(pixels), torch.cat(grids))
+            where = (ids == self._image_token).unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(where, images.to(embeds.dtype))
         out = lm.core(
-            input_ids=ids.to(lm.device),
-            mm_token_type_ids=mm.to(lm.device),
-            pixel_values=torch.cat(pixels) if pixels else None,
-            image_grid_thw=torch.cat(grids) if grids else None,
+            inputs_embeds=embeds,
             position_ids=pos.to(lm.device),
             attention_mask=mask,
             **cache_kwargs(self.kv),
@@ -348,6 +378,32 @@ class EpisodeEngine:
         last = torch.tensor([span - 1 for span in spans], device=lm.device)
         hidden = out.last_hidden_state[torch.arange(n, device=lm.device), last]
         return self._head(hidden)
+
+    def vision(self, keys: list[Any], pixels: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        """The vision tower's merged embeddings of these frames, in order; a frame already
+        encoded (same content, same weights: the engine lives for one set of weights) is
+        reused. The tower encodes each image on its own, so reuse changes nothing."""
+        core = self.lm.core
+        patches = [int(g.prod()) for g in grids]
+        offsets = [0]
+        for n in patches:
+            offsets.append(offsets[-1] + n)
+        todo: dict[Any, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._vision and key not in todo:
+                todo[key] = i
+        if todo:
+            chosen = list(todo.values())
+            pv = torch.cat([pixels[offsets[i] : offsets[i + 1]] for i in chosen])
+            dtype = next(core.visual.parameters()).dtype
+            out = core.visual(pv.to(self.lm.device, dtype), grid_thw=grids[chosen].to(pv.device))
+            merged = getattr(out, "pooler_output", out)
+            merge = core.visual.spatial_merge_size**2
+            pieces = torch.split(merged, [patches[i] // merge for i in chosen])
+            for key, piece in zip(todo, pieces, strict=True):
+                self._vision[key] = piece
+            self.frames_encoded += len(chosen)
+        return torch.cat([self._vision[key] for key in keys])
 
     def _prepare(self, turn: _Turn) -> torch.Tensor:
         """Set the turn's slot length, positions, counters and generator; return positions."""

@@ -122,18 +122,20 @@ def model_inputs(lm: QwenVideoLM, traj: Trajectory) -> dict[str, Any]:
 
 
 def batch_inputs(lm: QwenVideoLM, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
-    """Several trajectories as one right-padded batch: ids, modality types, padding mask, each
-    row's own M-RoPE positions (from the model's ``get_rope_index``) and all their images."""
+    """Several trajectories as one right-padded batch: ids, modality types, each row's own M-RoPE
+    positions (from the model's ``get_rope_index``) and all their images.
+
+    No padding mask: with the padding on the right, causal attention already keeps every real
+    token from seeing it (only the padding's own outputs are garbage, and the losses mask them),
+    and without a mask the attention kernel runs its causal fast path."""
     lengths = [int(t.input_ids.shape[0]) for t in trajectories]
     width, rows = max(lengths), len(trajectories)
     ids = torch.full((rows, width), lm.end_id, dtype=torch.long)
     mm = torch.zeros((rows, width), dtype=torch.long)
-    mask = torch.zeros((rows, width), dtype=torch.long)
     positions = torch.zeros((3, rows, width), dtype=torch.long)
     for row, (traj, length) in enumerate(zip(trajectories, lengths, strict=True)):
         ids[row, :length] = traj.input_ids
         mm[row, :length] = traj.mm_token_type_ids
-        mask[row, :length] = 1
         one_ids, one_mm = traj.input_ids.unsqueeze(0), traj.mm_token_type_ids.unsqueeze(0)
         if traj.image_grid_thw is not None:
             pos, _ = lm.core.get_rope_index(
@@ -150,8 +152,6 @@ def batch_inputs(lm: QwenVideoLM, trajectories: Sequence[Trajectory]) -> dict[st
         "mm_token_type_ids": mm.to(device),
         "position_ids": positions.to(device),
     }
-    if rows > 1:
-        inputs["attention_mask"] = mask.to(device)
     with_images = [t for t in trajectories if t.pixel_values is not None]
     if with_images:
         inputs["pixel_values"] = torch.cat([t.pixel_values for t in with_images]).to(device)

@@ -1,0 +1,141 @@
+"""Episode speed: the episode engine against one episode at a time, side by side in one process.
+
+On the bundled tiny model and a fixed generated synthetic set it times
+(a) one RL step's rollouts (8 prompts x 4 samples, 3 turns, temperature 1) one episode at a time
+    and on the engine;
+(b) one whole GRPO step (rollouts + update), old (sequential episodes, one trajectory per update
+    forward) and new (engine, padded micro-batches of 8), with the time split;
+(c) `vmtr eval` questions per minute at batch 8 against batch 1 (greedy).
+Each pair runs back to back with the same seeds, so the ratios hold on a loaded machine; the
+absolute times do not. The last line is
+``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E`` (new speed over old).
+
+    python benchmarks/rollout_speed.py [--threads 1] [--prompts 8] [--samples 4] [--eval-n 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.eval.datasets import load_synthetic
+from vmtr.eval.runner import EvalSettings, collect, run
+from vmtr.eval.synthetic import SyntheticSettings, generate
+from vmtr.policies.rollout import rollout, score
+from vmtr.policies.trainer import RLRecipe, RLSettings
+
+PROTOCOL = ProtocolSettings(max_turns=3)
+
+
+def timed_rollout(lm, items, args, *, batched: bool) -> tuple[float, list]:
+    started = time.perf_counter()
+    trajectories = rollout(
+        lm,
+        items,
+        group_size=args.samples,
+        seed=11,
+        protocol_settings=PROTOCOL,
+        generation=GenerationSettings(
+            temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens
+        ),
+        batched=batched,
+    )
+    return time.perf_counter() - started, trajectories
+
+
+def timed_step(recipe: RLRecipe, items, args, *, batched: bool) -> dict[str, float]:
+    """One GRPO step as `RLRecipe.train_step` runs it, with the rollout path chosen."""
+    started = time.perf_counter()
+    seconds, trajectories = timed_rollout(recipe.lm, items, args, batched=batched)
+    score(trajectories, recipe.by_id, recipe.s.reward)
+    recipe.s.micro_batch = 8 if batched else 1
+    update_started = time.perf_counter()
+    recipe.policy.train()
+    recipe.update(trajectories)
+    recipe.policy.eval()
+    update = time.perf_counter() - update_started
+    return {"rollout": seconds, "update": update, "total": time.perf_counter() - started}
+
+
+def timed_eval(items, lm, out: Path, batch: int, args) -> tuple[float, list[dict]]:
+    settings = EvalSettings(
+        benchmark="synthetic",
+        model=ModelSettings(model="tiny", device="cpu"),
+        generation=GenerationSettings(temperature=0, max_new_tokens=args.max_new_tokens),
+    )
+    started = time.perf_counter()
+    outcome = run(items, settings, out, lm, batch_size=batch)
+    seconds = time.perf_counter() - started
+    if outcome.errors:
+        raise SystemExit(f"{outcome.errors} question(s) failed: {outcome.unexpected[:1]}")
+    return seconds, collect(out, items, settings.run_key())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--eval-n", type=int, default=16)
+    parser.add_argument("--eval-batch", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--minutes", type=float, default=1.0, help="length of each video")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="vmtr-rollout-speed-") as tmp:
+        root = Path(tmp)
+        n = max(args.prompts, args.eval_n)
+        generate(root / "data", SyntheticSettings(n_items=n, seed=4242, minutes=args.minutes))
+        items = load_synthetic(root / "data")
+        recipe = RLRecipe(
+            root / "data", root / "rl", "tiny", RLSettings(actor_lr=1e-5, protocol=PROTOCOL)
+        )
+        recipe.setup()
+        recipe.policy.eval()
+        lm = recipe.lm
+        prompts = items[: args.prompts]
+        timed_rollout(lm, prompts[:1], args, batched=False)  # first-call costs out of the way
+
+        old_s, old_traj = timed_rollout(lm, prompts, args, batched=False)
+        new_s, new_traj = timed_rollout(lm, prompts, args, batched=True)
+        same = sum(torch.equal(a.input_ids, b.input_ids) for a, b in zip(old_traj, new_traj))
+        episodes = len(old_traj)
+        tokens = sum(float(t.action_mask.sum()) for t in old_traj)
+        turns = sum(len(t.turns) for t in old_traj) / episodes
+        print(f"(a) rollouts: {episodes} episodes, {turns:.2f} turns, {tokens:.0f} sampled tokens")
+        print(f"    one at a time {old_s:7.1f} s   engine {new_s:7.1f} s   x{old_s / new_s:.2f}")
+        print(f"    same token sequences: {same}/{episodes}")
+
+        old_step = timed_step(recipe, prompts, args, batched=False)
+        new_step = timed_step(recipe, prompts, args, batched=True)
+        for name, step in (("old", old_step), ("new", new_step)):
+            print(
+                f"(b) {name} step: rollouts {step['rollout']:6.1f} s  update {step['update']:6.1f} s"
+                f"  total {step['total']:6.1f} s"
+            )
+        step_ratio = old_step["total"] / new_step["total"]
+
+        eval_items = items[: args.eval_n]
+        timed_eval(eval_items[:1], lm, root / "warmup", 1, args)
+        one_s, one = timed_eval(eval_items, lm, root / "one", 1, args)
+        many_s, many = timed_eval(eval_items, lm, root / "many", args.eval_batch, args)
+        agree = sum(a["prediction"] == b["prediction"] for a, b in zip(one, many, strict=True))
+        print(
+            f"(c) eval: batch 1 {60 * len(eval_items) / one_s:6.1f} q/min, batch "
+            f"{args.eval_batch} {60 * len(eval_items) / many_s:6.1f} q/min; same answers "
+            f"{agree}/{len(eval_items)}"
+        )
+    print(
+        f"rollout_speed: rollout_ratio={old_s / new_s:.2f} step_ratio={step_ratio:.2f} "
+        f"eval_ratio={one_s / many_s:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
