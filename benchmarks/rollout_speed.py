@@ -104,7 +104,9 @@ def main() -> None:
 
         old_s, old_traj = timed_rollout(lm, prompts, args, batched=False)
         new_s, new_traj = timed_rollout(lm, prompts, args, batched=True)
-        same = sum(torch.equal(a.input_ids, b.input_ids) for a, b in zip(old_traj, new_traj))
+        same = sum(
+            torch.equal(a.input_ids, b.input_ids) for a, b in zip(old_traj, new_traj, strict=True)
+        )
         episodes = len(old_traj)
         tokens = sum(float(t.action_mask.sum()) for t in old_traj)
         turns = sum(len(t.turns) for t in old_traj) / episodes

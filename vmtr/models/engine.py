@@ -43,7 +43,6 @@ from vmtr.models.slot_cache import SlotKV
 from vmtr.models.turn_inputs import TurnEncoder
 from vmtr.models.vlm import FrameFetcher, Generation
 
-
 PAD_TOLERANCE = 1.25
 """Turns are prefilled together when the longest is at most this many times the shortest."""
 
