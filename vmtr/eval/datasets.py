@@ -286,7 +286,7 @@ def _question(entry: dict[str, Any], key: str = "question") -> str:
 
 
 def _read_records(path: Path) -> list[Any]:
-    """Rows of a JSON list, a JSON-lines file or (with pyarrow installed) a parquet file."""
+    """Rows of a JSON list, a JSON-lines file (also when named .json) or a parquet file."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
