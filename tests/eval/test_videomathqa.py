@@ -88,11 +88,16 @@ def test_other_option_and_answer_forms(tmp_path: Path) -> None:
     rows[0]["answer"] = "(C) 3"
     rows[1]["options"] = ["one", "two", "three"]
     rows[1]["answer"] = "two"
+    rows[2]["options"] = ["A)5", "B: 10", "C.  15", "(D)20", "E) 25"]  # mixed forms, in order
     (tmp_path / "mcq").mkdir()
     (tmp_path / "mcq" / "test.json").write_text(json.dumps(rows))  # a JSON list, too
     items = load_videomathqa(tmp_path, "mcq")
     assert items[0].options[2] == "C. 3" and items[0].answer == "C"
     assert items[1].options == ["A. one", "B. two", "C. three"] and items[1].answer == "B"
+    assert items[2].options == ["A. 5", "B. 10", "C. 15", "D. 20", "E. 25"]
+    rows[0].update(options=["A.5", "B.6"], answer="B")  # decimals, not letters: texts
+    (tmp_path / "mcq" / "test.json").write_text(json.dumps(rows[:1]))
+    assert load_videomathqa(tmp_path, "mcq")[0].options == ["A. A.5", "B. B.6"]
 
 
 @pytest.mark.parametrize(

@@ -570,7 +570,7 @@ VIDEOMATHQA_CONFIGS = {
 """VideoMathQA config -> (its folder names, its file names at the top of the data folder)."""
 
 ANNOTATION_SUFFIXES = (".parquet", ".jsonl", ".json")
-_VMQA_LETTER = re.compile(r"^\s*\(([A-Z])\)\s*|^\s*([A-Z])\s*[.):]\s+")
+_VMQA_LETTER = re.compile(r"^\s*\(([A-Z])\)\s*|^\s*([A-Z])\s*(?:[):]\s*|\.(?:\s+|$))")
 
 
 def _config_files(folder: Path, config: str) -> list[Path]:
@@ -597,7 +597,8 @@ def _config_files(folder: Path, config: str) -> list[Path]:
 
 def _videomathqa_options(raw: Any) -> tuple[list[str], list[str]]:
     """(options as "A. text", their texts): the release's options carry their letters, as in
-    "(A) 12 cm"; "A. 12 cm", "A) 12 cm" and unlettered texts are read too."""
+    "(A) 12 cm"; "A. 12 cm", "A) 12 cm", "A:12 cm" and unlettered texts are read too ("A.5" is
+    a text, not a letter)."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
