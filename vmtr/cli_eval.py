@@ -215,7 +215,7 @@ def _evaluate(
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
-    from vmtr.eval.datasets import load_benchmark
+    from vmtr.eval.datasets import first_questions, load_benchmark
     from vmtr.eval.runner import EvalSettings, merge, run
     from vmtr.models.vlm import load_video_lm
 
@@ -227,9 +227,7 @@ def _evaluate(
         where = (state.process_index, state.num_processes) if state is not None else (0, 1)
     if state is not None and device == "auto":
         device = str(state.device)
-    items = load_benchmark(benchmark, data)
-    if limit is not None:
-        items = items[:limit]
+    items = first_questions(load_benchmark(benchmark, data), limit)
     if not items:
         raise ValueError(f"{data}: the benchmark has no questions")
     settings = EvalSettings(

@@ -13,7 +13,13 @@ import typer
 from typer.testing import CliRunner
 
 from vmtr.cli_eval import eval_command
-from vmtr.eval.datasets import DatasetError, load_benchmark, load_videomathqa, load_videomme
+from vmtr.eval.datasets import (
+    DatasetError,
+    first_questions,
+    load_benchmark,
+    load_videomathqa,
+    load_videomme,
+)
 from vmtr.eval.report import summarize
 from vmtr.eval.scoring import accuracy, by_question
 from vmtr.models.scripted import ScriptedVideoLM
@@ -61,6 +67,10 @@ def test_multi_binary_rows_share_their_question(release: Path) -> None:
     assert items[0].options == ["A. 60°", "B. 30°"] and items[0].answer == "A"
     assert items[1].options == ["A. 45°", "B. 60°"] and items[1].answer == "B"
     assert all(len(i.options) == 2 for i in items)
+    # --limit counts questions: two questions are all eight of their pairs
+    assert [i.id for i in first_questions(items, 2)][-1] == "102/4"
+    assert len(first_questions(items, 2)) == 8 and first_questions(items, None) == items
+    assert [i.id for i in first_questions(load_videomathqa(release), 2)] == ["101", "102"]
 
 
 def test_the_hubs_parquet_files_at_the_top(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -697,6 +697,23 @@ LOADERS: dict[str, Callable[[Path], list[QAItem]]] = {
     "synthetic": load_synthetic,
 }
 """Benchmark name (as `vmtr eval` spells it) -> loader of its data folder."""
+
+
+def first_questions(items: Sequence[QAItem], limit: int | None) -> list[QAItem]:
+    """The items of the first ``limit`` questions (all for None): rows sharing a ``group`` are
+    one question, so a limit never cuts a multi-binary question short."""
+    if limit is None:
+        return list(items)
+    kept: list[QAItem] = []
+    seen: set[str] = set()
+    for item in items:
+        key = item.group if item.group is not None else f"\0{item.id}"
+        if key not in seen:
+            if len(seen) == limit:
+                break
+            seen.add(key)
+        kept.append(item)
+    return kept
 
 
 def load_benchmark(name: str, folder: str | Path) -> list[QAItem]:

@@ -88,8 +88,8 @@ def summarize(
     if benchmark in GROUPED:
         rows = [s for s in samples if is_scored(s)]
         right = sum(int(bool(s["correct"])) for s in rows)
-        summary["pairs"] = {"accuracy": right / len(rows) if rows else None, "correct": right}
-        summary["pairs"]["n"] = len(rows)
+        rate = right / len(rows) if rows else None
+        summary["pairs"] = {"accuracy": rate, "correct": right, "n": len(rows)}
     return summary
 
 
