@@ -178,12 +178,14 @@ def letters_sentence(letters: Mapping[str, Any] | None) -> str | None:
 def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = ()) -> str:
     """``summary.md``: this run's headline and category tables, then every run in the folder."""
     model = (results.get("config") or {}).get("model", {}).get("model", "?")
+    grouped = "pairs" in results  # multi-binary: questions scored, the rest counted in pairs
+    scored, rows = ("questions scored", "pairs") if grouped else ("scored", "questions")
     parts = [
         f"# {results['benchmark']}: {_pct(results['accuracy'])}% ({results['convention']})",
         "",
-        f"Model `{model}`, run `{results.get('run_key')}`: {results['n']} scored, "
+        f"Model `{model}`, run `{results.get('run_key')}`: {results['n']} {scored}, "
         f"{results['errors']} errors, {results['unanswered']} unanswered, "
-        f"{results['total']} questions"
+        f"{results['total']} {rows}"
         + ("" if results["complete"] else " (incomplete: some questions have no row yet)")
         + ".",
         "",
