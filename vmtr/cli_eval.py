@@ -30,6 +30,8 @@ class Benchmark(str, Enum):
     mlvu_test = "mlvu-test"
     egoschema_subset = "egoschema-subset"
     longvideobench = "longvideobench"
+    videomathqa = "videomathqa"
+    videomathqa_mbin = "videomathqa-mbin"
     synthetic = "synthetic"
 
 
@@ -108,6 +110,16 @@ def eval_command(
             "what better aiming would buy (benchmarks with relevant windows).",
         ),
     ] = False,
+    subtitles: Annotated[
+        bool,
+        typer.Option(
+            "--subtitles",
+            help="Show each turn the subtitle lines near its frames (VideoMME, VideoMathQA).",
+        ),
+    ] = False,
+    subtitle_window: Annotated[
+        float, typer.Option(min=0.0, help="Seconds around a frame that count as near it.")
+    ] = 2.0,
     shard: Annotated[
         str | None, typer.Option(help="Run only shard i of n (i/n); the folder merges them.")
     ] = None,
@@ -141,6 +153,7 @@ def eval_command(
             max_turns=max_turns,
             store=embedder if store else None,
             oracle_aim=oracle_aim,
+            subtitles=subtitle_window if subtitles else None,
             shard=shard,
             batch_size=batch_size,
             temperature=temperature,
@@ -167,9 +180,10 @@ def eval_command(
         + ("" if results["complete"] else f", {results['total']} planned (incomplete)")
         + f"; reports in {output}"
     )
-    from vmtr.eval.report import evidence_sentence, letters_sentence
+    from vmtr.eval.report import evidence_sentence, letters_sentence, pairs_sentence
 
     for sentence in (
+        pairs_sentence(results.get("pairs")),
         evidence_sentence(results.get("evidence")),
         letters_sentence(results.get("letters")),
     ):
@@ -189,6 +203,7 @@ def _evaluate(
     max_turns: int,
     store: str | None,
     oracle_aim: bool,
+    subtitles: float | None,
     shard: str | None,
     batch_size: int,
     temperature: float,
@@ -200,7 +215,7 @@ def _evaluate(
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
-    from vmtr.eval.datasets import load_benchmark
+    from vmtr.eval.datasets import first_questions, load_benchmark
     from vmtr.eval.runner import EvalSettings, merge, run
     from vmtr.models.vlm import load_video_lm
 
@@ -212,9 +227,7 @@ def _evaluate(
         where = (state.process_index, state.num_processes) if state is not None else (0, 1)
     if state is not None and device == "auto":
         device = str(state.device)
-    items = load_benchmark(benchmark, data)
-    if limit is not None:
-        items = items[:limit]
+    items = first_questions(load_benchmark(benchmark, data), limit)
     if not items:
         raise ValueError(f"{data}: the benchmark has no questions")
     settings = EvalSettings(
@@ -231,9 +244,12 @@ def _evaluate(
         generation=GenerationSettings(temperature=temperature, max_new_tokens=max_new_tokens),
         store=store,
         oracle_aim=oracle_aim,
+        **({} if subtitles is None else {"subtitles": True, "subtitle_window": subtitles}),
     )
     if oracle_aim and not any(item.relevant_windows for item in items):
         raise ValueError(f"--oracle-aim needs relevant windows, and {benchmark} has none")
+    if subtitles is not None and not any(item.subtitles for item in items):
+        raise ValueError(f"--subtitles: no subtitle files found for {benchmark} under {data}")
     from vmtr.cli import quiet_libraries
 
     quiet_libraries()

@@ -143,6 +143,8 @@ def test_load_benchmark_front_door(tmp_path: Path) -> None:
         "mlvu-test",
         "egoschema-subset",
         "longvideobench",
+        "videomathqa",
+        "videomathqa-mbin",
         "synthetic",
     }
     assert len(load_benchmark("longvideobench", FIXTURES / "longvideobench")) == 2

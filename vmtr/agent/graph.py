@@ -2,7 +2,8 @@
 
     prepare -> reason -> (select_segment -> reason)* -> finish
 
-`prepare` probes the video and samples the frame pool; `reason` runs one model turn and parses
+`prepare` probes the video, samples the frame pool and (when the graph shows subtitles) reads the
+video's subtitle file; `reason` runs one model turn and parses
 it with the strict protocol; `select_segment` turns a valid retrieve into the next user message;
 an invalid reply goes straight back to `reason` with an explanation and no new frames. The turn
 budget lives in the state (``turn`` against ``max_turns``), never in LangGraph's recursion limit.
@@ -25,6 +26,7 @@ from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.models.vlm import VideoLM
 from vmtr.tools import video as video_tools
 from vmtr.tools.select import first_turn_frames, select_segment
+from vmtr.tools.subtitles import Cue, cues_near, read_subtitles
 
 PoolScorer = Callable[[str, Sequence[float], str], Sequence[float]]
 """(video, pool timestamps, question) -> one relevance score per pool frame (segment store)."""
@@ -39,6 +41,7 @@ def build_graph(
     scorer: PoolScorer | None = None,
     guided_retrieve: bool = False,
     first_turn_top: int = 0,
+    subtitle_window: float | None = None,
     checkpointer: Any = None,
     name: str = "vmtr",
 ):
@@ -46,8 +49,11 @@ def build_graph(
 
     ``frame_cache`` holds decoded frames (pixels never enter the state). ``scorer`` ranks pool
     frames by relevance to the question; with it, ``guided_retrieve`` picks a retrieve's frames by
-    score and ``first_turn_top`` mixes that many top frames into turn 1. ``checkpointer`` is any
-    LangGraph checkpointer (in-memory, SQLite, ...); leave it None inside a host graph.
+    score and ``first_turn_top`` mixes that many top frames into turn 1. With
+    ``subtitle_window`` (seconds), each turn that shows frames also shows the lines of the input's
+    ``subtitles`` file near them (`vmtr.tools.subtitles.cues_near`); None shows no subtitles.
+    ``checkpointer`` is any LangGraph checkpointer (in-memory, SQLite, ...); leave it None inside
+    a host graph.
     """
     settings = protocol_settings or ProtocolSettings()
     gen = generation or GenerationSettings()
@@ -70,6 +76,7 @@ def build_graph(
         )
         # Decode the first turn's frames now so a broken video fails before any model call.
         fetch(video, pool)(shown)
+        cues = subtitle_cues(state) if subtitle_window is not None else None
         options = protocol.format_options(state.get("options") or []) or None
         messages = [
             protocol.system_message(settings),
@@ -81,9 +88,11 @@ def build_graph(
                 options=options,
                 pool_size=len(pool),
                 settings=settings,
+                subtitles=subtitle_lines(cues, shown, pool, subtitle_window),
             ),
         ]
         update = fresh_episode(state, question, options, info.duration, pool, messages)
+        update["subtitle_cues"] = cues
         if scores is not None:
             update["pool_scores"] = [float(s) for s in scores]
         return update
@@ -119,6 +128,7 @@ def build_graph(
             options=state.get("options"),
             pool_size=len(pool),
             settings=settings,
+            subtitles=subtitle_lines(state.get("subtitle_cues"), chosen, pool, subtitle_window),
         )
         return {"messages": [*state["messages"], message], "turn": turn, "pending": None}
 
@@ -177,6 +187,30 @@ def frame_fetcher(
         return fetch_frames
 
     return fetch
+
+
+def subtitle_cues(state: AgentState) -> list[list[Any]]:
+    """The input's subtitle file as ``[start s, end s, text]`` lines (none without a file); a
+    broken file raises ValueError naming it."""
+    path = state.get("subtitles")
+    if not path:
+        return []
+    return [[cue.start, cue.end, cue.text] for cue in read_subtitles(path)]
+
+
+def subtitle_lines(
+    cues: Sequence[Sequence[Any]] | None,
+    shown: Sequence[int],
+    pool: Sequence[float],
+    window: float | None,
+) -> list[protocol.SubtitleLine] | None:
+    """The subtitle lines a turn showing pool frames ``shown`` carries; None when the run shows
+    no subtitles."""
+    if cues is None or window is None:
+        return None
+    times = [pool[i] for i in shown]
+    near = cues_near([Cue(float(s), float(e), str(t)) for s, e, t in cues], times, window)
+    return [(shown[position], cue.start, cue.end, cue.text) for position, cue in near]
 
 
 def question_of(state: AgentState) -> str:

@@ -26,6 +26,8 @@ from typing import Any, Literal
 from vmtr.config import ProtocolSettings
 
 Message = dict[str, Any]
+SubtitleLine = tuple[int, float, float, str]
+"""(pool index of the shown frame it is nearest, start s, end s, text) of one subtitle line."""
 ErrorKind = Literal[
     "format", "retrieve_format", "retrieve_range", "answer_option", "retrieve_on_last_turn"
 ]
@@ -242,13 +244,16 @@ def user_message(
     settings: ProtocolSettings,
     error: str | None = None,
     frames_per_label: int = 1,
+    subtitles: Sequence[SubtitleLine] | None = None,
 ) -> Message:
     """One user turn: the new frames (possibly none), the question and the rules for replying.
 
     ``timestamps`` are the pool timestamps of ``frames``. ``error`` explains why the previous reply
     was rejected; such a turn carries no new frames. ``frames_per_label`` consecutive frames share
     one `group_label` and one line (1, the Video-MTR protocol: a label and a line per frame); it
-    is meant for runs of consecutive pool indices, as the long-context mode shows.
+    is meant for runs of consecutive pool indices, as the long-context mode shows. ``subtitles``
+    (None: the run shows none) are the subtitle lines near this turn's frames, put after the
+    frames (`subtitle_text`).
     """
     if frames_per_label < 1:
         raise ValueError(f"frames_per_label must be at least 1, got {frames_per_label}")
@@ -272,6 +277,8 @@ def user_message(
         for index, ts in zip(group, times, strict=True):
             content.append({"type": "image", "frame": int(index), "timestamp": float(ts)})
         content.append({"type": "text", "text": "\n"})
+    if subtitles is not None:
+        content.append({"type": "text", "text": subtitle_text(subtitles, settings)})
     tail = [f"Question: {question.strip()}"]
     if options:
         tail.append("Options:")
@@ -293,6 +300,18 @@ def user_message(
     tail.append(f"Frame indices run from 0 to {pool_size - 1}.")
     content.append({"type": "text", "text": "\n".join(tail)})
     return {"role": "user", "content": content}
+
+
+def subtitle_text(lines: Sequence[SubtitleLine], settings: ProtocolSettings) -> str:
+    """The subtitle block of a turn: one line per subtitle, named by the frame it falls near
+    (with its times when frames are labelled with theirs), or a sentence saying there are none."""
+    if not lines:
+        return "No subtitles fall near these frames.\n"
+    rows = ["Subtitles spoken near these frames:"]
+    for index, start, end, text in lines:
+        when = f" ({start:.1f}-{end:.1f}s)" if settings.label_timestamps else ""
+        rows.append(f"frame_idx:{index}{when}: {text}")
+    return "\n".join(rows) + "\n"
 
 
 def assistant_message(text: str) -> Message:

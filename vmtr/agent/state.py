@@ -35,6 +35,7 @@ class AgentInput(TypedDict, total=False):
     video: str
     question: str
     options: list[str] | None
+    subtitles: str | None  # the video's subtitle file, read only by a graph built to show them
 
 
 class AgentState(AgentInput, total=False):
@@ -50,3 +51,4 @@ class AgentState(AgentInput, total=False):
     answer: str | None
     done: bool
     stop_reason: str
+    subtitle_cues: list[list[Any]] | None  # [start s, end s, text] per line, when shown

@@ -4,8 +4,10 @@ Every loader returns a list of `QAItem`: the video, the question, the lettered o
 letter (None where a benchmark keeps its answers private) and the categories scores are broken
 down by. `load_video_mtr_json` reads the shape of Video-MTR's training file, which the synthetic
 benchmark also writes, so the same items serve training and evaluation. The public benchmarks
-(VideoMME, MLVU dev and test, the EgoSchema subset, LongVideoBench) are read from their annotation
-files exactly as distributed; `load_benchmark(name, folder)` is the front door the runner uses.
+(VideoMME, MLVU dev and test, the EgoSchema subset, LongVideoBench, VideoMathQA) are read from
+their annotation files exactly as distributed; `load_benchmark(name, folder)` is the front door the
+runner uses. Where a benchmark ships subtitle files (VideoMME, VideoMathQA), each item names its
+video's file, which `vmtr eval --subtitles` shows.
 
 A malformed file raises `DatasetError` naming the file and the item, never a bare KeyError. A
 missing video is not an error here: the runner records it per item instead of stopping.
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vmtr.tools.subtitles import find_subtitles
 
 LETTER_PREFIX = re.compile(r"^\s*([A-Z])\s*[.)]\s*")
 ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
@@ -58,6 +62,8 @@ class QAItem:
     relevant_windows: list[tuple[float, float]] = field(default_factory=list)
     duration: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    subtitles: Path | None = None  # the video's subtitle file, where the benchmark ships one
+    group: str | None = None  # rows asking one question together (VideoMathQA's multi-binary)
 
     @property
     def letters(self) -> list[str]:
@@ -195,7 +201,7 @@ def load_video_mtr_json(path: str | Path) -> list[QAItem]:
 # Public benchmarks, in the shapes their authors distribute
 
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".MP4")
 
 MLVU_DEV_TASKS = (
     "plotQA",
@@ -280,7 +286,7 @@ def _question(entry: dict[str, Any], key: str = "question") -> str:
 
 
 def _read_records(path: Path) -> list[Any]:
-    """Rows of a JSON list, a JSON-lines file or (with pyarrow installed) a parquet file."""
+    """Rows of a JSON list, a JSON-lines file (also when named .json) or a parquet file."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -293,7 +299,7 @@ def _read_records(path: Path) -> list[Any]:
             return pq.read_table(path).to_pylist()
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
             raise DatasetError(f"{path}: not a readable parquet file ({exc})") from None
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl" or _holds_json_lines(path):
         rows = []
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -310,6 +316,22 @@ def _read_records(path: Path) -> list[Any]:
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of questions")
     return data
+
+
+def _holds_json_lines(path: Path) -> bool:
+    """A ``.json`` file written as JSON lines (as ``datasets``' ``to_json`` writes by default):
+    its first non-blank line is a whole JSON object."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            lines = [line for line in (handle.readline() for _ in range(64)) if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not lines or not lines[0].lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _first_existing(folder: Path, patterns: Iterable[str], what: str) -> Path:
@@ -329,6 +351,7 @@ def load_videomme(folder: str | Path, annotations: str | Path | None = None) -> 
     export of it) with videos in ``data/`` (or ``videos/``) named ``<videoID>.mp4``.
 
     Categories: ``duration`` (short/medium/long), ``domain``, ``sub_category``, ``task_type``.
+    Subtitles: ``subtitle/<videoID>.srt`` (the hub's subtitle.zip unpacked), where a video has any.
     """
     folder = Path(folder)
     path = (
@@ -341,6 +364,7 @@ def load_videomme(folder: str | Path, annotations: str | Path | None = None) -> 
         )
     )
     video_dirs = [folder / "data", folder / "videos", folder]
+    subtitle_dirs = [folder / "subtitle", folder / "subtitles"]
 
     def make(row: dict[str, Any]) -> QAItem:
         raw = row["options"]
@@ -350,6 +374,7 @@ def load_videomme(folder: str | Path, annotations: str | Path | None = None) -> 
         return QAItem(
             id=str(row["question_id"]),
             video=_find_video(video_dirs, str(row["videoID"])),
+            subtitles=find_subtitles(subtitle_dirs, str(row["videoID"])),
             question=_question(row),
             options=options,
             answer=_letter_of(row["answer"], options) if row.get("answer") else None,
@@ -535,6 +560,125 @@ def load_longvideobench(folder: str | Path, split: str = "lvb_val.json") -> list
     return _collect_items(path, ((f"item {i}", e) for i, e in enumerate(entries)), make)
 
 
+VIDEOMATHQA_CONFIGS = {
+    "mcq": (("mcq",), ("videomathqa_mcq_test", "*mcq*")),
+    "multi_binary": (
+        ("multi_binary", "mbin"),
+        ("videomathqa_mbin_test", "*mbin*", "*multi_binary*"),
+    ),
+}
+"""VideoMathQA config -> (its folder names, its file names at the top of the data folder)."""
+
+ANNOTATION_SUFFIXES = (".parquet", ".jsonl", ".json")
+_VMQA_LETTER = re.compile(r"^\s*\(([A-Z])\)\s*|^\s*([A-Z])\s*(?:[):]\s*|\.(?:\s+|$))")
+
+
+def _config_files(folder: Path, config: str) -> list[Path]:
+    """The row files of one VideoMathQA config: every parquet/JSON/JSON-lines file in its folder
+    (``mcq/``, ``multi_binary/``: the hub's shards, in name order), else the hub's file at the top
+    (``videomathqa_mcq_test.parquet``, ``videomathqa_mbin_test.parquet``)."""
+    dirs, stems = VIDEOMATHQA_CONFIGS[config]
+    for name in dirs:
+        if (folder / name).is_dir():
+            found = sorted(p for p in (folder / name).rglob("*") if p.suffix in ANNOTATION_SUFFIXES)
+            if not found:
+                raise DatasetError(f"{folder / name}: no parquet, JSON or JSON-lines files")
+            return found
+    for stem in stems:
+        for suffix in ANNOTATION_SUFFIXES:
+            found = sorted(p for p in folder.glob(stem + suffix) if p.is_file())
+            if found:
+                return found[:1]
+    wanted = " or ".join(f"{d}/" for d in dirs)
+    raise DatasetError(
+        f"{folder}: no VideoMathQA {config} rows (looked for {wanted} and {stems[0]}.parquet)"
+    )
+
+
+def _videomathqa_options(raw: Any) -> tuple[list[str], list[str]]:
+    """(options as "A. text", their texts): the release's options carry their letters, as in
+    "(A) 12 cm"; "A. 12 cm", "A) 12 cm", "A:12 cm" and unlettered texts are read too ("A.5" is
+    a text, not a letter)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raw = [line for line in raw.splitlines() if line.strip()]
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"options must be a list, got {type(raw).__name__}")
+    texts = [str(o).strip() for o in raw]
+    found = [_VMQA_LETTER.match(t) for t in texts]
+    if any(found):
+        letters = [(m.group(1) or m.group(2)) if m else None for m in found]
+        if letters != list(OPTION_LETTERS[: len(texts)]):
+            raise ValueError(f"options must be lettered A, B, ... in order, got {letters}")
+        texts = [t[m.end() :].strip() for m, t in zip(found, texts, strict=True) if m]
+    if len(texts) < 2:
+        raise ValueError("needs at least two options")
+    return [f"{OPTION_LETTERS[i]}. {t}" for i, t in enumerate(texts)], texts
+
+
+def load_videomathqa(folder: str | Path, config: str = "mcq") -> list[QAItem]:
+    """VideoMathQA (MBZUAI) as released: ``videos/<videoID>.mp4``, ``subtitles/<videoID>.srt``
+    and the rows of the ``mcq`` or ``multi_binary`` config, each with question_id, videoID,
+    question, options (lettered), answer (the letter), category, length (short/medium/long).
+
+    ``mcq`` is the 5-way multiple choice, one item per question. ``multi_binary`` has one row per
+    distractor, pairing it with the right option; the rows of a question share its question_id,
+    so each becomes an item ``<question_id>/<n>`` with ``group`` the question_id, and a question
+    counts as right only when every pair is (`vmtr.eval.scoring`). Categories: ``category``,
+    ``length``.
+    """
+    if config not in VIDEOMATHQA_CONFIGS:
+        raise DatasetError(f"unknown VideoMathQA config {config!r}")
+    folder = Path(folder)
+    video_dirs = [folder / "videos", folder / "data", folder]
+    subtitle_dirs = [folder / "subtitles", folder / "subtitle"]
+    pairs: dict[str, int] = {}
+
+    def make(row: dict[str, Any]) -> QAItem:
+        qid = str(row["question_id"]).strip()
+        if not qid:
+            raise ValueError("empty question_id")
+        options, texts = _videomathqa_options(row["options"])
+        answer = row.get("answer")
+        lettered = _VMQA_LETTER.match(answer) if isinstance(answer, str) else None
+        if lettered and answer[lettered.end() :].strip():  # "(B) 12 cm": the letter decides
+            answer = lettered.group(1) or lettered.group(2)
+        video_id = str(row["videoID"]).strip()
+        item_id, group = qid, None
+        if config == "multi_binary":
+            pairs[qid] = pairs.get(qid, 0) + 1
+            item_id, group = f"{qid}/{pairs[qid]}", qid
+        return QAItem(
+            id=item_id,
+            video=_find_video(video_dirs, video_id),
+            question=_question(row),
+            options=options,
+            answer=_letter_of(answer, options, texts) if answer not in (None, "") else None,
+            categories={
+                key: str(row[key]) for key in ("category", "length") if row.get(key) is not None
+            },
+            extra={"video_id": video_id},
+            subtitles=find_subtitles(subtitle_dirs, video_id),
+            group=group,
+        )
+
+    items: list[QAItem] = []
+    for path in _config_files(folder, config):
+        rows = _read_records(path)
+        offset = len(items)
+        labelled = ((f"row {i}", r) for i, r in enumerate(rows))
+        found = _collect_items(path, labelled, make)
+        clash = {i.id for i in items[:offset]} & {i.id for i in found}
+        if clash:
+            raise DatasetError(f"{path}: question_id {sorted(clash)[0]!r} is also in another file")
+        items.extend(found)
+    if not items:
+        raise DatasetError(f"{folder}: the VideoMathQA {config} files hold no rows")
+    return items
+
+
 def load_synthetic(folder: str | Path) -> list[QAItem]:
     """A split written by `vmtr.eval.synthetic.generate`: ``annotations.json`` in the folder
     (the folder may also be the JSON file itself)."""
@@ -548,9 +692,28 @@ LOADERS: dict[str, Callable[[Path], list[QAItem]]] = {
     "mlvu-test": load_mlvu_test,
     "egoschema-subset": load_egoschema_subset,
     "longvideobench": load_longvideobench,
+    "videomathqa": lambda folder: load_videomathqa(folder, "mcq"),
+    "videomathqa-mbin": lambda folder: load_videomathqa(folder, "multi_binary"),
     "synthetic": load_synthetic,
 }
 """Benchmark name (as `vmtr eval` spells it) -> loader of its data folder."""
+
+
+def first_questions(items: Sequence[QAItem], limit: int | None) -> list[QAItem]:
+    """The items of the first ``limit`` questions (all for None): rows sharing a ``group`` are
+    one question, so a limit never cuts a multi-binary question short."""
+    if limit is None:
+        return list(items)
+    kept: list[QAItem] = []
+    seen: set[str] = set()
+    for item in items:
+        key = item.group if item.group is not None else f"\0{item.id}"
+        if key not in seen:
+            if len(seen) == limit:
+                break
+            seen.add(key)
+        kept.append(item)
+    return kept
 
 
 def load_benchmark(name: str, folder: str | Path) -> list[QAItem]:

@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vmtr.eval.scoring import accuracy, breakdown, evidence_split, letter_balance
+from vmtr.eval.scoring import (
+    GROUPED,
+    accuracy,
+    breakdown,
+    evidence_split,
+    is_scored,
+    letter_balance,
+    question_units,
+)
 
 RESULTS, SAMPLES, SUMMARY = "results.json", "samples.jsonl", "summary.md"
 CATEGORY_PLOT, FRAMES_PLOT = "accuracy_by_category.png", "accuracy_vs_frames.png"
@@ -38,7 +46,9 @@ def summarize(
     """The contents of ``results.json`` for one run's merged samples.
 
     ``accuracy`` is a fraction in [0, 1] over scored questions (errors and questions without a
-    public answer are left out, never guessed); ``errors`` counts error rows separately.
+    public answer are left out, never guessed); ``errors`` counts error rows separately. For a
+    benchmark that asks a question as several rows (VideoMathQA's multi-binary), ``n`` and the
+    breakdowns count questions, ``pairs`` the rows, and ``errors`` and ``total`` rows.
     """
     ok = [s for s in samples if s.get("status") == "ok"]
     errors = [s for s in samples if s.get("status") == "error"]
@@ -47,7 +57,7 @@ def summarize(
     for row in errors:
         kind = str(row.get("error_kind") or "unknown")
         error_kinds[kind] = error_kinds.get(kind, 0) + 1
-    return {
+    summary = {
         "benchmark": benchmark,
         "run_key": run_key,
         "accuracy": headline["accuracy"],
@@ -62,7 +72,7 @@ def summarize(
         "unscored": sum(1 for s in ok if s.get("correct") is None),
         "total": total if total is not None else len(samples),
         "complete": total is None or len(samples) >= total,
-        "by_category": breakdown(samples),
+        "by_category": breakdown(question_units(samples, benchmark)),
         "evidence": evidence_split(samples),
         "letters": letter_balance(samples),
         "mean_turns": _mean([s.get("n_turns", 0) for s in ok]),
@@ -75,6 +85,12 @@ def summarize(
         "parsed_by": _counts(s.get("parsed_by") for s in ok),
         "config": dict(settings or {}),
     }
+    if benchmark in GROUPED:
+        rows = [s for s in samples if is_scored(s)]
+        right = sum(int(bool(s["correct"])) for s in rows)
+        rate = right / len(rows) if rows else None
+        summary["pairs"] = {"accuracy": rate, "correct": right, "n": len(rows)}
+    return summary
 
 
 def _counts(values: Any) -> dict[str, int]:
@@ -135,6 +151,17 @@ def evidence_sentence(evidence: Mapping[str, Any] | None) -> str | None:
     )
 
 
+def pairs_sentence(pairs: Mapping[str, Any] | None) -> str | None:
+    """A multi-binary run's pair-level accuracy in words (None for other benchmarks)."""
+    if not pairs or not pairs.get("n"):
+        return None
+    return (
+        f"Pairs (the right option against one distractor) answered right: "
+        f"{100 * pairs['accuracy']:.1f}% of {pairs['n']}; a question counts only when all its "
+        f"pairs do."
+    )
+
+
 def letters_sentence(letters: Mapping[str, Any] | None) -> str | None:
     """`scoring.letter_balance` in words: what accuracy is worth once the answer key's letter
     shares are taken out."""
@@ -151,18 +178,21 @@ def letters_sentence(letters: Mapping[str, Any] | None) -> str | None:
 def markdown(results: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = ()) -> str:
     """``summary.md``: this run's headline and category tables, then every run in the folder."""
     model = (results.get("config") or {}).get("model", {}).get("model", "?")
+    grouped = "pairs" in results  # multi-binary: questions scored, the rest counted in pairs
+    scored, rows = ("questions scored", "pairs") if grouped else ("scored", "questions")
     parts = [
         f"# {results['benchmark']}: {_pct(results['accuracy'])}% ({results['convention']})",
         "",
-        f"Model `{model}`, run `{results.get('run_key')}`: {results['n']} scored, "
+        f"Model `{model}`, run `{results.get('run_key')}`: {results['n']} {scored}, "
         f"{results['errors']} errors, {results['unanswered']} unanswered, "
-        f"{results['total']} questions"
+        f"{results['total']} {rows}"
         + ("" if results["complete"] else " (incomplete: some questions have no row yet)")
         + ".",
         "",
         runs_table([results]),
     ]
     for sentence in (
+        pairs_sentence(results.get("pairs")),
         evidence_sentence(results.get("evidence")),
         letters_sentence(results.get("letters")),
     ):

@@ -4,8 +4,8 @@ Every finished question is one row of a SQLite file in the output folder, commit
 transaction (WAL journal) the moment it finishes, so a run killed at any point loses at most the
 questions in flight and re-running the same command picks up where it stopped. Rows are keyed by
 a *run key*: a hash of every setting that changes answers (benchmark, model, mode, frames,
-protocol, generation, segment store), so a changed setting starts a new run beside the old one
-instead of mixing with it. Batch size, shard, limit, device and output folder are not in the key.
+protocol, generation, segment store, subtitles), so a changed setting starts a new run beside the
+old one instead of mixing with it. Batch size, shard, limit, device and output folder are not in the key.
 
 Each process writes only its own file (``results.sqlite``, or ``results.shard-I-of-N.sqlite``
 for shard I of N), because SQLite's WAL mode is unsafe when several machines share one file over
@@ -79,6 +79,12 @@ class EvalSettings(BaseModel):
         description="Rewrite every retrieve to the question's relevant frames "
         "(vmtr.eval.oracle): what perfect aiming would buy the model.",
     )
+    subtitles: bool = Field(
+        False, description="Show each turn the subtitle lines near its frames (where shipped)."
+    )
+    subtitle_window: float = Field(
+        2.0, ge=0, description="Seconds either side of a frame within which a line is near it."
+    )
 
     def effective_protocol(self) -> ProtocolSettings:
         """The protocol actually run: single-turn is one turn showing ``frames`` uniform frames."""
@@ -103,6 +109,8 @@ class EvalSettings(BaseModel):
         }
         if self.oracle_aim:  # only when on, so the runs made before it keep their keys
             identity["oracle_aim"] = True
+        if self.subtitles:  # likewise
+            identity["subtitles"] = {"window_s": self.subtitle_window}
         return identity
 
     def run_key(self) -> str:
@@ -276,6 +284,7 @@ def _item_fields(item: QAItem, position: int) -> dict[str, Any]:
         "options": item.options,
         "answer": item.answer,
         "categories": item.categories,
+        **({"group": item.group} if item.group is not None else {}),
     }
 
 
@@ -290,6 +299,8 @@ def run_item(graph_for: GraphFor, item: QAItem, position: int, max_turns: int) -
     if not item.video.is_file():
         return error_row(item, position, "video", f"video not found: {item.video}")
     inputs = {"video": str(item.video), "question": item.question, "options": item.options}
+    if item.subtitles is not None:  # read only by a graph built to show subtitles
+        inputs["subtitles"] = str(item.subtitles)
     config = {
         "recursion_limit": 4 * max_turns + 10,
         "configurable": {"thread_id": uuid.uuid4().hex},
@@ -343,6 +354,7 @@ def build_eval_graph(lm: VideoLM, settings: EvalSettings, scorer: Any = None) ->
         frame_cache=FrameCache(max_frames=1024),
         scorer=scorer,
         guided_retrieve=scorer is not None,
+        subtitle_window=settings.subtitle_window if settings.subtitles else None,
     )
 
 

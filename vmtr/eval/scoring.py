@@ -8,8 +8,11 @@ wrong: there is no random fallback (lmms-eval's random guess inflates weak model
 to 1/k), and errors (a missing or broken video) are counted apart from wrong answers.
 
 Accuracy follows the benchmark's paper: the micro average over questions for VideoMME,
-EgoSchema, LongVideoBench and the synthetic set; the macro average over task types for MLVU.
-Every category key of the items gets its own breakdown.
+EgoSchema, LongVideoBench, VideoMathQA and the synthetic set; the macro average over task types
+for MLVU. VideoMathQA's multi-binary form asks each question as several rows (the right option
+against one distractor each); a question counts as right only when every one of its rows is
+(`by_question`), as its lmms-eval task scores it. Every category key of the items gets its own
+breakdown.
 """
 
 from __future__ import annotations
@@ -39,9 +42,14 @@ CONVENTIONS: dict[str, tuple[Convention, str | None]] = {
     "mlvu-test": ("macro", "task_type"),
     "egoschema-subset": ("micro", None),
     "longvideobench": ("micro", None),
+    "videomathqa": ("micro", None),
+    "videomathqa-mbin": ("micro", None),
     "synthetic": ("micro", None),
 }
 """Benchmark -> (headline average, category key the macro average runs over)."""
+
+GROUPED = frozenset({"videomathqa-mbin"})
+"""Benchmarks whose rows sharing a ``group`` are one question, right only if every row is."""
 
 
 def extract_answer(
@@ -101,9 +109,53 @@ def is_scored(sample: Mapping[str, Any]) -> bool:
     return sample.get("status") == "ok" and sample.get("correct") is not None
 
 
+def by_question(samples: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One sample per question: rows sharing a ``group`` merged (in the order the groups first
+    appear), other rows as they are.
+
+    A merged question is an error when any of its rows is, unscored when any row has no known
+    answer, and otherwise correct only when every row is.
+    """
+    units: list[list[Mapping[str, Any]]] = []
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for sample in samples:
+        key = sample.get("group")
+        if key is None:
+            units.append([sample])
+        elif key in groups:
+            groups[key].append(sample)
+        else:
+            groups[key] = [sample]
+            units.append(groups[key])
+    return [rows[0] if rows[0].get("group") is None else _merged(rows) for rows in units]
+
+
+def _merged(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    first = rows[0]
+    merged = {
+        "id": first["group"],
+        "group": first["group"],
+        "categories": first.get("categories") or {},
+        "rows": len(rows),
+    }
+    broken = [r for r in rows if r.get("status") != "ok"]
+    if broken:
+        return {**merged, "status": "error", "error_kind": broken[0].get("error_kind")}
+    known = all(r.get("correct") is not None for r in rows)
+    correct = all(bool(r["correct"]) for r in rows) if known else None
+    return {**merged, "status": "ok", "correct": correct}
+
+
+def question_units(samples: Sequence[Mapping[str, Any]], benchmark: str) -> list[Mapping[str, Any]]:
+    """What the benchmark scores: `by_question` for a grouped benchmark, else the samples."""
+    return by_question(samples) if benchmark in GROUPED else list(samples)
+
+
 def accuracy(samples: Sequence[Mapping[str, Any]], benchmark: str) -> dict[str, Any]:
-    """Headline accuracy in the benchmark's convention, plus both averages and the counts."""
+    """Headline accuracy in the benchmark's convention, plus both averages and the counts
+    (over questions: a grouped benchmark's rows are merged first)."""
     convention, key = CONVENTIONS.get(benchmark, ("micro", None))
+    samples = question_units(samples, benchmark)
     scored = [s for s in samples if is_scored(s)]
     correct = sum(int(bool(s["correct"])) for s in scored)
     micro = _rate(correct, len(scored))
@@ -111,9 +163,12 @@ def accuracy(samples: Sequence[Mapping[str, Any]], benchmark: str) -> dict[str, 
     if key is not None:
         per_value = [v["accuracy"] for v in breakdown(scored).get(key, {}).values()]
         macro = sum(per_value) / len(per_value) if per_value else None
+    label = convention if convention == "micro" else f"macro over {key}"
+    if benchmark in GROUPED:
+        label = "micro over questions, every pair right"
     return {
         "accuracy": macro if convention == "macro" else micro,
-        "convention": convention if convention == "micro" else f"macro over {key}",
+        "convention": label,
         "accuracy_micro": micro,
         "accuracy_macro": macro,
         "correct": correct,
