@@ -76,14 +76,21 @@ def test_ask_follows_retrieve_then_answer(clip, qwen_format_dir, force_replies, 
     assert first["completion_tokens"] == 26 + 1  # its 26 ids (test_qwen_format) + im_end
 
 
-def test_eval_runs_on_synthetic_items(tmp_path, qwen_format_dir) -> None:
+def test_eval_runs_on_synthetic_items_batched_as_one_at_a_time(tmp_path, qwen_format_dir) -> None:
     data = generate(tmp_path / "syn", SyntheticSettings(n_items=2, seed=5, minutes=0.2))
     folder = data.parent if data.is_file() else data
-    out = tmp_path / "out"
-    args = ["eval", "synthetic", "--data", str(folder), "--output", str(out)]
-    result = runner.invoke(app, [*args, *_model_args(qwen_format_dir, 4), "--json"])
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout)
-    assert (payload["n"], payload["errors"]) == (2, 0)
-    samples = [json.loads(line) for line in (out / "samples.jsonl").open()]
-    assert len(samples) == 2
+    replies = []
+    for batch in ("1", "2"):
+        out = tmp_path / f"out{batch}"
+        args = ["eval", "synthetic", "--data", str(folder), "--output", str(out)]
+        args += [*_model_args(qwen_format_dir, 4), "--temperature", "0", "--batch-size", batch]
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.stdout)
+        assert (payload["n"], payload["errors"]) == (2, 0)
+        samples = sorted(
+            (json.loads(line) for line in (out / "samples.jsonl").open()), key=lambda s: s["id"]
+        )
+        assert all(len(s["turns"]) == 3 for s in samples)  # noise: the turn budget ends each
+        replies.append([[t["raw"] for t in s["turns"]] for s in samples])
+    assert replies[0] == replies[1]  # batched greedy says what one-at-a-time says
