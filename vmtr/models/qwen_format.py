@@ -20,6 +20,7 @@ import argparse
 import base64
 import importlib.metadata
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -294,7 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(build_qwen_format(args.out_dir, seed=args.seed))
+    try:
+        print(build_qwen_format(args.out_dir, seed=args.seed))
+    except (QwenFormatError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
