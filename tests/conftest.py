@@ -3,6 +3,9 @@
 Each frame carries its own index as a 4x4 grid of black/white cells (15 bits, cell 0 is a red
 marker), big blocks that survive any of the lossy codecs used here. `read_frame_index` reads the
 index back from a decoded image, so tests can check exactly which frame a decoder returned.
+
+Also: a folder of the real Qwen2.5-VL format with a small random-weight model (built once per
+session) and `force_replies`, which scripts what such a model says.
 """
 
 from __future__ import annotations
