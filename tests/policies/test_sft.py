@@ -19,6 +19,7 @@ from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.tiny import build_tiny
 from vmtr.policies import sft
+from vmtr.policies.tags import tag_interior
 from vmtr.tools.select import first_turn_frames, select_segment
 
 ALL_SETTINGS = [sft.MULTI_TURN, sft.SINGLE_16, sft.SINGLE_32]
@@ -640,8 +641,8 @@ def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None
     labels = ids.clone()
     labels[:2] = sft.IGNORE
     content = sft.content_token_ids(tok)
-    opening, closing = tok.convert_tokens_to_ids(["<retrieve>", "</retrieve>"])
-    weights = sft.content_weights(ids, labels, content, 5.0, opening, closing)
+    in_retrieve = tag_interior(tok, ids, "<retrieve>", "</retrieve>")
+    weights = sft.content_weights(ids, labels, content, 5.0, in_retrieve)
     words = tok.convert_ids_to_tokens(ids.tolist())
     boosted = {w.strip("Ġ ") for w, x in zip(words, weights.tolist(), strict=True) if x == 5.0}
     assert {"3", "red", "circle"} <= boosted
@@ -649,7 +650,7 @@ def test_content_weights_boost_what_was_read_but_not_random_ranges(tiny) -> None
     assert weights[:2].tolist() == [0.0, 0.0]
     assert set(weights[2:].tolist()) <= {1.0, 5.0}
     # aimed ranges were read off the border, so their digits count as content
-    aimed = sft.content_weights(ids, labels, content, 5.0, opening, closing, aimed=True)
+    aimed = sft.content_weights(ids, labels, content, 5.0, in_retrieve, aimed=True)
     words_at = {w.strip("Ġ ") for w, x in zip(words, aimed.tolist(), strict=True) if x == 5.0}
     assert {"8", "1", "5"} <= words_at
 

@@ -20,20 +20,33 @@ import torch
 
 from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import QAItem
+from vmtr.policies.tags import single_token
 
 if TYPE_CHECKING:
     from vmtr.policies.sft import AnswerForm, NeedleWording, Trajectory
 
 
-def word_ids(tokenizer: Any, words: Sequence[str], prefix: str = " ") -> dict[int, str]:
+def word_ids(
+    tokenizer: Any, words: Sequence[str], prefix: str = " ", pieces: bool = False
+) -> dict[int, str]:
     """Token id -> word, for the words that are one token after ``prefix`` (a leading space, as
-    inside a sentence, by default)."""
+    inside a sentence, by default); with ``pieces`` also every token of the words a tokenizer
+    splits (Qwen's BPE writes " magenta" as " mag" + "enta")."""
     out = {}
     for word in words:
-        pieces = tokenizer(f"{prefix}{word}", add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1:
-            out[pieces[0]] = word
+        ids = tokenizer(f"{prefix}{word}", add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 or pieces:
+            out.update(dict.fromkeys(ids, word))
     return out
+
+
+READING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def reading_supported(tokenizer: Any) -> bool:
+    """Whether `reading_positions` can steer by the protocol's tags: they must be single
+    tokens (the tiny tokenizer's are; Qwen's BPE splits them into ``<``, the word, ``>``)."""
+    return all(single_token(tokenizer, tag) is not None for tag in READING_TAGS)
 
 
 def scripted_episodes(
@@ -121,10 +134,15 @@ def reading_accuracy(
 
 
 def reading_marks(tokenizer: Any) -> dict[str, Any]:
-    """The token ids `reading_positions` steers by."""
+    """The token ids `reading_positions` steers by (see `reading_supported`)."""
     from vmtr.eval.synthetic import COLOURS, SHAPES
     from vmtr.policies.sft import bridge_token_id
 
+    if not reading_supported(tokenizer):
+        raise ValueError(
+            "the reading check needs <think>, </think>, <answer> and </answer> as single "
+            "tokens; this tokenizer splits them"
+        )
     one = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" Seen", "<think>")}
     return {
         "colour": set(word_ids(tokenizer, list(COLOURS))),

@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmtr.agent import protocol
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
+from vmtr.policies.tags import single_token, tag_interior
 from vmtr.policies.vision_aux import (
     NeedleHeads,
     capture_merged_tokens,
@@ -726,14 +727,11 @@ def encode_conversation(
             f"found {len(spans)} assistant replies in the tokens, expected {n_replies}"
         )
     labels = torch.full_like(ids, IGNORE)
-    open_id, close_id = tok.convert_tokens_to_ids(["<answer>", "</answer>"])
     for k, (first, last) in enumerate(spans):
         labels[first : last + 1] = ids[first : last + 1]
         if guesses and guesses[k]:
-            reply = ids[first : last + 1].tolist()
-            if open_id in reply and close_id in reply:
-                a, b = reply.index(open_id), reply.index(close_id)
-                labels[first + a + 1 : first + b] = IGNORE
+            guessed = tag_interior(tok, ids[first : last + 1], "<answer>", "</answer>")
+            labels[first : last + 1][guessed] = IGNORE
     if only_ids is not None:
         labels = torch.where(torch.isin(labels, only_ids), labels, torch.full_like(labels, IGNORE))
     out = {
@@ -759,8 +757,8 @@ def content_token_ids(tokenizer: Any) -> torch.Tensor:
     from vmtr.eval.synthetic import COLOURS, SHAPES
     from vmtr.policies.reading import word_ids
 
-    ids = set(word_ids(tokenizer, [*COLOURS, *SHAPES]))
-    ids |= set(word_ids(tokenizer, [*map(str, range(10)), *"ABCD"], prefix=""))
+    ids = set(word_ids(tokenizer, [*COLOURS, *SHAPES], pieces=True))
+    ids |= set(word_ids(tokenizer, [*map(str, range(10)), *"ABCD"], prefix="", pieces=True))
     return torch.tensor(sorted(ids))
 
 
@@ -769,18 +767,18 @@ def content_weights(
     labels: torch.Tensor,
     content_ids: torch.Tensor,
     weight: float,
-    retrieve_open: int,
-    retrieve_close: int,
+    in_retrieve: torch.Tensor,
     aimed: bool = False,
 ) -> torch.Tensor:
     """Per-token loss weights: ``weight`` on labelled content tokens, 1 on other labelled ones,
-    0 where there is no label. Tokens between ``<retrieve>`` and ``</retrieve>`` stay at 1
-    unless the ranges were ``aimed``: random ranges' digits would only add noise.
+    0 where there is no label. Tokens ``in_retrieve`` (between ``<retrieve>`` and
+    ``</retrieve>``, see `tag_interior`) stay at 1 unless the ranges were ``aimed``: random
+    ranges' digits would only add noise.
     """
     weights = (labels != IGNORE).float()
     boost = torch.isin(labels, content_ids)
     if not aimed:
-        boost &= ~between_tags(ids, retrieve_open, retrieve_close)
+        boost &= ~in_retrieve
     return torch.where(boost, weights * weight, weights)
 
 
@@ -915,10 +913,13 @@ class SFTRecipe:
         model = load_model(source, dtype=torch.float32)  # GTA checkpoints stay GTA
         self.budget = backend_pixel_budget(model, self.processor)
         self.content_ids = content_token_ids(self.processor.tokenizer)
-        self.retrieve_tags = self.processor.tokenizer.convert_tokens_to_ids(
-            ["<retrieve>", "</retrieve>"]
-        )
-        self.answer_tags = self.processor.tokenizer.convert_tokens_to_ids(["<answer>", "</answer>"])
+        tok = self.processor.tokenizer
+        self.answer_tags = [single_token(tok, t) for t in ("<answer>", "</answer>")]
+        if cfg.answer_share > 0 and None in self.answer_tags:
+            raise SFTError(
+                "answer drills keep the loss on the tokens between <answer> and </answer>, "
+                "which needs both tags to be single tokens; this tokenizer splits them"
+            )
         self.bridge_id = bridge_token_id(self.processor.tokenizer)
         self.items = self._cache_frames(train_items)
         self.pretexts = None
@@ -1089,7 +1090,9 @@ class SFTRecipe:
                 example["labels"],
                 self.content_ids,
                 self.cfg.content_weight if only is None else 1.0,
-                *self.retrieve_tags,
+                tag_interior(
+                    self.processor.tokenizer, example["input_ids"], "<retrieve>", "</retrieve>"
+                ),
                 traj.aimed,
             )
             examples.append(example)
@@ -1297,13 +1300,16 @@ class SFTRecipe:
 
     def evaluate(self, settings: ProtocolSettings = MULTI_TURN) -> dict[str, Any]:
         """Greedy multi-turn accuracy on the held-out items, through `vmtr.ask` itself, and the
-        teacher-forced reading accuracy (`vmtr.policies.reading`) on the same items."""
-        from vmtr.policies.reading import reading_accuracy
+        teacher-forced reading accuracy (`vmtr.policies.reading`) on the same items where the
+        tokenizer supports it (`reading_supported`)."""
+        from vmtr.policies.reading import reading_accuracy, reading_supported
 
         model = self.accelerator.unwrap_model(self.model)
         result = evaluate_items(
             model, self.processor, self.eval_items, settings, max_new_tokens=self.cfg.max_new_tokens
         )
+        if not reading_supported(self.processor.tokenizer):
+            return result
         return result | reading_accuracy(
             model,
             self.processor,
