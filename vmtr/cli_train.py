@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,11 +32,34 @@ def _fail(message: str) -> None:
 
 @train_app.command()
 def sft(
-    data: Annotated[
-        list[Path],
-        typer.Option(help="Folder with annotations.json from `vmtr synth` (repeatable)."),
-    ],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, log.jsonl, final/.")],
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(help="Folder with annotations.json from `vmtr synth` (repeatable)."),
+    ] = None,
+    episodes: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="samples.jsonl written by `vmtr eval` (repeatable): train on those episodes, "
+            "for any model (`--model tiny` is then the bundled model)."
+        ),
+    ] = None,
+    only_correct: Annotated[
+        bool, typer.Option(help="With --episodes: keep only the right answers.")
+    ] = False,
+    heldout: Annotated[
+        int,
+        typer.Option(min=0, help="With --episodes: questions held out and asked (best/ kept)."),
+    ] = 0,
+    lora_rank: Annotated[
+        int, typer.Option(min=0, help="With --episodes: > 0 trains a LoRA adapter.")
+    ] = 0,
+    quantization: Annotated[
+        str, typer.Option(help="With --episodes: none, 4bit (QLoRA) or 8bit.")
+    ] = "none",
+    max_turns: Annotated[
+        int, typer.Option(min=1, help="With --episodes: the turn budget they were recorded with.")
+    ] = 3,
     model: Annotated[
         str, typer.Option(help="`tiny` starts from a fresh random tiny model; or a checkpoint.")
     ] = "tiny",
@@ -179,6 +202,28 @@ def sft(
     from vmtr.models.vlm import ModelLoadError
     from vmtr.policies.sft import SFTConfig, SFTError, run_sft
 
+    if episodes:
+        _sft_on_episodes(
+            episodes,
+            out,
+            model,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup=min(warmup, steps),
+            seed=seed,
+            save_every=save_every,
+            eval_every=eval_every,
+            only_correct=only_correct,
+            heldout=heldout,
+            lora_rank=lora_rank,
+            quantization=quantization,
+            max_turns=max_turns,
+            as_json=as_json,
+        )
+        return
+    if not data:
+        _fail("give --data (vmtr synth folders) or --episodes (samples.jsonl from vmtr eval)")
     try:
         config = SFTConfig(
             data=data,
@@ -228,6 +273,45 @@ def sft(
             f"held-out accuracy {e['accuracy']:.1%} on {e['items']} items, "
             f"{e['mean_turns']:.2f} turns and {e['mean_frames']:.1f} frames on average"
         )
+
+
+def _sft_on_episodes(
+    episodes: list[Path], out: Path, model: str, *, max_turns: int, as_json: bool, **options: Any
+) -> None:
+    """`vmtr train sft --episodes`: the recorded-episodes recipe (`vmtr.policies.sft_episodes`)."""
+    from pydantic import ValidationError
+
+    from vmtr.config import ProtocolSettings
+    from vmtr.eval.datasets import DatasetError
+    from vmtr.models.vlm import ModelLoadError
+    from vmtr.policies.episodes import EpisodeError
+    from vmtr.policies.sft_episodes import EpisodeSFT, EpisodeSFTSettings
+    from vmtr.tools.video import VideoError
+
+    try:
+        settings = EpisodeSFTSettings(
+            episodes=episodes,
+            out=out,
+            model=model,
+            protocol=ProtocolSettings(max_turns=max_turns),
+            **options,
+        )
+        recipe = EpisodeSFT(settings, log=lambda m: typer.echo(m, err=True))
+        recipe.setup()
+        report = recipe.train()
+    except (EpisodeError, DatasetError, ModelLoadError, VideoError, OSError) as err:
+        _fail(str(err))
+    except ValidationError as err:
+        first = err.errors()[0]
+        _fail(f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume")
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    typer.echo(f"final model: {report['final']} ({report['steps']} steps)")
+    if "heldout_accuracy" in report:
+        typer.echo(f"held-out accuracy {report['heldout_accuracy']:.1%}")
 
 
 if __name__ == "__main__":
