@@ -4,8 +4,9 @@ Why a hand-written decoding loop instead of ``model.generate``: a multi-turn epi
 grows, so the KV cache of earlier turns can be kept and only the new user message (with its new
 frames) prefilled — ``generate`` would re-encode or drop the new images. The loop feeds the model
 exactly what training and ``generate`` feed it: the processor's outputs whole (``mm_token_type_ids``
-included, see SYNTHETIC.md) and the 3-D M-RoPE positions from the model's own ``get_rope_index``
-over the full sequence, so positions match a from-scratch forward token for token. Token ids are
+included: without it Qwen2.5-VL silently falls back to 1-D positions) and the 3-D M-RoPE
+positions from the model's own ``get_rope_index`` over the full sequence, so positions match a
+from-scratch forward token for token. Token ids are
 kept as generated (never decoded and re-encoded) so that RL trains on exactly what was sampled.
 """
 

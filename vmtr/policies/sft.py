@@ -30,8 +30,9 @@ starts from random weights.
 
 Encoding matches the inference backend (`vmtr.models.qwen`) exactly: the chat template renders
 the conversation, the processor runs on the whole text with all its frames (resized with the
-backend's pixel budget), and its outputs are kept whole, ``mm_token_type_ids`` included (see
-SYNTHETIC.md: without it Qwen2.5-VL silently falls back to 1-D positions).
+backend's pixel budget), and its outputs are kept whole, ``mm_token_type_ids`` included: without
+it Qwen2.5-VL silently falls back to 1-D positions, so a model trained without it decodes wrongly
+wherever it is passed, and the reverse.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ trained alongside protocol episodes (``pretext_weight``). ``needle`` answers wit
 the question asks about as the reading named it (" yellow cross"; for counts the number), which
 the parser maps to the one option it mentions: the answer is the same words for colour, shape
 and order questions, copied from the ``<think>`` just written, so the model never has to match
-a word to a letter or choose which word of its reading a question wants. Text-answer models
-answered that way unprompted (session 8); docs/tiny-model.md."""
+a word to a letter or choose which word of its reading a question wants. Models trained on
+text answers answered that way unprompted; see docs/tiny-model.md."""
 
 NeedleGuess = Literal["random", "masked"]
 """How a needle-form reply guesses: a random letter with loss (the default), or the answer's
