@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -70,3 +70,32 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vmtr"
+
+
+class ServedSettings(BaseModel):
+    """A model behind an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
+    `transformers serve`, a hosted API). The API key is not a setting: it is handed to the
+    backend apart, so it never lands in a saved configuration or a run's identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(description="The endpoint's root, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The model name the server knows (its `model` field).")
+    timeout: float = Field(300.0, gt=0, description="Seconds one request may take.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries of connection errors, timeouts, 429 and 5xx."
+    )
+    backoff: float = Field(1.0, ge=0, description="First retry's wait; it doubles each retry.")
+    max_backoff: float = Field(30.0, ge=0, description="Longest wait between two tries.")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="png: the decoded pixels exactly; jpeg: several times smaller."
+    )
+    extra_body: dict[str, Any] | None = Field(
+        None, description="Server-specific request fields, e.g. vLLM's mm_processor_kwargs."
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the replies: where, which model, how images travel, extra fields."""
+        return self.model_dump(
+            mode="json", include={"base_url", "model", "image_format", "extra_body"}
+        )

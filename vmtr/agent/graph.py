@@ -238,8 +238,14 @@ def turn_record(
         "seconds": round(time.perf_counter() - started, 4),
         "prompt_tokens": reply.prompt_tokens,
         "new_prompt_tokens": reply.new_prompt_tokens,
-        "completion_tokens": len(reply.token_ids),
+        "completion_tokens": completion_tokens(reply),
     }
+
+
+def completion_tokens(reply: Any) -> int:
+    """Tokens a reply generated: the backend's own count (a server's usage) or the ids it kept."""
+    counted = getattr(reply, "completion_tokens", None)
+    return len(reply.token_ids) if counted is None else int(counted)
 
 
 def after_reply(

@@ -35,6 +35,7 @@ class Generation:
     prompt_tokens: int = 0
     new_prompt_tokens: int = 0
     seconds: float = 0.0
+    completion_tokens: int | None = None  # when the backend counts them but has no ids (a server)
 
 
 @runtime_checkable
