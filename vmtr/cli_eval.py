@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vmtr.cli_served import ApiKeyEnvOption, BaseUrlOption, MaxPixelsOption, TimeoutOption
 from vmtr.config import DEFAULT_MODEL
 
 
@@ -122,10 +123,19 @@ def eval_command(
     retry_errors: Annotated[
         bool, typer.Option(help="Redo questions recorded as errors (e.g. videos now present).")
     ] = False,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --base-url: requests in flight (default --batch-size)."),
+    ] = None,
+    max_pixels: MaxPixelsOption = 128 * 28 * 28,
+    timeout: TimeoutOption = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Evaluate a model on BENCHMARK; re-running the same command resumes where it stopped."""
     from vmtr.eval.datasets import DatasetError
+    from vmtr.models.openai_api import ServedModelError
     from vmtr.models.vlm import ModelLoadError
     from vmtr.tools.video import VideoError
 
@@ -149,8 +159,20 @@ def eval_command(
             dtype=dtype,
             quantization=quantization,
             retry_errors=retry_errors,
+            concurrency=concurrency,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            max_pixels=max_pixels,
+            timeout=timeout,
         )
-    except (DatasetError, ModelLoadError, VideoError, ValueError, OSError) as error:
+    except (
+        DatasetError,
+        ModelLoadError,
+        ServedModelError,
+        VideoError,
+        ValueError,
+        OSError,
+    ) as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; re-run the same command to resume") from None
@@ -197,9 +219,14 @@ def _evaluate(
     dtype: str,
     quantization: str,
     retry_errors: bool,
+    concurrency: int | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    max_pixels: int = 128 * 28 * 28,
+    timeout: float = 300.0,
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
-    from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+    from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings, ServedSettings
     from vmtr.eval.datasets import load_benchmark
     from vmtr.eval.runner import EvalSettings, merge, run
     from vmtr.models.vlm import load_video_lm
@@ -212,11 +239,14 @@ def _evaluate(
         where = (state.process_index, state.num_processes) if state is not None else (0, 1)
     if state is not None and device == "auto":
         device = str(state.device)
+    if concurrency is not None and base_url is None:
+        raise ValueError("--concurrency is for --base-url; in-process runs use --batch-size")
     items = load_benchmark(benchmark, data)
     if limit is not None:
         items = items[:limit]
     if not items:
         raise ValueError(f"{data}: the benchmark has no questions")
+    served = ServedSettings(base_url=base_url, model=model, timeout=timeout) if base_url else None
     settings = EvalSettings(
         benchmark=benchmark,
         mode=mode,  # type: ignore[arg-type]
@@ -226,11 +256,13 @@ def _evaluate(
             device=device,
             dtype=dtype,  # type: ignore[arg-type]
             quantization=quantization,  # type: ignore[arg-type]
+            max_pixels=max_pixels,
         ),
         protocol=ProtocolSettings(max_turns=max_turns),
         generation=GenerationSettings(temperature=temperature, max_new_tokens=max_new_tokens),
         store=store,
         oracle_aim=oracle_aim,
+        served=served,
     )
     if oracle_aim and not any(item.relevant_windows for item in items):
         raise ValueError(f"--oracle-aim needs relevant windows, and {benchmark} has none")
@@ -238,8 +270,14 @@ def _evaluate(
 
     quiet_libraries()
     err = Console(stderr=True)
-    with err.status(f"loading model {model}"):
-        lm = load_video_lm(settings.model)
+    if settings.served is not None:
+        from vmtr.cli_served import served_video_lm
+
+        with err.status(f"checking {base_url}"):
+            lm = served_video_lm(settings.served, settings.model, api_key_env)
+    else:
+        with err.status(f"loading model {model}"):
+            lm = load_video_lm(settings.model)
     scorer = _store_scorer(store) if store else None
     label = "questions" if where[1] == 1 else f"shard {where[0]}/{where[1]}"
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -251,7 +289,7 @@ def _evaluate(
             output,
             lm,
             shard=where,
-            batch_size=batch_size,
+            batch_size=concurrency or batch_size,
             retry_errors=retry_errors,
             scorer=scorer,
             progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -22,7 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from vmtr.agent import protocol
 from vmtr.agent.state import AgentInput, AgentState, TurnRecord
 from vmtr.config import GenerationSettings, ProtocolSettings
-from vmtr.models.vlm import VideoLM
+from vmtr.models.vlm import VideoLM, as_video_lm
 from vmtr.tools import video as video_tools
 from vmtr.tools.select import first_turn_frames, select_segment
 
@@ -31,7 +31,7 @@ PoolScorer = Callable[[str, Sequence[float], str], Sequence[float]]
 
 
 def build_graph(
-    model: VideoLM,
+    model: Any,
     *,
     protocol_settings: ProtocolSettings | None = None,
     generation: GenerationSettings | None = None,
@@ -42,13 +42,15 @@ def build_graph(
     checkpointer: Any = None,
     name: str = "vmtr",
 ):
-    """Compile the agent graph around ``model``.
+    """Compile the agent graph around ``model``: a `VideoLM`, or a LangChain chat model
+    (``ChatOpenAI(base_url=...)``, wrapped by `ChatModelVideoLM`).
 
     ``frame_cache`` holds decoded frames (pixels never enter the state). ``scorer`` ranks pool
     frames by relevance to the question; with it, ``guided_retrieve`` picks a retrieve's frames by
     score and ``first_turn_top`` mixes that many top frames into turn 1. ``checkpointer`` is any
     LangGraph checkpointer (in-memory, SQLite, ...); leave it None inside a host graph.
     """
+    model = as_video_lm(model)
     settings = protocol_settings or ProtocolSettings()
     gen = generation or GenerationSettings()
     cache = frame_cache if frame_cache is not None else video_tools.FrameCache()

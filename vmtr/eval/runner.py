@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings, ServedSettings
 from vmtr.eval.datasets import QAItem
 from vmtr.eval.scoring import extract_answer, saw_evidence
 from vmtr.models.vlm import VideoLM
@@ -79,6 +79,9 @@ class EvalSettings(BaseModel):
         description="Rewrite every retrieve to the question's relevant frames "
         "(vmtr.eval.oracle): what perfect aiming would buy the model.",
     )
+    served: ServedSettings | None = Field(
+        None, description="The model behind an OpenAI-compatible endpoint, when not in-process."
+    )
 
     def effective_protocol(self) -> ProtocolSettings:
         """The protocol actually run: single-turn is one turn showing ``frames`` uniform frames."""
@@ -103,6 +106,8 @@ class EvalSettings(BaseModel):
         }
         if self.oracle_aim:  # only when on, so the runs made before it keep their keys
             identity["oracle_aim"] = True
+        if self.served is not None:  # base URL and model name; never the key, which is no setting
+            identity["served"] = self.served.identity()
         return identity
 
     def run_key(self) -> str:

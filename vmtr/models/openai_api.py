@@ -33,7 +33,12 @@ RETRIED_STATUS = {408, 409, 429}
 
 
 class ServedModelError(RuntimeError):
-    """A served model could not reply; the message says why and what to change."""
+    """A served model could not reply; the message says why and what to change. ``status`` is
+    the HTTP status the server answered (None when it could not be reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def encode_image(image: Image.Image, image_format: str = "png") -> tuple[str, str]:
@@ -198,6 +203,15 @@ class OpenAIVideoLM:
             seconds=time.perf_counter() - started,
         )
 
+    def check(self) -> None:
+        """Fail early, in one message, when the server cannot be reached or refuses the key; a
+        server without a model list passes (the first request then says what is wrong)."""
+        try:
+            self._with_retries(lambda: self.client.models.list(), 0)
+        except ServedModelError as error:
+            if error.status is None or error.status in (401, 403):
+                raise
+
     def list_models(self) -> list[str]:
         """The model names the server lists (empty when it cannot say)."""
         try:
@@ -222,10 +236,10 @@ class OpenAIVideoLM:
             except openai.APIStatusError as error:
                 status = error.status_code
                 if status not in RETRIED_STATUS and status < 500:
-                    raise ServedModelError(self._status_message(error, n_images)) from None
+                    raise ServedModelError(self._status_message(error, n_images), status) from None
                 if attempt == tries - 1:
                     raise ServedModelError(
-                        self._status_message(error, n_images, tries=tries)
+                        self._status_message(error, n_images, tries=tries), status
                     ) from None
                 wait = _retry_after(error)
             delay = min(self.settings.max_backoff, self.settings.backoff * 2**attempt)
@@ -258,7 +272,7 @@ class OpenAIVideoLM:
         low = detail.lower()
         if status in (401, 403):
             hint = f"check {self._key_hint}"
-        elif status == 404 or "model" in low and ("not found" in low or "does not exist" in low):
+        elif status == 404 or self.name.lower() in low or "model" in low and "not found" in low:
             served = self.list_models()
             listed = f" (it lists: {', '.join(served[:8])})" if served else ""
             hint = f"pass --model with a name the server serves{listed}"

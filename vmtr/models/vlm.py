@@ -61,6 +61,17 @@ class VideoLM(Protocol):
         ...
 
 
+def as_video_lm(model: Any) -> VideoLM:
+    """``model`` itself when it is a `VideoLM`; a LangChain chat model wrapped as one."""
+    from vmtr.models.chat_model import ChatModelVideoLM, is_chat_model
+
+    if is_chat_model(model):
+        return ChatModelVideoLM(model)
+    if isinstance(model, VideoLM):
+        return model
+    raise TypeError(f"expected a VideoLM or a LangChain chat model, got {type(model).__name__}")
+
+
 def load_video_lm(settings: ModelSettings) -> VideoLM:
     """Build the backend a model spec names: ``tiny`` (bundled), a local folder or a hub id."""
     from vmtr.models.qwen import QwenVideoLM

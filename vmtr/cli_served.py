@@ -1,0 +1,63 @@
+"""The command-line side of served models: the ``--base-url`` family of options shared by
+`vmtr ask` and `vmtr eval`, and the one place the API key is read from the environment.
+
+The key is read here and handed to the backend's client, never to a settings object, so it
+cannot reach the output, the logs, the results files or a run's identity.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+
+def served_video_lm(served: Any, model_settings: Any, api_key_env: str | None) -> Any:
+    """The backend for ``--base-url``: its key read from ``api_key_env`` (default
+    ``OPENAI_API_KEY``, optional for local servers), the server checked before any frame is
+    decoded. The key goes only to the client; no message names its value."""
+    from vmtr.models.openai_api import QWEN_FACTOR, OpenAIVideoLM
+
+    variable = api_key_env or "OPENAI_API_KEY"
+    key = os.environ.get(variable) or None
+    if api_key_env and key is None:
+        raise ValueError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    hint = (
+        f"the API key in ${variable}"
+        if key
+        else f"the API key: none was sent (set {variable}, or name another variable with "
+        "--api-key-env)"
+    )
+    budget = {
+        "max_pixels": model_settings.max_pixels,
+        "min_pixels": model_settings.min_pixels,
+        "factor": QWEN_FACTOR,
+    }
+    lm = OpenAIVideoLM(served, api_key=key, key_hint=hint, pixel_budget=budget)
+    lm.check()
+    return lm
+
+
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="Ask the model behind this OpenAI-compatible endpoint (vLLM, SGLang, `transformers "
+        "serve`, a hosted API), e.g. http://127.0.0.1:8000/v1; --model is then its served name.",
+    ),
+]
+ApiKeyEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --base-url: the environment variable holding the API key "
+        "(default OPENAI_API_KEY, optional for local servers)."
+    ),
+]
+MaxPixelsOption = Annotated[
+    int,
+    typer.Option(min=784, help="Pixel budget per frame (the processor's own cap still applies)."),
+]
+TimeoutOption = Annotated[
+    float, typer.Option(min=1.0, help="With --base-url: seconds one request may take.")
+]
