@@ -25,6 +25,7 @@ from vmtr.cli_served import (
     ApiKeyEnvOption,
     BaseUrlOption,
     MaxPixelsOption,
+    RetriesOption,
     TimeoutOption,
     served_video_lm,
 )
@@ -268,6 +269,7 @@ def ask(
     api_key_env: ApiKeyEnvOption = None,
     max_pixels: MaxPixelsOption = 128 * 28 * 28,
     timeout: TimeoutOption = 300.0,
+    retries: RetriesOption = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
@@ -277,7 +279,9 @@ def ask(
         from vmtr.config import ServedSettings
 
         served = (
-            ServedSettings(base_url=base_url, model=model, timeout=timeout) if base_url else None
+            ServedSettings(base_url=base_url, model=model, timeout=timeout, max_retries=retries)
+            if base_url
+            else None
         )
         run_ask(
             video,

@@ -19,7 +19,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vmtr.cli_served import ApiKeyEnvOption, BaseUrlOption, MaxPixelsOption, TimeoutOption
+from vmtr.cli_served import (
+    ApiKeyEnvOption,
+    BaseUrlOption,
+    MaxPixelsOption,
+    RetriesOption,
+    TimeoutOption,
+)
 from vmtr.config import DEFAULT_MODEL
 
 
@@ -131,6 +137,7 @@ def eval_command(
     ] = None,
     max_pixels: MaxPixelsOption = 128 * 28 * 28,
     timeout: TimeoutOption = 300.0,
+    retries: RetriesOption = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Evaluate a model on BENCHMARK; re-running the same command resumes where it stopped."""
@@ -164,6 +171,7 @@ def eval_command(
             api_key_env=api_key_env,
             max_pixels=max_pixels,
             timeout=timeout,
+            retries=retries,
         )
     except (
         DatasetError,
@@ -224,6 +232,7 @@ def _evaluate(
     api_key_env: str | None = None,
     max_pixels: int = 128 * 28 * 28,
     timeout: float = 300.0,
+    retries: int = 4,
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings, ServedSettings
@@ -246,7 +255,11 @@ def _evaluate(
         items = items[:limit]
     if not items:
         raise ValueError(f"{data}: the benchmark has no questions")
-    served = ServedSettings(base_url=base_url, model=model, timeout=timeout) if base_url else None
+    served = None
+    if base_url:
+        served = ServedSettings(
+            base_url=base_url, model=model, timeout=timeout, max_retries=retries
+        )
     settings = EvalSettings(
         benchmark=benchmark,
         mode=mode,  # type: ignore[arg-type]

@@ -58,6 +58,14 @@ MaxPixelsOption = Annotated[
     int,
     typer.Option(min=784, help="Pixel budget per frame (the processor's own cap still applies)."),
 ]
+RetriesOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="With --base-url: retries of refused connections, timeouts, 429 and 5xx "
+        "(waits of 1, 2, 4 ... s, at most 30 s).",
+    ),
+]
 TimeoutOption = Annotated[
     float, typer.Option(min=1.0, help="With --base-url: seconds one request may take.")
 ]

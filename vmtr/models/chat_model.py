@@ -50,8 +50,8 @@ def langchain_messages(
 
 def ai_text(message: Any) -> str:
     """The reply's text, with a reasoning block the provider split off put back as ``<think>``."""
-    text = message.text
-    text = str(text() if callable(text) else text)
+    text = message.text  # a property (a str) in langchain_core 1, a method before
+    text = str(text if isinstance(text, str) else text())
     extra = getattr(message, "additional_kwargs", None) or {}
     for name in REASONING_FIELDS:
         reasoning = extra.get(name)
