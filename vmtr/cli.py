@@ -27,6 +27,8 @@ from vmtr.cli_served import (
     MaxPixelsOption,
     RetriesOption,
     TimeoutOption,
+    ToolProtocolOption,
+    served_settings,
     served_video_lm,
 )
 from vmtr.config import DEFAULT_MODEL
@@ -270,18 +272,15 @@ def ask(
     max_pixels: MaxPixelsOption = 128 * 28 * 28,
     timeout: TimeoutOption = 300.0,
     retries: RetriesOption = 4,
+    tool_protocol: ToolProtocolOption = "text",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
     if encoder not in ("dense", "kv-sparse"):
         raise typer.BadParameter("use dense or kv-sparse", param_hint="--encoder")
     with user_errors():
-        from vmtr.config import ServedSettings
-
-        served = (
-            ServedSettings(base_url=base_url, model=model, timeout=timeout, max_retries=retries)
-            if base_url
-            else None
+        served = served_settings(
+            base_url, model, timeout=timeout, retries=retries, tool_protocol=tool_protocol
         )
         run_ask(
             video,

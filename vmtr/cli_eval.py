@@ -25,6 +25,7 @@ from vmtr.cli_served import (
     MaxPixelsOption,
     RetriesOption,
     TimeoutOption,
+    ToolProtocolOption,
 )
 from vmtr.config import DEFAULT_MODEL
 
@@ -138,6 +139,7 @@ def eval_command(
     max_pixels: MaxPixelsOption = 128 * 28 * 28,
     timeout: TimeoutOption = 300.0,
     retries: RetriesOption = 4,
+    tool_protocol: ToolProtocolOption = "text",
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Evaluate a model on BENCHMARK; re-running the same command resumes where it stopped."""
@@ -172,6 +174,7 @@ def eval_command(
             max_pixels=max_pixels,
             timeout=timeout,
             retries=retries,
+            tool_protocol=tool_protocol,
         )
     except (
         DatasetError,
@@ -233,9 +236,10 @@ def _evaluate(
     max_pixels: int = 128 * 28 * 28,
     timeout: float = 300.0,
     retries: int = 4,
+    tool_protocol: str = "text",
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
-    from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings, ServedSettings
+    from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
     from vmtr.eval.datasets import load_benchmark
     from vmtr.eval.runner import EvalSettings, merge, run
     from vmtr.models.vlm import load_video_lm
@@ -255,11 +259,11 @@ def _evaluate(
         items = items[:limit]
     if not items:
         raise ValueError(f"{data}: the benchmark has no questions")
-    served = None
-    if base_url:
-        served = ServedSettings(
-            base_url=base_url, model=model, timeout=timeout, max_retries=retries
-        )
+    from vmtr.cli_served import served_settings
+
+    served = served_settings(
+        base_url, model, timeout=timeout, retries=retries, tool_protocol=tool_protocol
+    )
     settings = EvalSettings(
         benchmark=benchmark,
         mode=mode,  # type: ignore[arg-type]

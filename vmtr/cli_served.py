@@ -66,6 +66,34 @@ RetriesOption = Annotated[
         "(waits of 1, 2, 4 ... s, at most 30 s).",
     ),
 ]
+ToolProtocolOption = Annotated[
+    str,
+    typer.Option(
+        help="With --base-url: text (the Video-MTR tags the released checkpoint was trained "
+        "on) or native (select_segment and answer as tools, for servers that parse tool calls).",
+    ),
+]
 TimeoutOption = Annotated[
     float, typer.Option(min=1.0, help="With --base-url: seconds one request may take.")
 ]
+
+
+def served_settings(
+    base_url: str | None, model: str, *, timeout: float, retries: int, tool_protocol: str
+) -> Any:
+    """The `ServedSettings` of the ``--base-url`` options, or None without a base URL."""
+    from vmtr.config import ServedSettings
+
+    if tool_protocol not in ("text", "native"):
+        raise ValueError(f"--tool-protocol must be text or native, got {tool_protocol!r}")
+    if base_url is None:
+        if tool_protocol != "text":
+            raise ValueError("--tool-protocol native is for models behind --base-url")
+        return None
+    return ServedSettings(
+        base_url=base_url,
+        model=model,
+        timeout=timeout,
+        max_retries=retries,
+        tool_protocol=tool_protocol,  # type: ignore[arg-type]
+    )

@@ -93,9 +93,18 @@ class ServedSettings(BaseModel):
     extra_body: dict[str, Any] | None = Field(
         None, description="Server-specific request fields, e.g. vLLM's mm_processor_kwargs."
     )
+    tool_protocol: Literal["text", "native"] = Field(
+        "text",
+        description="text: the Video-MTR tags the released checkpoint was trained on; native: "
+        "select_segment and answer as function tools, for servers that parse tool calls.",
+    )
 
     def identity(self) -> dict[str, Any]:
-        """What changes the replies: where, which model, how images travel, extra fields."""
-        return self.model_dump(
+        """What changes the replies: where, which model, how images travel, extra fields, and
+        the tool protocol (named only when native, so text runs keep one identity)."""
+        identity = self.model_dump(
             mode="json", include={"base_url", "model", "image_format", "extra_body"}
         )
+        if self.tool_protocol != "text":
+            identity["tool_protocol"] = self.tool_protocol
+        return identity

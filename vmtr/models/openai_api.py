@@ -23,6 +23,15 @@ from PIL import Image
 
 from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings, ServedSettings
+from vmtr.models.native_tools import (
+    TOOL_RESULT,
+    TOOLS,
+    CallMemory,
+    ToolCall,
+    call_text,
+    parse_arguments,
+    reword,
+)
 from vmtr.models.vlm import FrameFetcher, Generation
 
 QWEN_FACTOR = 28
@@ -60,29 +69,53 @@ def message_text(message: dict[str, Any]) -> str:
 
 
 def chat_messages(
-    messages: Sequence[dict[str, Any]], frames: FrameFetcher, image_format: str = "png"
+    messages: Sequence[dict[str, Any]],
+    frames: FrameFetcher,
+    image_format: str = "png",
+    native_calls: dict[str, ToolCall] | None = None,
 ) -> list[dict[str, Any]]:
     """The protocol's messages in chat-completions form. System and assistant messages become
-    plain strings; user messages keep their parts in order, frames as ``image_url`` data URLs."""
+    plain strings; user messages keep their parts in order, frames as ``image_url`` data URLs.
+
+    With ``native_calls`` (the native tool protocol: reply text -> the call it came from), user
+    text names the tools, and a reply that came from a call goes back as that call and its result.
+    """
+    native = native_calls is not None
     wanted = [i for m in messages for i in frames_in(m)]
     images = iter(frames(wanted) if wanted else [])
     out: list[dict[str, Any]] = []
     for message in messages:
-        role = message["role"]
+        role, text = message["role"], message_text(message)
+        if native and role == "assistant" and text in native_calls:
+            out.extend(call_messages(native_calls[text]))
+            continue
         if role != "user" or not isinstance(message.get("content"), list):
-            out.append({"role": role, "content": message_text(message)})
+            out.append({"role": role, "content": reword(text) if native else text})
             continue
         parts: list[dict[str, Any]] = []
         for part in message["content"]:
             if part.get("type") == "image":
                 mime, data = encode_image(next(images), image_format)
-                parts.append(
-                    {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
-                )
+                url = f"data:{mime};base64,{data}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
             elif part.get("type") == "text":
-                parts.append({"type": "text", "text": part["text"]})
+                words = reword(part["text"]) if native else part["text"]
+                parts.append({"type": "text", "text": words})
         out.append({"role": "user", "content": parts})
     return out
+
+
+def call_messages(call: ToolCall) -> list[dict[str, Any]]:
+    """An earlier tool call as chat-completions sends it back: the call, then its result."""
+    function = {"name": call.name, "arguments": call.json_arguments}
+    return [
+        {
+            "role": "assistant",
+            "content": call.content or None,
+            "tool_calls": [{"id": call.id, "type": "function", "function": function}],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": TOOL_RESULT},
+    ]
 
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -146,6 +179,7 @@ class OpenAIVideoLM:
             "factor": QWEN_FACTOR,
         }
         self._sleep = sleep
+        self._calls = CallMemory()
         self.client = OpenAI(
             base_url=settings.base_url,
             api_key=api_key or "none",  # servers without auth ignore it; the client wants one
@@ -158,7 +192,8 @@ class OpenAIVideoLM:
         return f"OpenAIVideoLM(base_url={self.settings.base_url!r}, model={self.name!r})"
 
     def end_session(self, session: str) -> None:
-        """Nothing is kept between turns: each request carries the whole conversation."""
+        """Forget the session's tool calls (the server itself keeps nothing between turns)."""
+        self._calls.forget(session)
 
     def generate(
         self,
@@ -170,7 +205,10 @@ class OpenAIVideoLM:
     ) -> Generation:
         """Send the conversation, return the reply with the server's token counts."""
         started = time.perf_counter()
-        payload = chat_messages(messages, frames, self.settings.image_format)
+        native = self.settings.tool_protocol == "native"
+        calls = self._calls.recall(session) if native else None
+        payload = chat_messages(messages, frames, self.settings.image_format, calls)
+        tools = {"tools": TOOLS} if native else {}
         n_images = sum(
             1
             for m in payload
@@ -183,13 +221,25 @@ class OpenAIVideoLM:
                 model=self.settings.model,
                 messages=payload,
                 extra_body=self.settings.extra_body,
+                **tools,
                 **request_body(settings),
             ),
             n_images,
         )
         if not response.choices:
             raise ServedModelError(f"{self._where()} returned no choices")
-        text = reply_text(response.choices[0].message)
+        message = response.choices[0].message
+        text = reply_text(message)
+        if native and message.tool_calls:
+            first = message.tool_calls[0]
+            call = ToolCall(
+                id=first.id,
+                name=first.function.name,
+                arguments=parse_arguments(first.function.arguments),
+                content=message.content or "",
+            )
+            text = call_text(call)
+            self._calls.remember(session, text, call)
         usage = response.usage
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         details = getattr(usage, "prompt_tokens_details", None)
