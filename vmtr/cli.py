@@ -24,6 +24,8 @@ from rich.table import Table
 from vmtr.cli_served import (
     ApiKeyEnvOption,
     BaseUrlOption,
+    ExtraBodyOption,
+    ImageFormatOption,
     MaxPixelsOption,
     RetriesOption,
     TimeoutOption,
@@ -273,6 +275,8 @@ def ask(
     timeout: TimeoutOption = 300.0,
     retries: RetriesOption = 4,
     tool_protocol: ToolProtocolOption = "text",
+    image_format: ImageFormatOption = "png",
+    extra_body: ExtraBodyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
@@ -280,7 +284,13 @@ def ask(
         raise typer.BadParameter("use dense or kv-sparse", param_hint="--encoder")
     with user_errors():
         served = served_settings(
-            base_url, model, timeout=timeout, retries=retries, tool_protocol=tool_protocol
+            base_url,
+            model,
+            timeout=timeout,
+            retries=retries,
+            tool_protocol=tool_protocol,
+            image_format=image_format,
+            extra_body=extra_body,
         )
         run_ask(
             video,

@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vmtr.cli_served import (
     ApiKeyEnvOption,
     BaseUrlOption,
+    ExtraBodyOption,
+    ImageFormatOption,
     MaxPixelsOption,
     RetriesOption,
     TimeoutOption,
@@ -140,6 +142,8 @@ def eval_command(
     timeout: TimeoutOption = 300.0,
     retries: RetriesOption = 4,
     tool_protocol: ToolProtocolOption = "text",
+    image_format: ImageFormatOption = "png",
+    extra_body: ExtraBodyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Evaluate a model on BENCHMARK; re-running the same command resumes where it stopped."""
@@ -175,6 +179,8 @@ def eval_command(
             timeout=timeout,
             retries=retries,
             tool_protocol=tool_protocol,
+            image_format=image_format,
+            extra_body=extra_body,
         )
     except (
         DatasetError,
@@ -237,6 +243,8 @@ def _evaluate(
     timeout: float = 300.0,
     retries: int = 4,
     tool_protocol: str = "text",
+    image_format: str = "png",
+    extra_body: str | None = None,
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
@@ -262,7 +270,13 @@ def _evaluate(
     from vmtr.cli_served import served_settings
 
     served = served_settings(
-        base_url, model, timeout=timeout, retries=retries, tool_protocol=tool_protocol
+        base_url,
+        model,
+        timeout=timeout,
+        retries=retries,
+        tool_protocol=tool_protocol,
+        image_format=image_format,
+        extra_body=extra_body,
     )
     settings = EvalSettings(
         benchmark=benchmark,

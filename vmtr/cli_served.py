@@ -7,6 +7,7 @@ cannot reach the output, the logs, the results files or a run's identity.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Annotated, Any
 
@@ -73,27 +74,59 @@ ToolProtocolOption = Annotated[
         "on) or native (select_segment and answer as tools, for servers that parse tool calls).",
     ),
 ]
+ImageFormatOption = Annotated[
+    str,
+    typer.Option(help="With --base-url: png (the decoded pixels exactly) or jpeg (smaller)."),
+]
+ExtraBodyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --base-url: a JSON object of server-specific request fields, e.g. "
+        '\'{"mm_processor_kwargs": {"max_pixels": 100352}}\' for vLLM.'
+    ),
+]
 TimeoutOption = Annotated[
     float, typer.Option(min=1.0, help="With --base-url: seconds one request may take.")
 ]
 
 
 def served_settings(
-    base_url: str | None, model: str, *, timeout: float, retries: int, tool_protocol: str
+    base_url: str | None,
+    model: str,
+    *,
+    timeout: float = 300.0,
+    retries: int = 4,
+    tool_protocol: str = "text",
+    image_format: str = "png",
+    extra_body: str | None = None,
 ) -> Any:
     """The `ServedSettings` of the ``--base-url`` options, or None without a base URL."""
     from vmtr.config import ServedSettings
 
     if tool_protocol not in ("text", "native"):
         raise ValueError(f"--tool-protocol must be text or native, got {tool_protocol!r}")
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"--image-format must be png or jpeg, got {image_format!r}")
     if base_url is None:
-        if tool_protocol != "text":
-            raise ValueError("--tool-protocol native is for models behind --base-url")
+        if tool_protocol != "text" or image_format != "png" or extra_body:
+            raise ValueError(
+                "--tool-protocol, --image-format and --extra-body are for models behind --base-url"
+            )
         return None
+    body = None
+    if extra_body:
+        try:
+            body = json.loads(extra_body)
+        except ValueError as error:
+            raise ValueError(f"--extra-body is not JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise ValueError("--extra-body must be a JSON object")
     return ServedSettings(
         base_url=base_url,
         model=model,
         timeout=timeout,
         max_retries=retries,
         tool_protocol=tool_protocol,  # type: ignore[arg-type]
+        image_format=image_format,  # type: ignore[arg-type]
+        extra_body=body,
     )

@@ -71,11 +71,31 @@ def test_ask_through_a_server(make_video, monkeypatch):
     monkeypatch.setenv("MY_KEY", KEY)
     video = make_video("clip.mp4", seconds=8.0, fps=2.0)
     args = ["ask", str(video), "What?", "--base-url", "http://127.0.0.1:9/v1", "-m", "served-model"]
-    result = CliRunner().invoke(app, [*args, "--api-key-env", "MY_KEY", "--json"])
+    extra = ["--extra-body", '{"mm_processor_kwargs": {"max_pixels": 3136}}']
+    extra += ["--image-format", "jpeg"]
+    result = CliRunner().invoke(app, [*args, "--api-key-env", "MY_KEY", *extra, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["answer"] == "a red ball"
+    body = server.bodies[0]
+    assert body["mm_processor_kwargs"] == {"max_pixels": 3136}
+    images = [p for p in body["messages"][1]["content"] if p["type"] == "image_url"]
+    assert images and all(p["image_url"]["url"].startswith("data:image/jpeg;") for p in images)
     assert server.headers[0]["authorization"] == f"Bearer {KEY}"
     assert KEY not in result.output
+
+
+def test_served_options_are_checked(make_video):
+    video = make_video("clip.mp4", seconds=8.0, fps=2.0)
+    base = ["ask", str(video), "What?", "--base-url", "http://127.0.0.1:9/v1"]
+    for extra, said in [
+        (["--extra-body", "{nope"], "error: --extra-body is not JSON"),
+        (["--extra-body", "[1]"], "error: --extra-body must be a JSON object"),
+        (["--tool-protocol", "xml"], "error: --tool-protocol must be text or native"),
+    ]:
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 1 and said in result.stderr, result.output
+    local = CliRunner().invoke(app, ["ask", str(video), "What?", "--tool-protocol", "native"])
+    assert local.exit_code == 1 and "are for models behind --base-url" in local.stderr
 
 
 def test_eval_records_failed_requests_as_error_rows(synthetic, tmp_path, monkeypatch):
