@@ -68,10 +68,9 @@ def ask(
     """Answer ``question`` about ``video`` with the multi-turn agent.
 
     ``model`` is a loaded `VideoLM`, a LangChain chat model, or a model spec (hub id, local
-    folder, ``tiny``); any other
-    keyword is a field of `ProtocolSettings`, `GenerationSettings` or `ModelSettings`
-    (``max_turns=2``, ``temperature=0``, ``max_pixels=...``). ``on_update(node, update)`` is
-    called after every graph node, for progress displays. ``scorer`` (for example a segment
+    folder, ``tiny``); any other keyword is a field of `ProtocolSettings`, `GenerationSettings`
+    or `ModelSettings` (``max_turns=2``, ``temperature=0``, ``max_pixels=...``).
+    ``on_update(node, update)`` is called after every graph node, for progress displays. ``scorer`` (for example a segment
     store's `scores_at`) ranks pool frames against the question; ``guided_retrieve`` then picks a
     retrieve's frames by that score and ``first_turn_top`` mixes that many top frames into turn 1.
     """

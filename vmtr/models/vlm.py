@@ -62,12 +62,13 @@ class VideoLM(Protocol):
 
 
 def as_video_lm(model: Any) -> VideoLM:
-    """``model`` itself when it is a `VideoLM`; a LangChain chat model wrapped as one."""
+    """A LangChain chat model wrapped as a `VideoLM`; anything with ``generate`` (a `VideoLM`, or
+    a wrapper that forwards to one) as it is."""
     from vmtr.models.chat_model import ChatModelVideoLM, is_chat_model
 
     if is_chat_model(model):
         return ChatModelVideoLM(model)
-    if isinstance(model, VideoLM):
+    if callable(getattr(model, "generate", None)):
         return model
     raise TypeError(f"expected a VideoLM or a LangChain chat model, got {type(model).__name__}")
 
