@@ -37,6 +37,9 @@ from vmtr.models.vlm import FrameFetcher, Generation
 QWEN_FACTOR = 28
 """Qwen2(.5)-VL's image grid: 14-pixel patches merged 2x2."""
 
+CHECK_TIMEOUT = 30.0
+"""Seconds the model list may take: a server that cannot list its models that fast is stuck."""
+
 RETRIED_STATUS = {408, 409, 429}
 """Besides 5xx: statuses a later try can succeed on (timeout, conflict, rate limit)."""
 
@@ -230,12 +233,12 @@ class OpenAIVideoLM:
             raise ServedModelError(f"{self._where()} returned no choices")
         message = response.choices[0].message
         text = reply_text(message)
-        if native and message.tool_calls:
-            first = message.tool_calls[0]
+        function = getattr((message.tool_calls or [None])[0], "function", None)
+        if native and function is not None:
             call = ToolCall(
-                id=first.id,
-                name=first.function.name,
-                arguments=parse_arguments(first.function.arguments),
+                id=message.tool_calls[0].id,
+                name=function.name,
+                arguments=parse_arguments(function.arguments),
                 content=message.content or "",
             )
             text = call_text(call)
@@ -256,8 +259,9 @@ class OpenAIVideoLM:
     def check(self) -> None:
         """Fail early, in one message, when the server cannot be reached or refuses the key; a
         server without a model list passes (the first request then says what is wrong)."""
+        quick = self.client.with_options(timeout=min(self.settings.timeout, CHECK_TIMEOUT))
         try:
-            self._with_retries(lambda: self.client.models.list(), 0)
+            self._with_retries(lambda: quick.models.list(), 0)
         except ServedModelError as error:
             if error.status is None or error.status in (401, 403):
                 raise
@@ -265,7 +269,8 @@ class OpenAIVideoLM:
     def list_models(self) -> list[str]:
         """The model names the server lists (empty when it cannot say)."""
         try:
-            return [m.id for m in self.client.models.list()]
+            quick = self.client.with_options(timeout=CHECK_TIMEOUT, max_retries=0)
+            return [m.id for m in quick.models.list()]
         except Exception:  # noqa: BLE001 - only a hint for error messages
             return []
 
