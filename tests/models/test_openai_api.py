@@ -139,6 +139,7 @@ def test_a_timeout_says_to_give_it_longer(video):
             "--max-model-len",
         ),
         (401, {"error": {"message": "Incorrect API key provided"}}, "check the API key"),
+        (404, {"detail": "Not Found"}, "v1/chat/completions does not exist: check --base-url"),
         (422, {"detail": "Unexpected fields in the request: {'foo'}"}, "rejected the request"),
     ],
 )

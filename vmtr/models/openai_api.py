@@ -327,6 +327,11 @@ class OpenAIVideoLM:
         low = detail.lower()
         if status in (401, 403):
             hint = f"check {self._key_hint}"
+        elif status == 404 and "model" not in low and self.name.lower() not in low:
+            hint = (
+                f"{self.settings.base_url.rstrip('/')}/chat/completions does not exist: check "
+                "--base-url (OpenAI-compatible servers usually serve under /v1)"
+            )
         elif status == 404 or self.name.lower() in low or "model" in low and "not found" in low:
             served = self.list_models()
             listed = f" (it lists: {', '.join(served[:8])})" if served else ""
