@@ -142,3 +142,13 @@ def test_concurrency_is_for_served_models(synthetic, tmp_path):
     args = ["eval", "synthetic", "--data", str(synthetic), "-o", str(tmp_path / "o")]
     result = CliRunner().invoke(app, [*args, "--concurrency", "2"])
     assert result.exit_code == 1 and "error: --concurrency is for --base-url" in result.stderr
+
+
+def test_eval_with_the_server_down_fails_before_any_question(synthetic, tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    args = ["eval", "synthetic", "--data", str(synthetic), "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, [*args, "--base-url", url, "--model", "m", "--retries", "0"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the model server at {url}")
+    assert not (tmp_path / "o" / "results.sqlite").exists()
