@@ -32,7 +32,7 @@ from vmtr.policies.trainer import RLRecipe, RLSettings
 PROTOCOL = ProtocolSettings(max_turns=3)
 
 
-def timed_rollout(lm, items, args, *, batched: bool) -> tuple[float, list]:
+def timed_rollout(lm, items, args, *, batched: bool, stats=None) -> tuple[float, list]:
     started = time.perf_counter()
     trajectories = rollout(
         lm,
@@ -44,6 +44,7 @@ def timed_rollout(lm, items, args, *, batched: bool) -> tuple[float, list]:
             temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens
         ),
         batched=batched,
+        engine_stats=stats,
     )
     return time.perf_counter() - started, trajectories
 
@@ -103,7 +104,8 @@ def main() -> None:
         timed_rollout(lm, prompts[:1], args, batched=False)  # first-call costs out of the way
 
         old_s, old_traj = timed_rollout(lm, prompts, args, batched=False)
-        new_s, new_traj = timed_rollout(lm, prompts, args, batched=True)
+        stats: dict[str, float] = {}
+        new_s, new_traj = timed_rollout(lm, prompts, args, batched=True, stats=stats)
         same = sum(
             torch.equal(a.input_ids, b.input_ids) for a, b in zip(old_traj, new_traj, strict=True)
         )
@@ -113,6 +115,12 @@ def main() -> None:
         print(f"(a) rollouts: {episodes} episodes, {turns:.2f} turns, {tokens:.0f} sampled tokens")
         print(f"    one at a time {old_s:7.1f} s   engine {new_s:7.1f} s   x{old_s / new_s:.2f}")
         print(f"    same token sequences: {same}/{episodes}")
+        print(
+            f"    engine worker: prefill {stats['prefill_s']:.1f} s (vision "
+            f"{stats['vision_s']:.1f} s, {stats['frames_encoded']:.0f} frames; "
+            f"{stats['prefilled_tokens']:.0f} prompt tokens), decode {stats['decode_s']:.1f} s "
+            f"({stats['forwards']:.0f} forwards, {stats['rows']:.0f} rows)"
+        )
 
         old_step = timed_step(recipe, prompts, args, batched=False)
         new_step = timed_step(recipe, prompts, args, batched=True)

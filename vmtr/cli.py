@@ -21,6 +21,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vmtr.cli_served import (
+    ApiKeyEnvOption,
+    BaseUrlOption,
+    ExtraBodyOption,
+    ImageFormatOption,
+    MaxPixelsOption,
+    RetriesOption,
+    TimeoutOption,
+    ToolProtocolOption,
+    served_settings,
+    served_video_lm,
+)
 from vmtr.config import DEFAULT_MODEL
 
 app = typer.Typer(
@@ -45,6 +57,7 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line and exit code 1."""
     from pydantic import ValidationError
 
+    from vmtr.models.openai_api import ServedModelError
     from vmtr.models.vlm import ModelLoadError
     from vmtr.tools.video import VideoError
 
@@ -56,7 +69,7 @@ def user_errors() -> Iterator[None]:
         # a check across settings has no field to name; its own message says which flags
         message = str(first.get("msg", error)).removeprefix("Value error, ")
         raise fail(f"invalid setting {where}: {message}" if where else message) from None
-    except (VideoError, ModelLoadError, ValueError, FileNotFoundError) as error:
+    except (VideoError, ModelLoadError, ServedModelError, ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:
         raise fail("interrupted") from None
@@ -147,9 +160,12 @@ def run_ask(
     encoder: str = "dense",
     frames: int = 256,
     frames_per_label: int = 4,
+    served: Any = None,
+    api_key_env: str | None = None,
     **settings: Any,
 ) -> Any:
-    """Shared body of `ask` and `demo`: validate, load, run with progress, print."""
+    """Shared body of `ask` and `demo`: validate, load, run with progress, print. With
+    ``served`` (`ServedSettings`) the model is the one behind that endpoint."""
     from vmtr.agent.ask import split_settings
     from vmtr.agent.long_context import ask_with_encoder
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
@@ -171,8 +187,14 @@ def run_ask(
 
         with err.status(f"loading embedder {store}"):
             scorer = store_scorer(store)  # the store itself is built (or reopened) on first use
-    with err.status(f"loading model {model_settings.model}"):
-        lm = load_video_lm(model_settings)
+    if served is not None:
+        if encoder != "dense":
+            raise ValueError("--encoder kv-sparse needs the model in this process, not --base-url")
+        with err.status(f"checking {served.base_url}"):
+            lm = served_video_lm(served, model_settings, api_key_env)
+    else:
+        with err.status(f"loading model {model_settings.model}"):
+            lm = load_video_lm(model_settings)
     settings.pop("model", None)
     with err.status("decoding frames") as status:
         result = ask_with_encoder(
@@ -247,12 +269,29 @@ def ask(
             min=1, help="kv-sparse: consecutive frames under one frame_idx:s-e label on turn 1."
         ),
     ] = 4,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
+    max_pixels: MaxPixelsOption = 128 * 28 * 28,
+    timeout: TimeoutOption = 300.0,
+    retries: RetriesOption = 4,
+    tool_protocol: ToolProtocolOption = "text",
+    image_format: ImageFormatOption = "png",
+    extra_body: ExtraBodyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO; print the answer and the turns that led to it."""
     if encoder not in ("dense", "kv-sparse"):
         raise typer.BadParameter("use dense or kv-sparse", param_hint="--encoder")
     with user_errors():
+        served = served_settings(
+            base_url,
+            model,
+            timeout=timeout,
+            retries=retries,
+            tool_protocol=tool_protocol,
+            image_format=image_format,
+            extra_body=extra_body,
+        )
         run_ask(
             video,
             question,
@@ -274,6 +313,9 @@ def ask(
             encoder=encoder,
             frames=frames,
             frames_per_label=frames_per_label,
+            max_pixels=max_pixels,
+            served=served,
+            api_key_env=api_key_env,
         )
 
 

@@ -19,6 +19,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vmtr.cli_served import (
+    ApiKeyEnvOption,
+    BaseUrlOption,
+    ExtraBodyOption,
+    ImageFormatOption,
+    MaxPixelsOption,
+    RetriesOption,
+    TimeoutOption,
+    ToolProtocolOption,
+)
 from vmtr.config import DEFAULT_MODEL
 
 
@@ -134,10 +144,23 @@ def eval_command(
     retry_errors: Annotated[
         bool, typer.Option(help="Redo questions recorded as errors (e.g. videos now present).")
     ] = False,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --base-url: requests in flight (default --batch-size)."),
+    ] = None,
+    max_pixels: MaxPixelsOption = 128 * 28 * 28,
+    timeout: TimeoutOption = 300.0,
+    retries: RetriesOption = 4,
+    tool_protocol: ToolProtocolOption = "text",
+    image_format: ImageFormatOption = "png",
+    extra_body: ExtraBodyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Evaluate a model on BENCHMARK; re-running the same command resumes where it stopped."""
     from vmtr.eval.datasets import DatasetError
+    from vmtr.models.openai_api import ServedModelError
     from vmtr.models.vlm import ModelLoadError
     from vmtr.tools.video import VideoError
 
@@ -162,8 +185,24 @@ def eval_command(
             dtype=dtype,
             quantization=quantization,
             retry_errors=retry_errors,
+            concurrency=concurrency,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            max_pixels=max_pixels,
+            timeout=timeout,
+            retries=retries,
+            tool_protocol=tool_protocol,
+            image_format=image_format,
+            extra_body=extra_body,
         )
-    except (DatasetError, ModelLoadError, VideoError, ValueError, OSError) as error:
+    except (
+        DatasetError,
+        ModelLoadError,
+        ServedModelError,
+        VideoError,
+        ValueError,
+        OSError,
+    ) as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; re-run the same command to resume") from None
@@ -212,6 +251,15 @@ def _evaluate(
     dtype: str,
     quantization: str,
     retry_errors: bool,
+    concurrency: int | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    max_pixels: int = 128 * 28 * 28,
+    timeout: float = 300.0,
+    retries: int = 4,
+    tool_protocol: str = "text",
+    image_format: str = "png",
+    extra_body: str | None = None,
 ) -> dict[str, Any] | None:
     """Load, run this process's share, merge; returns results (None off the main process)."""
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
@@ -227,9 +275,22 @@ def _evaluate(
         where = (state.process_index, state.num_processes) if state is not None else (0, 1)
     if state is not None and device == "auto":
         device = str(state.device)
+    if concurrency is not None and base_url is None:
+        raise ValueError("--concurrency is for --base-url; in-process runs use --batch-size")
     items = first_questions(load_benchmark(benchmark, data), limit)
     if not items:
         raise ValueError(f"{data}: the benchmark has no questions")
+    from vmtr.cli_served import served_settings
+
+    served = served_settings(
+        base_url,
+        model,
+        timeout=timeout,
+        retries=retries,
+        tool_protocol=tool_protocol,
+        image_format=image_format,
+        extra_body=extra_body,
+    )
     settings = EvalSettings(
         benchmark=benchmark,
         mode=mode,  # type: ignore[arg-type]
@@ -239,12 +300,14 @@ def _evaluate(
             device=device,
             dtype=dtype,  # type: ignore[arg-type]
             quantization=quantization,  # type: ignore[arg-type]
+            max_pixels=max_pixels,
         ),
         protocol=ProtocolSettings(max_turns=max_turns),
         generation=GenerationSettings(temperature=temperature, max_new_tokens=max_new_tokens),
         store=store,
         oracle_aim=oracle_aim,
         **({} if subtitles is None else {"subtitles": True, "subtitle_window": subtitles}),
+        served=served,
     )
     if oracle_aim and not any(item.relevant_windows for item in items):
         raise ValueError(f"--oracle-aim needs relevant windows, and {benchmark} has none")
@@ -254,8 +317,14 @@ def _evaluate(
 
     quiet_libraries()
     err = Console(stderr=True)
-    with err.status(f"loading model {model}"):
-        lm = load_video_lm(settings.model)
+    if settings.served is not None:
+        from vmtr.cli_served import served_video_lm
+
+        with err.status(f"checking {base_url}"):
+            lm = served_video_lm(settings.served, settings.model, api_key_env)
+    else:
+        with err.status(f"loading model {model}"):
+            lm = load_video_lm(settings.model)
     scorer = _store_scorer(store) if store else None
     label = "questions" if where[1] == 1 else f"shard {where[0]}/{where[1]}"
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -267,7 +336,7 @@ def _evaluate(
             output,
             lm,
             shard=where,
-            batch_size=batch_size,
+            batch_size=concurrency or batch_size,
             retry_errors=retry_errors,
             scorer=scorer,
             progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -70,3 +70,41 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vmtr"
+
+
+class ServedSettings(BaseModel):
+    """A model behind an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
+    `transformers serve`, a hosted API). The API key is not a setting: it is handed to the
+    backend apart, so it never lands in a saved configuration or a run's identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(description="The endpoint's root, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The model name the server knows (its `model` field).")
+    timeout: float = Field(300.0, gt=0, description="Seconds one request may take.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries of connection errors, timeouts, 429 and 5xx."
+    )
+    backoff: float = Field(1.0, ge=0, description="First retry's wait; it doubles each retry.")
+    max_backoff: float = Field(30.0, ge=0, description="Longest wait between two tries.")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="png: the decoded pixels exactly; jpeg: several times smaller."
+    )
+    extra_body: dict[str, Any] | None = Field(
+        None, description="Server-specific request fields, e.g. vLLM's mm_processor_kwargs."
+    )
+    tool_protocol: Literal["text", "native"] = Field(
+        "text",
+        description="text: the Video-MTR tags the released checkpoint was trained on; native: "
+        "select_segment and answer as function tools, for servers that parse tool calls.",
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the replies: where, which model, how images travel, extra fields, and
+        the tool protocol (named only when native, so text runs keep one identity)."""
+        identity = self.model_dump(
+            mode="json", include={"base_url", "model", "image_format", "extra_body"}
+        )
+        if self.tool_protocol != "text":
+            identity["tool_protocol"] = self.tool_protocol
+        return identity

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from vmtr.agent.graph import PoolScorer, build_graph
 from vmtr.agent.state import TurnRecord
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
-from vmtr.models.vlm import VideoLM, load_video_lm
+from vmtr.models.vlm import VideoLM, as_video_lm, load_video_lm
 
 
 @dataclass
@@ -58,7 +58,7 @@ def ask(
     question: str,
     options: Sequence[str] | None = None,
     *,
-    model: VideoLM | str | None = None,
+    model: VideoLM | Any | str | None = None,
     on_update: Callable[[str, dict[str, Any]], None] | None = None,
     scorer: PoolScorer | None = None,
     guided_retrieve: bool = False,
@@ -67,10 +67,10 @@ def ask(
 ) -> AskResult:
     """Answer ``question`` about ``video`` with the multi-turn agent.
 
-    ``model`` is a loaded `VideoLM`, or a model spec (hub id, local folder, ``tiny``); any other
-    keyword is a field of `ProtocolSettings`, `GenerationSettings` or `ModelSettings`
-    (``max_turns=2``, ``temperature=0``, ``max_pixels=...``). ``on_update(node, update)`` is
-    called after every graph node, for progress displays. ``scorer`` (for example a segment
+    ``model`` is a loaded `VideoLM`, a LangChain chat model, or a model spec (hub id, local
+    folder, ``tiny``); any other keyword is a field of `ProtocolSettings`, `GenerationSettings`
+    or `ModelSettings` (``max_turns=2``, ``temperature=0``, ``max_pixels=...``).
+    ``on_update(node, update)`` is called after every graph node, for progress displays. ``scorer`` (for example a segment
     store's `scores_at`) ranks pool frames against the question; ``guided_retrieve`` then picks a
     retrieve's frames by that score and ``first_turn_top`` mixes that many top frames into turn 1.
     """
@@ -87,7 +87,7 @@ def ask(
 
 
 def resolve_model(
-    model: VideoLM | str | None, settings: dict[str, Any]
+    model: VideoLM | Any | str | None, settings: dict[str, Any]
 ) -> tuple[VideoLM, ProtocolSettings, GenerationSettings]:
     """The `VideoLM` to ask (``model`` itself, or loaded from a spec or the model keywords) and
     the protocol and generation settings among ``settings``."""
@@ -97,7 +97,8 @@ def resolve_model(
     proto, gen, model_settings = split_settings(
         settings, ProtocolSettings, GenerationSettings, ModelSettings
     )
-    return (model if model is not None else load_video_lm(model_settings)), proto, gen
+    lm = as_video_lm(model) if model is not None else load_video_lm(model_settings)
+    return lm, proto, gen
 
 
 def run_graph(

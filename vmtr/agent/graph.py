@@ -23,7 +23,7 @@ from langgraph.graph import END, START, StateGraph
 from vmtr.agent import protocol
 from vmtr.agent.state import AgentInput, AgentState, TurnRecord
 from vmtr.config import GenerationSettings, ProtocolSettings
-from vmtr.models.vlm import VideoLM
+from vmtr.models.vlm import VideoLM, as_video_lm
 from vmtr.tools import video as video_tools
 from vmtr.tools.select import first_turn_frames, select_segment
 from vmtr.tools.subtitles import Cue, cues_near, read_subtitles
@@ -33,7 +33,7 @@ PoolScorer = Callable[[str, Sequence[float], str], Sequence[float]]
 
 
 def build_graph(
-    model: VideoLM,
+    model: Any,
     *,
     protocol_settings: ProtocolSettings | None = None,
     generation: GenerationSettings | None = None,
@@ -45,7 +45,8 @@ def build_graph(
     checkpointer: Any = None,
     name: str = "vmtr",
 ):
-    """Compile the agent graph around ``model``.
+    """Compile the agent graph around ``model``: a `VideoLM`, or a LangChain chat model
+    (``ChatOpenAI(base_url=...)``, wrapped by `ChatModelVideoLM`).
 
     ``frame_cache`` holds decoded frames (pixels never enter the state). ``scorer`` ranks pool
     frames by relevance to the question; with it, ``guided_retrieve`` picks a retrieve's frames by
@@ -55,6 +56,7 @@ def build_graph(
     ``checkpointer`` is any LangGraph checkpointer (in-memory, SQLite, ...); leave it None inside
     a host graph.
     """
+    model = as_video_lm(model)
     settings = protocol_settings or ProtocolSettings()
     gen = generation or GenerationSettings()
     cache = frame_cache if frame_cache is not None else video_tools.FrameCache()
@@ -272,8 +274,14 @@ def turn_record(
         "seconds": round(time.perf_counter() - started, 4),
         "prompt_tokens": reply.prompt_tokens,
         "new_prompt_tokens": reply.new_prompt_tokens,
-        "completion_tokens": len(reply.token_ids),
+        "completion_tokens": completion_tokens(reply),
     }
+
+
+def completion_tokens(reply: Any) -> int:
+    """Tokens a reply generated: the backend's own count (a server's usage) or the ids it kept."""
+    counted = getattr(reply, "completion_tokens", None)
+    return len(reply.token_ids) if counted is None else int(counted)
 
 
 def after_reply(

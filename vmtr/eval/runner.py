@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings, ServedSettings
 from vmtr.eval.datasets import QAItem
 from vmtr.eval.scoring import extract_answer, saw_evidence
 from vmtr.models.vlm import VideoLM
@@ -85,6 +85,9 @@ class EvalSettings(BaseModel):
     subtitle_window: float = Field(
         2.0, ge=0, description="Seconds either side of a frame within which a line is near it."
     )
+    served: ServedSettings | None = Field(
+        None, description="The model behind an OpenAI-compatible endpoint, when not in-process."
+    )
 
     def effective_protocol(self) -> ProtocolSettings:
         """The protocol actually run: single-turn is one turn showing ``frames`` uniform frames."""
@@ -111,6 +114,8 @@ class EvalSettings(BaseModel):
             identity["oracle_aim"] = True
         if self.subtitles:  # likewise
             identity["subtitles"] = {"window_s": self.subtitle_window}
+        if self.served is not None:  # base URL and model name; never the key, which is no setting
+            identity["served"] = self.served.identity()
         return identity
 
     def run_key(self) -> str:

@@ -107,6 +107,8 @@ class EpisodeEngine:
         self._prompts: dict[tuple[Any, ...], _Prompt] = {}  # worker thread only
         self._vision: dict[Any, torch.Tensor] = {}  # frame key -> merged embeddings
         self.frames_encoded = 0  # frames through the vision tower, for reports
+        self.prefilled_tokens = 0
+        self.seconds = {"prefill": 0.0, "vision": 0.0, "decode": 0.0}  # worker time, by phase
         self._image_token = lm.model.config.image_token_id
         self._free = list(range(max_episodes))  # a heap: the lowest free slot goes first
         self._slot_ready = threading.Condition()
@@ -327,8 +329,25 @@ class EpisodeEngine:
                 logits[i] = row
         return torch.stack(logits)
 
+    def stats(self) -> dict[str, float]:
+        """Counters and worker seconds by phase, for throughput reports."""
+        return {
+            "forwards": self.forwards,
+            "rows": self.rows,
+            "prefilled_tokens": self.prefilled_tokens,
+            "frames_encoded": self.frames_encoded,
+            **{f"{phase}_s": round(t, 3) for phase, t in self.seconds.items()},
+        }
+
     def _prefill_group(self, turns: list[_Turn]) -> torch.Tensor:
         """One forward over the turns' uncached tokens (right-padded); their last logits."""
+        started = time.perf_counter()
+        try:
+            return self._prefill_rows(turns)
+        finally:
+            self.seconds["prefill"] += time.perf_counter() - started
+
+    def _prefill_rows(self, turns: list[_Turn]) -> torch.Tensor:
         lm = self.lm
         rows, spans, chunks = [], [], []
         keys, pixels, grids = [], [], []
@@ -356,6 +375,7 @@ class EpisodeEngine:
             if span < width:  # padding continues the row's positions (its outputs are unused)
                 pos[:, row, span:] = positions[:, 0, -1:] + 1
         mask = self.kv.plan(rows, spans, width)
+        self.prefilled_tokens += sum(spans)
         ids = ids.to(lm.device)
         embeds = lm.core.get_input_embeddings()(ids)
         if pixels:
@@ -382,6 +402,15 @@ class EpisodeEngine:
         """The vision tower's merged embeddings of these frames, in order; a frame already
         encoded (same content, same weights: the engine lives for one set of weights) is
         reused. The tower encodes each image on its own, so reuse changes nothing."""
+        started = time.perf_counter()
+        try:
+            return self._vision_embeddings(keys, pixels, grids)
+        finally:
+            self.seconds["vision"] += time.perf_counter() - started
+
+    def _vision_embeddings(
+        self, keys: list[Any], pixels: torch.Tensor, grids: torch.Tensor
+    ) -> torch.Tensor:
         core = self.lm.core
         patches = [int(g.prod()) for g in grids]
         offsets = [0]
@@ -430,6 +459,13 @@ class EpisodeEngine:
         buffers rather than a gathered copy; slots with no reply in progress ride along on a
         pad token written past their length (overwritten by their next turn) and are ignored.
         """
+        started = time.perf_counter()
+        try:
+            self._decode_step()
+        finally:
+            self.seconds["decode"] += time.perf_counter() - started
+
+    def _decode_step(self) -> None:
         lm = self.lm
         active = self._active
         by_slot = {t.episode.slot: t for t in active}

@@ -35,6 +35,7 @@ class Generation:
     prompt_tokens: int = 0
     new_prompt_tokens: int = 0
     seconds: float = 0.0
+    completion_tokens: int | None = None  # when the backend counts them but has no ids (a server)
 
 
 @runtime_checkable
@@ -58,6 +59,18 @@ class VideoLM(Protocol):
     def end_session(self, session: str) -> None:
         """Forget whatever was kept for ``session``."""
         ...
+
+
+def as_video_lm(model: Any) -> VideoLM:
+    """A LangChain chat model wrapped as a `VideoLM`; anything with ``generate`` (a `VideoLM`, or
+    a wrapper that forwards to one) as it is."""
+    from vmtr.models.chat_model import ChatModelVideoLM, is_chat_model
+
+    if is_chat_model(model):
+        return ChatModelVideoLM(model)
+    if callable(getattr(model, "generate", None)):
+        return model
+    raise TypeError(f"expected a VideoLM or a LangChain chat model, got {type(model).__name__}")
 
 
 def load_video_lm(settings: ModelSettings) -> VideoLM:

@@ -197,6 +197,7 @@ def rollout(
     protocol_settings: ProtocolSettings,
     generation: GenerationSettings,
     batched: bool = True,
+    engine_stats: dict[str, float] | None = None,
 ) -> list[Trajectory]:
     """``group_size`` sampled episodes per item (GRPO groups), each with its own seed.
 
@@ -204,7 +205,8 @@ def rollout(
     `EpisodeEngine`: one forward per token for all of them, a group's shared first prompt
     prefilled once, each video's frames decoded once. Each episode samples from its own
     generator, so its tokens are those of the one-at-a-time path (``batched=False``) with the
-    same seed.
+    same seed. ``engine_stats``, when given, receives the engine's counters and its worker's
+    seconds by phase (prefill, vision, decode).
     """
     jobs = [
         (item, g, seed * 1_000_003 + g * 7919 + k)
@@ -231,4 +233,7 @@ def rollout(
         EpisodeEngine(lm, max_episodes=len(jobs)) as engine,
         ThreadPoolExecutor(len(jobs), thread_name_prefix="vmtr-rollout") as pool,
     ):
-        return list(pool.map(lambda job: one(engine, job), jobs))
+        trajectories = list(pool.map(lambda job: one(engine, job), jobs))
+    if engine_stats is not None:
+        engine_stats.update(engine.stats())
+    return trajectories
