@@ -64,6 +64,9 @@ def rl(
     lora_rank: Annotated[int, typer.Option(min=0, help="> 0: train a LoRA adapter.")] = 0,
     quantization: Annotated[str, typer.Option(help="none, 4bit (QLoRA) or 8bit.")] = "none",
     save_every: Annotated[int, typer.Option(min=1)] = 50,
+    freeze_vision: Annotated[
+        bool, typer.Option(help="Keep the vision tower fixed (trains only the language model).")
+    ] = False,
     micro_batch: Annotated[
         int, typer.Option(min=1, help="Trajectories per forward in the update (padded).")
     ] = 8,
@@ -103,6 +106,7 @@ def rl(
             save_every=save_every,
             save_merged=save_merged,
             micro_batch=micro_batch,
+            freeze_vision=freeze_vision,
             seed=seed,
             reward=RewardSettings(
                 variant=reward, use_frame_reward=frame_reward, gate=gate, gate_format=gate_format

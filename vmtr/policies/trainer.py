@@ -75,6 +75,11 @@ class RLSettings(BaseModel):
     top_p: float = 0.95
     max_new_tokens: int = 512
     lora_rank: int = Field(0, ge=0, description="> 0 trains a LoRA adapter instead.")
+    freeze_vision: bool = Field(
+        False,
+        description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
+        "and the update skips the tower's backward pass.",
+    )
     save_merged: bool = Field(
         False,
         description="LoRA: a merged full model in every checkpoint's merged/ (the final one "
@@ -258,6 +263,8 @@ class RLRecipe:
                 if resume
                 else add_lora(policy, self.s.lora_rank)
             )
+        if self.s.freeze_vision:
+            self.lm.core.visual.requires_grad_(False)
         self.reference = None
         if self.s.kl_coef > 0 and not lora:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
