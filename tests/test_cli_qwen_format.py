@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.cli import app
 from vmtr.eval.synthetic import SyntheticSettings, generate
 
@@ -47,7 +47,7 @@ def test_ask_returns_a_full_trace_of_noise(clip, qwen_format_dir) -> None:
 
 
 def test_ask_follows_retrieve_then_answer(clip, qwen_format_dir, force_replies, monkeypatch):
-    from vmtr.models import vlm
+    from vmtr.models import loading as vlm
 
     load = vlm.load_video_lm
 

@@ -8,12 +8,9 @@ missing model, empty question) is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vmtr.cli_errors import quiet_libraries, user_errors
 from vmtr.cli_served import (
     ApiKeyEnvOption,
     BaseUrlOption,
@@ -44,43 +42,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one error line on stderr and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one line and exit code 1."""
-    from pydantic import ValidationError
-
-    from vmtr.models.openai_api import ServedModelError
-    from vmtr.models.vlm import ModelLoadError
-    from vmtr.tools.video import VideoError
-
-    try:
-        yield
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        # a check across settings has no field to name; its own message says which flags
-        message = str(first.get("msg", error)).removeprefix("Value error, ")
-        raise fail(f"invalid setting {where}: {message}" if where else message) from None
-    except (VideoError, ModelLoadError, ServedModelError, ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted") from None
-    except (typer.Exit, typer.Abort, SystemExit):
-        raise
-    except Exception as error:  # noqa: BLE001 - last line of defence against tracebacks
-        if os.environ.get("VMTR_DEBUG"):
-            raise
-        raise fail(
-            f"unexpected {type(error).__name__}: {error} (set VMTR_DEBUG=1 for a traceback)"
-        ) from None
 
 
 def progress_printer(status: Any, max_turns: int) -> Callable[[str, dict[str, Any]], None]:
@@ -169,7 +130,7 @@ def run_ask(
     from vmtr.agent.ask import split_settings
     from vmtr.agent.long_context import ask_with_encoder
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
-    from vmtr.models.vlm import load_video_lm
+    from vmtr.models.loading import load_video_lm
     from vmtr.tools.video import probe
 
     quiet_libraries()
@@ -402,15 +363,6 @@ def demo_item(folder: Path, seed: int) -> dict[str, Any]:
         "answer": item.answer,
         "duration": item.duration or 0.0,
     }
-
-
-def quiet_libraries() -> None:
-    """Keep transformers' own progress bars and notices off the user's terminal."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns through the root logger
 
 
 def _mount_subcommands() -> None:

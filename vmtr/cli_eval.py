@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vmtr.cli_errors import fail
 from vmtr.cli_served import (
     ApiKeyEnvOption,
     BaseUrlOption,
@@ -50,11 +51,6 @@ class Mode(str, Enum):
 
     multi_turn = "multi-turn"
     single_turn = "single-turn"
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -203,9 +199,9 @@ def eval_command(
         ValueError,
         OSError,
     ) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; re-run the same command to resume") from None
+        raise fail("interrupted; re-run the same command to resume") from None
     if results is None:  # a non-main process under accelerate: the main one reports
         return
     if as_json:
@@ -265,7 +261,7 @@ def _evaluate(
     from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
     from vmtr.eval.datasets import first_questions, load_benchmark
     from vmtr.eval.runner import EvalSettings, merge, run
-    from vmtr.models.vlm import load_video_lm
+    from vmtr.models.loading import load_video_lm
 
     state = None
     if shard is not None:
@@ -313,7 +309,7 @@ def _evaluate(
         raise ValueError(f"--oracle-aim needs relevant windows, and {benchmark} has none")
     if subtitles is not None and not any(item.subtitles for item in items):
         raise ValueError(f"--subtitles: no subtitle files found for {benchmark} under {data}")
-    from vmtr.cli import quiet_libraries
+    from vmtr.cli_errors import quiet_libraries
 
     quiet_libraries()
     err = Console(stderr=True)

@@ -79,7 +79,7 @@ def rl(
     """Fine-tune a model by RL on the agent's own multi-turn protocol (resumes from OUT)."""
     from rich.console import Console
 
-    from vmtr.cli import user_errors
+    from vmtr.cli_errors import user_errors
     from vmtr.config import ProtocolSettings
     from vmtr.policies.rewards import RewardSettings
     from vmtr.policies.trainer import RLRecipe, RLSettings

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vmtr.cli_errors import fail
 from vmtr.models.embed import DEFAULT_EMBEDDER, Embedder, EmbedderError, load_embedder
 from vmtr.tools.segments import SegmentStore, StoreError, StoreSettings
 from vmtr.tools.video import VideoError
@@ -45,11 +46,6 @@ VideoArgument = Annotated[Path, typer.Argument(help="Video file.", show_default=
 def _make_embedder(spec: str) -> Embedder:
     """The embedder for a `--embedder` spec (a seam tests replace with a fake)."""
     return load_embedder(spec)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 @contextmanager
@@ -105,7 +101,7 @@ def index(
     try:
         store = _open_store(video, embedder, fps)
     except _EXPECTED_ERRORS as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     stats = store.build_stats
     if not store.built_now:
         typer.echo(f"already indexed: {len(store)} frames in {store.folder}")
@@ -136,13 +132,13 @@ def search(
 ) -> None:
     """Find the moments of a video most similar to a text, best first (indexes it if needed)."""
     if not text.strip():
-        raise _fail("the search text is empty")
+        raise fail("the search text is empty")
     try:
         store = _open_store(video, embedder, fps)
         with _library_logs_muted():
             hits = store.search(text, k)
     except _EXPECTED_ERRORS as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     if json_output:
         rows = [
             {"start": round(h.start, 3), "end": round(h.end, 3), "score": round(h.score, 6)}

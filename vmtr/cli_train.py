@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from vmtr.cli_errors import fail
+
 train_app = typer.Typer(
     help="Train the model on the Video-MTR protocol (supervised warm start, RL).",
     no_args_is_help=True,
@@ -26,8 +28,7 @@ def _group() -> None:
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    raise fail(message)
 
 
 @train_app.command()

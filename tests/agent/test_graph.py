@@ -13,9 +13,9 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import START, StateGraph
 
 from vmtr import ask, build_graph
-from vmtr.agent.protocol import frames_in
 from vmtr.config import ProtocolSettings
 from vmtr.models.scripted import ScriptedVideoLM
+from vmtr.protocol import frames_in
 
 ANSWER_B = "<think>green it is</think><answer>B</answer>"
 OPTIONS = ["A. red", "B. green", "C. blue", "D. yellow"]

@@ -40,7 +40,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_scripted_run_through_the_command(cli, synthetic, tmp_path, monkeypatch) -> None:
     scripted = ScriptedVideoLM(lambda m: "<think>x</think><answer>A</answer>")
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: scripted)
     args = ["synthetic", "--data", str(synthetic), "--output", str(tmp_path / "o")]
     result = CliRunner().invoke(cli, [*args, "--limit", "3", "--json"])
     assert result.exit_code == 0, result.output
@@ -65,7 +65,7 @@ def test_scripted_run_through_the_command(cli, synthetic, tmp_path, monkeypatch)
 
 def test_single_turn_mode_and_frames(cli, synthetic, tmp_path, monkeypatch) -> None:
     scripted = ScriptedVideoLM(lambda m: "<answer>B</answer>")
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: scripted)
     args = ["synthetic", "--data", str(synthetic), "--output", str(tmp_path / "o"), "--limit", "2"]
     result = CliRunner().invoke(cli, [*args, "--mode", "single-turn", "--frames", "8", "--json"])
     assert result.exit_code == 0, result.output
@@ -82,7 +82,7 @@ def test_oracle_aim_through_the_command(cli, synthetic, tmp_path, monkeypatch) -
             + ("<retrieve>0, 1</retrieve>" if len(m) == 2 else "<answer>A</answer>")
         )
     )
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: scripted)
     args = ["synthetic", "--data", str(synthetic), "--output", str(tmp_path / "o"), "--limit", "2"]
     result = CliRunner().invoke(cli, [*args, "--oracle-aim", "--json"])
     assert result.exit_code == 0, result.output

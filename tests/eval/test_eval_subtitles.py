@@ -20,7 +20,7 @@ def test_videomme_subtitles_reach_the_prompt(tmp_path: Path, make_video, monkeyp
     (folder / "data").mkdir()
     shutil.move(make_video("v.mp4", seconds=10.0, fps=2.0), folder / "data" / "fFjv93ACGo8.mp4")
     scripted = ScriptedVideoLM(lambda messages: "<think>x</think><answer>C</answer>")
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: scripted)
     app = typer.Typer()
     app.command()(eval_command)
     args = ["videomme", "--data", str(folder), "--output", str(tmp_path / "o"), "--limit", "2"]

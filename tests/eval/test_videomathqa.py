@@ -203,7 +203,7 @@ def _always(letter: str) -> ScriptedVideoLM:
 
 def test_eval_videomathqa_with_subtitles(cli, release, tmp_path, monkeypatch) -> None:
     scripted = _always("C")
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: scripted)
     out = tmp_path / "out"
     args = ["videomathqa", "--data", str(release), "--output", str(out), "--frames", "4"]
     result = CliRunner().invoke(cli, [*args, "--subtitles", "--subtitle-window", "1", "--json"])
@@ -228,7 +228,7 @@ def test_eval_videomathqa_with_subtitles(cli, release, tmp_path, monkeypatch) ->
 
 def test_eval_videomathqa_mbin(cli, release, tmp_path, monkeypatch) -> None:
     scripted = _always("A")  # right on every pair whose answer is A: half of each question's pairs
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: scripted)
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: scripted)
     args = ["videomathqa-mbin", "--data", str(release), "--output", str(tmp_path / "o")]
     result = CliRunner().invoke(cli, [*args, "--frames", "4"])
     assert result.exit_code == 0, result.output
@@ -241,7 +241,7 @@ def test_eval_videomathqa_mbin(cli, release, tmp_path, monkeypatch) -> None:
 
 
 def test_cli_errors_are_one_line(cli, release, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: _always("A"))
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: _always("A"))
     out = ["--output", str(tmp_path / "o")]
     missing = CliRunner().invoke(cli, ["videomathqa", "--data", str(tmp_path / "nope"), *out])
     assert missing.exit_code == 1 and missing.stderr.startswith("error: ")
@@ -261,7 +261,7 @@ def test_cli_errors_are_one_line(cli, release, tmp_path, monkeypatch) -> None:
 def test_a_broken_subtitle_file_is_that_questions_error(
     cli, release, tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setattr("vmtr.models.vlm.load_video_lm", lambda settings: _always("C"))
+    monkeypatch.setattr("vmtr.models.loading.load_video_lm", lambda settings: _always("C"))
     (release / "subtitles" / "Zp0f7Qm3nVc.srt").write_text("garbled\n")
     args = ["videomathqa", "--data", str(release), "--output", str(tmp_path / "o"), "--subtitles"]
     result = CliRunner().invoke(cli, [*args, "--frames", "4", "--json"])

@@ -19,7 +19,7 @@ from PIL import Image
 
 from vmtr import ask, build_graph
 from vmtr.models.chat_model import ChatModelVideoLM
-from vmtr.models.vlm import as_video_lm
+from vmtr.models.loading import as_video_lm
 
 OPTIONS = ["A. red", "B. green", "C. blue", "D. yellow"]
 RETRIEVE = "<think>need more</think><retrieve>8, 15</retrieve>"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.agent.long_context import (
     ask_long,
     ask_with_encoder,

@@ -15,11 +15,11 @@ from langchain_core.messages import AIMessage, ToolMessage
 from served_fakes import FakeServer, completion
 
 from vmtr import ask
-from vmtr.agent.protocol import ANSWER_SHAPE
 from vmtr.config import ServedSettings
 from vmtr.models.chat_model import ChatModelVideoLM
 from vmtr.models.native_tools import TOOL_RESULT
 from vmtr.models.openai_api import OpenAIVideoLM
+from vmtr.protocol import ANSWER_SHAPE
 
 OPTIONS = ["A. red", "B. green", "C. blue", "D. yellow"]
 

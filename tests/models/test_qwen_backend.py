@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.qwen import QwenVideoLM
 

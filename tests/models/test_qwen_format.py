@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.config import ProtocolSettings
 
 PUBLISHED_ADDED = {

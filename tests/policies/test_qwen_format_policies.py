@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate

@@ -13,7 +13,7 @@ import typer
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from typer.testing import CliRunner
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.cli_train import train_app
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate

@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from vmtr.agent.graph import PoolScorer, build_graph
 from vmtr.agent.state import TurnRecord
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
-from vmtr.models.vlm import VideoLM, as_video_lm, load_video_lm
+from vmtr.models.loading import as_video_lm, load_video_lm
+from vmtr.models.vlm import VideoLM
 
 
 @dataclass

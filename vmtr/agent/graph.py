@@ -20,10 +20,11 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.agent.state import AgentInput, AgentState, TurnRecord
 from vmtr.config import GenerationSettings, ProtocolSettings
-from vmtr.models.vlm import VideoLM, as_video_lm
+from vmtr.models.loading import as_video_lm
+from vmtr.models.vlm import VideoLM
 from vmtr.tools import video as video_tools
 from vmtr.tools.select import first_turn_frames, select_segment
 from vmtr.tools.subtitles import Cue, cues_near, read_subtitles

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.agent.ask import AskResult, resolve_model, run_graph
 from vmtr.agent.graph import (
     PoolScorer,

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vmtr.agent.protocol import RETRIEVE_RE
 from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.models.vlm import FrameFetcher, Generation, VideoLM
+from vmtr.protocol import RETRIEVE_RE
 
 
 def relevant_span(

@@ -2,7 +2,7 @@
 
 Extraction reads the ``<answer>`` tag first, then the last well-formed option letter ("(B)",
 "B.", "B)", "B:", "answer is B", or a line that is just "B"), and last the one option whose text
-the reply mentions (`vmtr.agent.protocol.option_by_text`, VLMEvalKit's rule: a reply naming two
+the reply mentions (`vmtr.protocol.option_by_text`, VLMEvalKit's rule: a reply naming two
 options names none). What cannot be read is
 wrong: there is no random fallback (lmms-eval's random guess inflates weak models' scores by up
 to 1/k), and errors (a missing or broken video) are counted apart from wrong answers.
@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from vmtr.agent.protocol import option_by_text
+from vmtr.protocol import option_by_text
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TAG_LETTER = re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)]|\s|$)")

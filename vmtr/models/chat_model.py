@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings
 from vmtr.models.native_tools import (
     TOOL_RESULT,
@@ -27,6 +26,7 @@ from vmtr.models.native_tools import (
 )
 from vmtr.models.openai_api import QWEN_FACTOR, REASONING_FIELDS, encode_image, message_text
 from vmtr.models.vlm import FrameFetcher, Generation
+from vmtr.protocol import frames_in
 
 
 def langchain_messages(

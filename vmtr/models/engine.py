@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
-from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings
 from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.qwen import QwenVideoLM, ReplySpan, _Session
 from vmtr.models.slot_cache import SlotKV
 from vmtr.models.turn_inputs import TurnEncoder
 from vmtr.models.vlm import FrameFetcher, Generation
+from vmtr.protocol import frames_in
 
 PAD_TOLERANCE = 1.25
 """Turns are prefilled together when the longest is at most this many times the shortest."""

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vmtr.agent.protocol import ANSWER_SHAPE, RETRIEVE_SHAPE
+from vmtr.protocol import ANSWER_SHAPE, RETRIEVE_SHAPE
 
 ToolProtocol = Literal["text", "native"]
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from PIL import Image
 
-from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings, ServedSettings
 from vmtr.models.native_tools import (
     TOOL_RESULT,
@@ -33,6 +32,7 @@ from vmtr.models.native_tools import (
     reword,
 )
 from vmtr.models.vlm import FrameFetcher, Generation
+from vmtr.protocol import frames_in
 
 QWEN_FACTOR = 28
 """Qwen2(.5)-VL's image grid: 14-pixel patches merged 2x2."""

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from transformers import AutoProcessor, DynamicCache
 
-from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings, ModelSettings
 from vmtr.models.adapters import adapter_base, is_adapter_folder, load_adapter
 from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.gta import load_model
 from vmtr.models.hub import hub_reachable
 from vmtr.models.vlm import FrameFetcher, Generation, ModelLoadError
+from vmtr.protocol import frames_in
 
 MAX_SESSIONS = 8
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings
 from vmtr.models.vlm import FrameFetcher, Generation
+from vmtr.protocol import frames_in
 
 
 class ScriptedVideoLM:

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from vmtr.agent.protocol import frames_in
 from vmtr.config import GenerationSettings
 from vmtr.models.cache_names import cache_kwargs
 from vmtr.models.kv_sparse import (
@@ -46,6 +45,7 @@ from vmtr.models.kv_sparse import (
 )
 from vmtr.models.qwen import MAX_SESSIONS, QwenVideoLM
 from vmtr.models.vlm import FrameFetcher, Generation
+from vmtr.protocol import frames_in
 
 CONTROL_PARTS = ("dense", "scores")
 

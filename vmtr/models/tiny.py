@@ -26,7 +26,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.config import ProtocolSettings
 
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"

@@ -3,7 +3,7 @@
 The agent hands over the conversation so far (chat messages whose frames are pool-index
 placeholders) and a way to fetch those frames; the model returns its next reply with the token
 ids it generated, their log-probs and token counts, so evaluation can report cost and RL can train
-on exactly what was sampled. `load_video_lm` is the front door that turns a model spec (hub id,
+on exactly what was sampled. `vmtr.models.loading.load_video_lm` is the front door that turns a model spec (hub id,
 local folder, ``tiny``) into a backend.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from vmtr.config import GenerationSettings, ModelSettings
+from vmtr.config import GenerationSettings
 
 FrameFetcher = Callable[[Sequence[int]], list[Image.Image]]
 """Returns the images of the given pool indices, in order."""
@@ -59,22 +59,3 @@ class VideoLM(Protocol):
     def end_session(self, session: str) -> None:
         """Forget whatever was kept for ``session``."""
         ...
-
-
-def as_video_lm(model: Any) -> VideoLM:
-    """A LangChain chat model wrapped as a `VideoLM`; anything with ``generate`` (a `VideoLM`, or
-    a wrapper that forwards to one) as it is."""
-    from vmtr.models.chat_model import ChatModelVideoLM, is_chat_model
-
-    if is_chat_model(model):
-        return ChatModelVideoLM(model)
-    if callable(getattr(model, "generate", None)):
-        return model
-    raise TypeError(f"expected a VideoLM or a LangChain chat model, got {type(model).__name__}")
-
-
-def load_video_lm(settings: ModelSettings) -> VideoLM:
-    """Build the backend a model spec names: ``tiny`` (bundled), a local folder or a hub id."""
-    from vmtr.models.qwen import QwenVideoLM
-
-    return QwenVideoLM.load(settings)

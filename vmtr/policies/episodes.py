@@ -20,10 +20,10 @@ from typing import Any
 from PIL import Image
 
 from vmtr.agent.graph import build_graph
-from vmtr.agent.protocol import frames_in
 from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import QAItem
 from vmtr.models.scripted import ScriptedVideoLM
+from vmtr.protocol import frames_in
 from vmtr.tools.video import FrameCache
 
 

@@ -3,7 +3,7 @@
 Before RL (Video-MTR, arXiv 2508.20478) the policy must already produce well-formed turns and
 say what its frames show; otherwise every rollout is invalid and the reward is flat. This recipe
 writes multi-turn trajectories for synthetic items (`vmtr.eval.synthetic`) through the same
-protocol code the agent runs (`vmtr.agent.protocol` prompts and frame labels, the first-turn and
+protocol code the agent runs (`vmtr.protocol` prompts and frame labels, the first-turn and
 `select_segment` frame rules, `parse_reply` round-trips) and trains on the assistant's tokens
 only. The labels are written to be honest about what the frames show:
 
@@ -54,7 +54,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.policies.tags import single_token, tag_interior

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vmtr.tools.select import uniform_indices
+from vmtr.tools.spread import uniform_indices
 
 
 def _as_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -13,16 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vmtr.tools.guided import mix_first_turn, pick_in_range
+from vmtr.tools.spread import uniform_indices
 
-def uniform_indices(start: int, end: int, n: int) -> list[int]:
-    """``n`` indices spread evenly over ``start..end`` inclusive, rounded, unique, sorted."""
-    if end < start or n <= 0:
-        return []
-    count = min(n, end - start + 1)
-    if count <= 0:
-        return []
-    picks = np.linspace(start, end, count).round().astype(int)
-    return sorted({int(i) for i in picks})
+__all__ = ["first_turn_frames", "relevant_pool_indices", "select_segment", "uniform_indices"]
 
 
 def first_turn_frames(
@@ -37,7 +31,6 @@ def first_turn_frames(
         return []
     if scores is None or n_top <= 0:
         return uniform_indices(0, pool_size - 1, n)
-    from vmtr.tools.guided import mix_first_turn
 
     return mix_first_turn(np.asarray(scores, dtype=np.float32), max(n - n_top, 1), n_top, pool_size)
 
@@ -52,7 +45,6 @@ def select_segment(
     """Frames for a retrieve of ``start..end``: uniform, or the best scored in time order."""
     if scores is None:
         return uniform_indices(start, end, n)
-    from vmtr.tools.guided import pick_in_range
 
     return pick_in_range(np.asarray(scores, dtype=np.float32), start, end, n)
 

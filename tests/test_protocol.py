@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vmtr.agent import protocol
-from vmtr.agent.protocol import Answer, Invalid, Retrieve, parse_reply
+from vmtr import protocol
 from vmtr.config import ProtocolSettings
+from vmtr.protocol import Answer, Invalid, Retrieve, parse_reply
 
 OPTIONS = ["A. red", "B. green", "C. blue", "D. yellow"]
 
