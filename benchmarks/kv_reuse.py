@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.models.tiny import build_processor, build_tokenizer, tiny_config

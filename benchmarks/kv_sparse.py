@@ -79,7 +79,7 @@ def _reset_peak() -> bool:
 def _first_turn(processor: Any, n: int, frame_px: int, frames_per_label: int) -> dict[str, Any]:
     from PIL import Image
 
-    from vmtr.agent import protocol
+    from vmtr import protocol
     from vmtr.agent.long_context import first_message
     from vmtr.config import ProtocolSettings
 

@@ -121,8 +121,55 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         str(seed),
         "--max-turns",
         str(args.max_turns),
+        *(["--freeze-vision"] if args.freeze_vision else []),
         *flags,
     ]
+
+
+def plot_curves(args: argparse.Namespace, png: Path, window: int = 10) -> None:
+    """Accuracy and needles shown (``relevant_seen``) against RL step, one line per arm: the mean
+    over RL seeds of each run's moving average (``window`` steps), with the seeds' spread as a
+    band. Read from each run's ``metrics.jsonl``, so it draws whatever has been trained so far."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [("accuracy", "rollout accuracy"), ("relevant_seen", "needles shown")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4))
+    for name in args.arms:
+        curves = []
+        for seed in args.seed:
+            log = arm_dir(args.out, name, seed, len(args.seed) > 1) / "metrics.jsonl"
+            if not log.exists():
+                continue
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            curves.append(rows)
+        if not curves:
+            continue
+        steps = min(len(rows) for rows in curves)
+        for ax, (key, title) in zip(axes, keys, strict=True):
+            smooth = []
+            for rows in curves:
+                values = np.array(
+                    [np.nan if r.get(key) is None else r[key] for r in rows[:steps]], float
+                )
+                kernel = np.ones(min(window, steps)) / min(window, steps)
+                smooth.append(np.convolve(np.nan_to_num(values), kernel, mode="valid"))
+            stack = np.vstack(smooth)
+            x = np.arange(stack.shape[1]) + min(window, steps)
+            line = ax.plot(x, stack.mean(0), label=f"{name} ({len(curves)} seeds)")[0]
+            ax.fill_between(x, stack.min(0), stack.max(0), alpha=0.2, color=line.get_color())
+            ax.set_title(f"{title} ({min(window, steps)}-step mean)")
+            ax.set_xlabel("RL step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
 
 
 def arm_slug(name: str) -> str:
@@ -244,6 +291,15 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="Evaluation processes.")
     parser.add_argument(
+        "--freeze-vision", action="store_true", help="Train the arms with a fixed vision tower."
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="Also draw accuracy and needles shown against RL step (PNG)."
+    )
+    parser.add_argument(
+        "--plot-only", action="store_true", help="Draw --plot from the runs so far and stop."
+    )
+    parser.add_argument(
         "--max-turns",
         type=int,
         choices=sorted(ASKED),
@@ -252,6 +308,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.arms = [name for name in ARMS if arm_slug(name) in args.arms]
+    if args.plot_only:
+        if args.plot is None:
+            parser.error("--plot-only needs --plot PNG")
+        plot_curves(args, args.plot)
+        return
 
     items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
     started = time.perf_counter()
@@ -297,6 +358,8 @@ def main() -> None:
     )
     print(markdown(table))
     print()
+    if args.plot is not None:
+        plot_curves(args, args.plot)
     if len(args.seed) > 1:
         print(seeds_markdown(warm_rows[own], by_seed))
         print()
