@@ -53,9 +53,9 @@ class TinyServer:
 @pytest.fixture(scope="module")
 def item(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
-    return load_video_mtr_json(generate(folder, SyntheticSettings(n_items=1, seed=99, minutes=0.5)))[
-        0
-    ]
+    return load_video_mtr_json(
+        generate(folder, SyntheticSettings(n_items=1, seed=99, minutes=0.5))
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -149,4 +149,6 @@ def test_retrieve_shows_new_frames_as_images(lm, item, force_replies) -> None:
     assert record["correct"] and record["stop_reason"] == "answered"
     # each reply's reward position is its sampled closing <|im_end|>
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    assert all(output.response_ids[e] == end and output.response_mask[e] for e in record["turn_ends"])
+    assert all(
+        output.response_ids[e] == end and output.response_mask[e] for e in record["turn_ends"]
+    )

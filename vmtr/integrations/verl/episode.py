@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from PIL import Image
@@ -40,6 +41,7 @@ Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
 async def inline(work: Callable[[], Any]) -> Any:
     """Run ``work`` right here (the default when no executor is at hand)."""
     return work()
+
 
 FrameReader = Callable[[str, Sequence[float], Sequence[int]], Sequence[Image.Image]]
 """(video, pool timestamps, pool indices) -> decoded frames."""
@@ -109,7 +111,7 @@ async def run_episode(
     def frames(indices: Sequence[int]) -> Sequence[Image.Image]:
         return read_frames(video, pool, indices)
 
-    await offload(lambda: transcript.add_messages(messages, frames))
+    await offload(partial(transcript.add_messages, messages, frames))
     prompt_length = len(transcript.ids)
     state: dict[str, Any] = {
         "turn": 1,
@@ -164,8 +166,7 @@ async def run_episode(
             ]
         else:
             state["turn"] = update["turn"]
-        shown_messages = state["messages"]
-        await offload(lambda: transcript.add_messages(shown_messages, frames))
+        await offload(partial(transcript.add_messages, state["messages"], frames))
     relevant = sorted(relevant_pool_indices(pool, item.relevant_windows))
     return Episode(
         transcript=transcript,

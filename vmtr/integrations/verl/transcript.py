@@ -79,9 +79,7 @@ class Transcript:
         wanted = [i for message in messages for i in frames_in(message)]
         new_frames = wanted[self.shown :]
         images = list(frames(new_frames)) if new_frames else None
-        encoded = self.processor(
-            text=[text[len(self.text) :]], images=images, return_tensors="pt"
-        )
+        encoded = self.processor(text=[text[len(self.text) :]], images=images, return_tensors="pt")
         added = [int(t) for t in encoded["input_ids"][0]]
         self.ids += added
         self.mask += [0] * len(added)
