@@ -144,7 +144,14 @@ def test_reward_manager_scores_one_episode_and_a_batch() -> None:
     from omegaconf import OmegaConf
 
     config = OmegaConf.create({"reward": {"reward_kwargs": {}}})
-    manager = VideoMTRRewardManager(config=config, tokenizer=None, compute_score=None)
+    # constructed as verl's reward loop worker constructs reward managers
+    manager = VideoMTRRewardManager(
+        config=config,
+        tokenizer=None,
+        compute_score=None,
+        reward_router_address=None,
+        reward_model_tokenizer=None,
+    )
     data = _output()
     single = asyncio.run(manager.run_single(data[0:1]))
     # the first episode alone: 0.1 + 0.5 then 0.1 + 0.9 (no batch, so no exploration bonus)

@@ -11,43 +11,19 @@ import torch
 pytest.importorskip("verl")
 
 from omegaconf import OmegaConf  # noqa: E402
+from tiny_server import TinyServer  # noqa: E402
 from verl.experimental.agent_loop.agent_loop import DictConfigWrap  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
-from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings  # noqa: E402
 from vmtr.eval.datasets import load_video_mtr_json  # noqa: E402
 from vmtr.eval.synthetic import SyntheticSettings, generate  # noqa: E402
 from vmtr.integrations.verl import VideoMTRAgentLoop  # noqa: E402
 from vmtr.integrations.verl.data import item_json  # noqa: E402
-from vmtr.models.qwen import QwenVideoLM, _Session  # noqa: E402
+from vmtr.models.qwen import QwenVideoLM  # noqa: E402
 from vmtr.policies.rollout import run_episode, turn_outcomes  # noqa: E402
 
 PROTOCOL = ProtocolSettings(max_turns=3)
-
-
-class TinyServer:
-    """Stands in for verl's server manager: samples with vmtr's own decoding loop from exactly
-    the token ids and images the agent loop sends (a fresh prefill each turn, as vLLM sees it)."""
-
-    def __init__(self, lm: QwenVideoLM, generation: GenerationSettings) -> None:
-        self.lm = lm
-        self.generation = generation
-        self.requests: list[tuple[str, int, int]] = []
-        self.image_id = lm.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, **_):
-        state = _Session()
-        state.ids = torch.tensor([prompt_ids], dtype=torch.long)
-        state.mm_types = (state.ids == self.image_id).long()
-        if image_data:
-            encoded = self.lm.processor.image_processor(images=image_data, return_tensors="pt")
-            state.grids = list(encoded["image_grid_thw"])
-            state.pixels = [encoded["pixel_values"]]
-        gen = self.generation.model_copy(update={"max_new_tokens": sampling_params["max_tokens"]})
-        tokens, logprobs = self.lm._decode(state, gen)
-        self.requests.append((request_id, len(prompt_ids), len(image_data or [])))
-        return TokenOutput(token_ids=tokens, log_probs=logprobs)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,10 @@ def _record(data: DataProto, row: int) -> dict[str, Any]:
 class VideoMTRRewardManager(RewardManagerBase):
     """Gated bi-level reward of one Video-MTR episode (settings: ``reward.reward_kwargs.vmtr``)."""
 
+    def __init__(self, config: Any, tokenizer: Any, compute_score: Any = None, **_: Any) -> None:
+        # verl also hands over a reward-model router and tokenizer; this reward uses neither
+        super().__init__(config, tokenizer, compute_score)
+
     async def run_single(self, data: DataProto) -> dict[str, Any]:
         reward = single_reward(_record(data, 0), reward_settings(self.config))
         return {
