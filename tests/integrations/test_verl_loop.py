@@ -40,10 +40,12 @@ def lm():
     return QwenVideoLM.load(ModelSettings(model="tiny", device="cpu", reuse_kv_cache=False))
 
 
-def _loop(lm, server, max_new_tokens: int) -> VideoMTRAgentLoop:
+def _loop(lm, server, max_new_tokens: int, response_length: int = 8192) -> VideoMTRAgentLoop:
     config = OmegaConf.create(
         {
-            "actor_rollout_ref": {"rollout": {"prompt_length": 8192, "response_length": 8192}},
+            "actor_rollout_ref": {
+                "rollout": {"prompt_length": 8192, "response_length": response_length}
+            },
             "data": {},
         }
     )
@@ -127,4 +129,30 @@ def test_retrieve_shows_new_frames_as_images(lm, item, force_replies) -> None:
     end = tok.convert_tokens_to_ids("<|im_end|>")
     assert all(
         output.response_ids[e] == end and output.response_mask[e] for e in record["turn_ends"]
+    )
+
+
+def test_the_response_length_ends_the_episode(lm, item, force_replies) -> None:
+    retrieve = "<think>I need frames 12 to 20.</think><retrieve>12, 20</retrieve>"
+    answer = f"<think>Seen enough.</think><answer>{item.answer}</answer>"
+    gen = GenerationSettings(temperature=0.0, max_new_tokens=64)
+    force_replies(lm.model, lm.processor.tokenizer, [retrieve, answer])
+    traj = run_episode(lm, item, group=0, seed=0, protocol_settings=PROTOCOL, generation=gen)
+    force_replies(lm.model, lm.processor.tokenizer, [retrieve, answer])
+    server = TinyServer(lm, gen)
+    # room for the first reply and 40 more tokens, not for the next turn's frames
+    prompt_length, first_end = traj.turn_spans[0]
+    budget = first_end + 1 + 40 - prompt_length
+    loop = _loop(lm, server, gen.max_new_tokens, response_length=budget)
+    output = asyncio.run(loop.run({"temperature": 0.0}, vmtr_item=item_json(item), raw_prompt=[]))
+    record = output.extra_fields["vmtr"]
+    assert record["stop_reason"] == "length" and len(server.requests) == 1
+    assert [t["action"] for t in record["turns"]] == ["retrieve"]
+    assert len(output.response_ids) == budget
+    assert (
+        output.prompt_ids + output.response_ids == traj.input_ids[: prompt_length + budget].tolist()
+    )
+    assert (
+        output.response_mask
+        == traj.action_mask[prompt_length : prompt_length + budget].int().tolist()
     )

@@ -130,6 +130,12 @@ class VideoMTRAgentLoop(AgentLoopBase):
             offload=offload,
         )
         start = episode.prompt_length
+        if start > self.rollout_config.prompt_length:
+            raise ValueError(
+                f"item {item.id}: the first turn is {start} tokens, over "
+                f"rollout.prompt_length={self.rollout_config.prompt_length}; frames cannot be "
+                "cut, so raise prompt_length or lower max_pixels / first_turn_frames"
+            )
         ids, mask, logprobs = transcript.ids, transcript.mask, transcript.logprobs
         record = reward_inputs(episode)
         return AgentLoopOutput(

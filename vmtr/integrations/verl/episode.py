@@ -127,6 +127,9 @@ async def run_episode(
         started = time.perf_counter()
         before = len(transcript.ids)
         room = None if token_budget is None else token_budget - (before - prompt_length)
+        if room is not None and room <= 0:
+            stop_reason = "length"  # the environment's last message used up the budget
+            break
         tokens, logprobs = await generate(list(transcript.ids), list(transcript.images), room)
         text = transcript.add_reply(tokens, logprobs)
         reply = Generation(text=text, token_ids=list(tokens), prompt_tokens=before)
