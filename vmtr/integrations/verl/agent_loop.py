@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -58,7 +59,7 @@ def item_from_json(text: str | Mapping[str, Any]) -> QAItem:
     data = json.loads(text) if isinstance(text, str) else dict(text)
     return QAItem(
         id=str(data["id"]),
-        video=data["video"],
+        video=Path(data["video"]),
         question=data["question"],
         options=list(data.get("options") or []),
         answer=data.get("answer"),
