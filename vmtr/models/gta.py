@@ -41,10 +41,9 @@ from transformers.conversion_mapping import (
     register_checkpoint_conversion_mapping,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    apply_rotary_pos_emb,
-    eager_attention_forward,
-)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+from vmtr.models.rotary import apply_rotary, mrope_section_of
 
 CONFIG_KEY = "gta"
 """Attribute of ``config.text_config`` that holds the settings (a plain dict, so it saves)."""
@@ -137,9 +136,9 @@ class GTAAttention(nn.Module):
         key = key.view(batch, length, self.key_heads, self.head_dim).transpose(1, 2)
         latent = latent.view(batch, length, 1, self.latent_dim).transpose(1, 2)
 
-        # The model's rotary tables already interleave the (time, height, width) M-RoPE sections.
+        # The decoder's rotary tables, M-RoPE sections interleaved (`vmtr.models.rotary`).
         cos, sin = position_embeddings  # type: ignore[misc]
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        query, key = apply_rotary(query, key, cos, sin, mrope_section_of(self.config))
 
         if cache is not None:
             # The cache stores exactly what GTA needs: the shared keys and the value latent.

@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import DynamicCache
 
 from vmtr.models.cache_names import cache_kwargs
+from vmtr.models.rotary import apply_rotary, mrope_section_of
 
 KV = tuple[torch.Tensor, torch.Tensor]
 """Keys and values of one layer, each [batch, kv_heads, tokens, head_dim]."""
@@ -507,8 +508,6 @@ def attention_relevance(
     (a pre-hook on the attention module sees its input and the model's own cos/sin) and averages,
     over heads, query tokens and layers, the softmax weight that falls on each chunk's visual keys.
     """
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-
     decoder = _text_model(model).language_model
     n_layers = len(decoder.layers)
     chosen = list(layers) if layers is not None else list(range(n_layers // 2, n_layers))
@@ -520,7 +519,7 @@ def attention_relevance(
             cos, sin = kwargs["position_embeddings"]
             b, t, _ = hidden.shape
             q = module.q_proj(hidden).view(b, t, -1, module.head_dim).transpose(1, 2)
-            queries[index], _ = apply_rotary_pos_emb(q, q, cos, sin)
+            queries[index], _ = apply_rotary(q, q, cos, sin, mrope_section_of(module.config))
 
         return hook
 

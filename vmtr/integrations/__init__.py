@@ -1,0 +1,1 @@
+"""Bridges from vmtr's protocol, rewards and advantages to other training frameworks."""
