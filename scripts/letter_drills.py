@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.policies import pretext, sft
 

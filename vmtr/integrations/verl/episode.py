@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.agent.graph import after_reply, turn_record
 from vmtr.agent.state import TurnRecord
 from vmtr.config import ProtocolSettings

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from vmtr.agent.protocol import Message, frames_in
+from vmtr.protocol import Message, frames_in
 
 
 def pixel_budget(processor: Any, max_pixels: int, min_pixels: int) -> dict[str, int]:
