@@ -83,7 +83,7 @@ off any saturated object rather than off the one frame just named; 300 steps of 
 start did not read colours better (docs/tiny-model.md). Shape first asks for the shape
 where the frame-first model's attention already rests on the needle (right after the frame
 number); at the colour word, where frame-first asks for it, no head looks at the needle
-(`scripts/reading_anatomy.py --attribute shape`)."""
+(`recipes/tiny/reading_anatomy.py --attribute shape`)."""
 
 AnswerForm = Literal["letter", "text", "bridge", "needle"]
 """How a scripted reply answers: by the option's letter ("C"); by its text (" yellow"), which
@@ -103,7 +103,7 @@ text answers answered that way unprompted; see docs/tiny-model.md."""
 NeedleGuess = Literal["random", "masked"]
 """How a needle-form reply guesses: a random letter with loss (the default), or the answer's
 letter with no loss, as the other forms do (how the bundled model's first needle stage ran,
-before the random letter; kept so `scripts/train_tiny.sh` reproduces it)."""
+before the random letter; kept so `recipes/tiny/train_tiny.sh` reproduces it)."""
 
 
 def trains_guesses(form: AnswerForm, needle_guess: NeedleGuess) -> bool:

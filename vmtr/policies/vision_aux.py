@@ -1,6 +1,6 @@
 """Auxiliary needle loss on the vision tower's merged tokens, for the synthetic warm start.
 
-Why: measured on the warm start (`scripts/reading_anatomy.py`), the language model's attention
+Why: measured on the warm start (`recipes/tiny/reading_anatomy.py`), the language model's attention
 finds the named frame and the needle's cells, but those tokens carry the needle's colour only
 weakly (a linear probe reads it 63-65 % of the time, while the raw pixels give it every time),
 and the colour word stays near chance. A real VLM starts from a pretrained vision encoder whose
@@ -11,7 +11,7 @@ scaffolding, kept in the trainer state and never saved with the model.
 
 A cell sees only part of a needle, which is enough for its colour but not its shape: the cell
 loss leaves shapes near chance, while a head on each frame's max-pooled tokens (the frame-level
-loss, `frame_labels`) teaches the same tower shapes to 99 % (`scripts/shape_tower.py`).
+loss, `frame_labels`) teaches the same tower shapes to 99 % (`recipes/tiny/shape_tower.py`).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def capture_merged_tokens(visual: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 def pooled_frames(visual: nn.Module, processor: Any, images: Sequence[Any]) -> torch.Tensor:
     """One vector per image: its merged tokens max-pooled, the frame exactly as the agent feeds
-    it. What the vision probes (`scripts/probe_vision.py`, `scripts/shape_tower.py`) classify."""
+    it. What the vision probes (`recipes/tiny/probe_vision.py`, `recipes/tiny/shape_tower.py`) classify."""
     enc = processor.image_processor(images=list(images), return_tensors="pt")
     out = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
     tokens = out.pooler_output if hasattr(out, "pooler_output") else out

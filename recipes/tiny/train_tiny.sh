@@ -21,10 +21,10 @@
 # range): free random ranges left greedy decoding writing malformed ranges ("2, 4, 4").
 # Data, checkpoints and logs stay under RUN (git-ignored). Re-running skips finished stages; an
 # interrupted stage continues from its last checkpoint.
-# Usage: scripts/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core for about 4 hours,
+# Usage: recipes/tiny/train_tiny.sh [RUN_DIR]   (default runs/tiny; one CPU core for about 4 hours,
 # then two for the RL stages and the table, about 70 minutes)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUN=${1:-runs/tiny}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
@@ -166,5 +166,5 @@ FINAL="$RUN/17-rl/checkpoint-$RL_STEPS"
 python benchmarks/synthetic_table.py --model "$FINAL" --workers 2 --json-out "$FINAL/heldout.json" \
   --answer-form needle
 
-python scripts/bundle_tiny.py "$FINAL" "$WARM" --aimed
+python recipes/tiny/bundle_tiny.py "$FINAL" "$WARM" --aimed
 du -sh "$(python -c 'from vmtr.models.tiny import TINY_DIR; print(TINY_DIR)')"

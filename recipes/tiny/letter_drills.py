@@ -1,6 +1,6 @@
 """Can the model learn to turn a reading into the option's letter? A fast text-only probe.
 
-    python scripts/letter_drills.py --model runs/tiny/10-mixed/final --data runs/tiny/data \
+    python recipes/tiny/letter_drills.py --model runs/tiny/10-mixed/final --data runs/tiny/data \
         --variant bridge --copy-pretext --lookup-pretext --pretext-steps 1500 --steps 400
 
 Each example is `plan_answer_drill`'s text (the question, the options, a scripted reading of

@@ -1,7 +1,7 @@
 """Does the vision tower see a needle's colour and shape? Linear probes on its output, apart
 from the LM.
 
-    python scripts/probe_vision.py --model tiny --data runs/tiny/data/train-s1001 [--items 300]
+    python recipes/tiny/probe_vision.py --model tiny --data runs/tiny/data/train-s1001 [--items 300]
 
 For every needle of the first ``--items`` items, the frame it is on goes through the model's own
 vision tower (the frame exactly as the agent would feed it); the merged visual tokens are

@@ -1,7 +1,7 @@
 """Copy a trained tiny model into vmtr/assets/tiny with a vmtr_tiny.json that says how it was
-made and what it scored (the last step of scripts/train_tiny.sh).
+made and what it scored (the last step of recipes/tiny/train_tiny.sh).
 
-    python scripts/bundle_tiny.py FINAL WARM [--aimed]
+    python recipes/tiny/bundle_tiny.py FINAL WARM [--aimed]
 
 FINAL is the model to bundle, holding the ``heldout.json`` that `benchmarks/synthetic_table.py
 --json-out` wrote for it; WARM is the supervised warm start it was trained from (a ``best/``
@@ -46,7 +46,7 @@ AIMED = (
     "and lr 1e-4, lost accuracy)."
 )
 """What the model card adds for a warm start trained with `vmtr train sft --retrieve-aim` (the
-last RL stage of scripts/train_tiny.sh)."""
+last RL stage of recipes/tiny/train_tiny.sh)."""
 
 NOT_AIMED = " GRPO with the gated bi-level reward then ran again."
 """The last step of a needle-answer model without aimed stages (sessions 10-12)."""
@@ -63,7 +63,7 @@ def describe(params: int, report: dict[str, Any], aimed: bool = False) -> str:
     form = report.get("answer_form", "letter")
     return (
         f"tiny Qwen2.5-VL ({params / 1e6:.1f} M parameters) trained from scratch on CPU by "
-        "scripts/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
+        "recipes/tiny/train_tiny.sh: a supervised warm start (random aligned retrieve blocks, never "
         "the oracle's; protocol episodes, reading drills, protocol episodes with the loss on "
         "what replies read weighted up, and an auxiliary needle loss on the vision tower), then "
         "GRPO with the gated bi-level reward."
@@ -128,7 +128,7 @@ def main() -> None:
     info = {
         "trained": True,
         "description": describe(params, report, aimed),
-        "recipe": "scripts/train_tiny.sh",
+        "recipe": "recipes/tiny/train_tiny.sh",
         "answer_form": report.get("answer_form", "letter"),
         "warm_start": {
             "path": str(warm),

@@ -1,7 +1,7 @@
 """Where does reading a needle's colour or shape fail: finding the needle, what is found there,
 or carrying it to the word?
 
-    python scripts/reading_anatomy.py --model runs/tiny/7-weighted/best \\
+    python recipes/tiny/reading_anatomy.py --model runs/tiny/7-weighted/best \\
         --data runs/table/heldout-s5000 [--items 200] [--attribute colour|shape] \\
         [--wording frame-first|shape-first]
 
@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import torch
-from probe_vision import probe_accuracy  # a sibling script in scripts/
+from probe_vision import probe_accuracy  # a sibling script in recipes/tiny/
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vmtr.eval.datasets import load_video_mtr_json

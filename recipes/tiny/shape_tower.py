@@ -1,11 +1,11 @@
 """Can the tiny model's vision tower learn needle shapes when it is told them directly?
 
-    python scripts/shape_tower.py --model tiny --train runs/tiny/data/drill-s1100 \\
+    python recipes/tiny/shape_tower.py --model tiny --train runs/tiny/data/drill-s1100 \\
         --train runs/tiny/data/drill-s1101 --test runs/tiny/data/train-s1001 [--steps 2000] \\
         [--lr 3e-4] [--head-only] [--cache DIR] [--save DIR]
 
 Vision only, the language model untouched: each needle's frame (exactly as the agent feeds it)
-goes through the tower, its merged tokens are max-pooled (as `scripts/probe_vision.py` pools
+goes through the tower, its merged tokens are max-pooled (as `recipes/tiny/probe_vision.py` pools
 them) and a linear head names the shape. ``--head-only`` freezes the tower, which is the probe's
 question again; without it the tower trains too. The test items are the first ``--test-items``
 of ``--test``; the rest of that folder joins the training frames. A tower that reaches high
