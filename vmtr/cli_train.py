@@ -62,8 +62,12 @@ def sft(
         int, typer.Option(min=1, help="With --episodes: the turn budget they were recorded with.")
     ] = 3,
     model: Annotated[
-        str, typer.Option(help="`tiny` starts from a fresh random tiny model; or a checkpoint.")
-    ] = "tiny",
+        str | None,
+        typer.Option(
+            help="A hub id or checkpoint folder; `tiny` is the bundled model, `tiny-init` a fresh "
+            "random one (default: tiny with --episodes, tiny-init with --data)."
+        ),
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(min=1, help="Trajectories per step.")] = 8,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 3e-4,
@@ -207,7 +211,7 @@ def sft(
         _sft_on_episodes(
             episodes,
             out,
-            model,
+            model or "tiny",
             steps=steps,
             batch_size=batch_size,
             lr=lr,
@@ -229,7 +233,7 @@ def sft(
         config = SFTConfig(
             data=data,
             out=out,
-            model=model,
+            model=model or "tiny-init",
             steps=steps,
             batch_size=batch_size,
             lr=lr,

@@ -53,7 +53,7 @@ stage() {
   local name=$1 from=$2 steps=$3 schedule=$4
   shift 4
   local out="$RUN/$name" model=$from resume=()
-  if [ "$from" != tiny ]; then model="$RUN/$from/final"; fi
+  if [ "$from" != tiny ]; then model="$RUN/$from/final"; else model=tiny-init; fi
   case "$from" in */*) model="$RUN/$from" ;; esac
   if [ -f "$out/report.json" ]; then return; fi
   if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi

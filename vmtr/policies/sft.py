@@ -136,7 +136,11 @@ class SFTConfig(BaseModel):
 
     data: list[Path] = Field(description="Folders holding annotations.json (vmtr synth output).")
     out: Path = Field(description="Run folder: checkpoints, logs, frame cache, final model.")
-    model: str = Field("tiny", description="`tiny` (fresh random tiny model) or a checkpoint.")
+    model: str = Field(
+        "tiny-init",
+        description="`tiny-init` (a fresh random tiny model), `tiny` (the bundled one) or a "
+        "checkpoint folder.",
+    )
     steps: int = Field(1500, ge=1)
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
     micro_batch: int = Field(1, ge=1, description="Examples per forward pass (padded together).")
@@ -987,9 +991,16 @@ class SFTRecipe:
         return items
 
     def _initial_model(self, items: Sequence[QAItem]) -> Path:
-        """A fresh random tiny model (so the recipe reproduces from scratch), or the given path."""
-        if self.cfg.model != "tiny":
-            path = Path(self.cfg.model).expanduser()
+        """A fresh random tiny model (so the recipe reproduces from scratch), or the given path
+        (``tiny``: the bundled model)."""
+        if self.cfg.model != "tiny-init":
+            from vmtr.models.qwen import resolve_model_path
+            from vmtr.models.vlm import ModelLoadError
+
+            try:
+                path = Path(resolve_model_path(self.cfg.model))
+            except ModelLoadError as err:
+                raise SFTError(str(err)) from err
             if not (path / "config.json").exists():
                 raise SFTError(f"{self.cfg.model}: not a checkpoint folder (no config.json)")
             return path
