@@ -44,6 +44,9 @@ stage() {
   if [ "$from" != tiny ]; then model="$RUN/$from"; fi
   if [ -f "$out/report.json" ]; then return; fi
   if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
+  # one frame cache for every stage (decoding a video costs more than a training step)
+  mkdir -p "$RUN/frames" "$out"
+  [ -e "$out/frames" ] || ln -s ../frames "$out/frames"
   vmtr train sft --out "$out" --model "$model" --steps "$steps" --data "$D/train-s1000" \
     --save-every 25 --answer-form needle --vision-aux-weight 1 "${resume[@]}" "$@"
 }
@@ -51,3 +54,30 @@ stage() {
 # 1. Reading drills only: 4 consecutive frames, the loss on colours, shapes, digits and letters.
 stage 1-read tiny 400 --batch-size 16 --lr 5e-4 --warmup 30 --seed 1 --eval-items 0 \
   --caption-share 1 --caption-frames 4 --caption-content-loss
+
+# 2. Protocol episodes (70 %; a fifth of them with a one-turn budget) mixed with 8-frame reading
+# drills (30 %), the loss on what replies read weighted 5x (never the random retrieve digits).
+# Retrieves copy two random first-turn labels; after a retrieve that missed the needle, half of
+# the episodes retrieve again and half answer, guessing. Stage 1's last checkpoint carries the
+# auxiliary heads.
+stage 2-protocol 1-read/checkpoints/step-000400 400 --batch-size 8 --lr 3e-4 --warmup 20 \
+  --seed 2 --eval-items 30 --caption-share 0.3 --caption-frames 8 \
+  --caption-content-loss --content-weight 5 --single-turn-share 0.2 --retrieve-labels \
+  --retrieve-again 0.5
+WARM="$RUN/2-protocol/final"
+
+# 3. Held-out colour questions (seed 5000, as `vmtr synth --kinds colour` writes them), greedy:
+# its own retrieves, oracle aim (reading alone) and 16 uniform frames in one turn.
+split heldout-s5000 5000 200
+H="$D/heldout-s5000"
+for spec in "multi-turn" "oracle-aim --oracle-aim" "single-16 --mode single-turn --frames 16"; do
+  set -- $spec
+  name=$1
+  shift
+  vmtr eval synthetic --data "$H" -o "$RUN/eval/$name" --model "$WARM" --temperature 0 \
+    --max-new-tokens 96 "$@" >/dev/null
+done
+python recipes/tiny/warm_start_report.py --data "$H" --json-out "$RUN/eval/table.json" \
+  "multi-turn, own retrieves=$RUN/eval/multi-turn" "multi-turn, oracle aim=$RUN/eval/oracle-aim" \
+  "single-turn, 16 uniform frames=$RUN/eval/single-16" | tee "$RUN/eval/table.md"
+echo "warm start: $WARM"
