@@ -8,8 +8,9 @@ showed the needle asked about (needles shown), mean turns, the share of episodes
 retrieved at least once (retrieve rate) and invalid replies per item.
 
 The last row is what retrieves that never aim give: the scripted episodes the warm start was
-trained on (`vmtr.policies.sft.plan_trajectory` with random first-turn-label ranges), run on
-the same items without a model, several draws each. A warm start that does not aim should
+trained on (`vmtr.policies.sft.plan_trajectory` with random aligned blocks, or random
+first-turn-label ranges with ``--retrieve-block 0``), run on the same items without a model,
+several draws each. A warm start that does not aim should
 show the needles about as often as that row; more would mean it learned to aim.
 """
 
@@ -46,7 +47,7 @@ def eval_row(name: str, folder: Path) -> dict[str, Any]:
     }
 
 
-def scripted_row(data: Path, draws: int, retrieve_again: float) -> dict[str, Any]:
+def scripted_row(data: Path, draws: int, retrieve_again: float, block: int) -> dict[str, Any]:
     """Needles shown, turns and retrieve rate of the non-aiming scripted episodes."""
     items = load_video_mtr_json(data / "annotations.json")
     shown, turns, retrieved = [], [], []
@@ -63,15 +64,17 @@ def scripted_row(data: Path, draws: int, retrieve_again: float) -> dict[str, Any
                 pool,
                 sft.MULTI_TURN,
                 random.Random(index * 1_000 + draw),
-                retrieve_labels=True,
+                retrieve_block=block,
+                retrieve_labels=block == 0,
                 retrieve_again=retrieve_again,
             )
             shown.append(needed <= set(traj.frames))
             turns.append(len(traj.actions))
             retrieved.append(any(isinstance(a, protocol.Retrieve) for a in traj.actions))
     n = len(shown)
+    ranges = f"{block}-frame blocks" if block else "first-turn label ranges"
     return {
-        "setting": f"scripted, random label retrieves ({draws} draws per item)",
+        "setting": f"scripted, random {ranges} ({draws} draws per item)",
         "n": len(items),
         "accuracy": None,
         "balanced_accuracy": None,
@@ -108,13 +111,16 @@ def main() -> None:
     parser.add_argument("runs", nargs="*", help="NAME=EVAL_DIR of `vmtr eval synthetic` runs.")
     parser.add_argument("--draws", type=int, default=10, help="Scripted draws per item.")
     parser.add_argument("--retrieve-again", type=float, default=0.5)
+    parser.add_argument(
+        "--retrieve-block", type=int, default=8, help="Block width (0: first-turn label ranges)."
+    )
     parser.add_argument("--json-out", type=Path, help="Also write the rows here.")
     args = parser.parse_args()
     rows = []
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         rows.append(eval_row(name, Path(folder)))
-    rows.append(scripted_row(args.data, args.draws, args.retrieve_again))
+    rows.append(scripted_row(args.data, args.draws, args.retrieve_again, args.retrieve_block))
     print(markdown(rows))
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2) + "\n")
