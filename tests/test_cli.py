@@ -118,6 +118,35 @@ def test_synth_writes_a_split(tmp_path):
     assert len(items) == 2
 
 
+def test_synth_kinds_and_colour_needles(tmp_path):
+    args = ["synth", str(tmp_path / "s"), "--n", "4", "--minutes", "0.5", "--kinds", "colour"]
+    result = runner.invoke(app, [*args, "--colour-needles", "3", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    items = json.loads((tmp_path / "s" / "annotations.json").read_text())
+    assert {item["kind"] for item in items} == {"colour"}
+    assert max(len(item["needles"]) for item in items) > 1
+    settings = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert settings["kinds"] == ["colour"] and settings["colour_needles"] == 3
+    result = runner.invoke(app, [*args[:6], "--kinds", "count, colour"])
+    assert result.exit_code == 0, result.output
+    items = json.loads((tmp_path / "s" / "annotations.json").read_text())
+    assert [item["kind"] for item in items] == ["count", "colour", "count", "colour"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kinds", "colour,size"], "unknown kind"),
+        (["--kinds", "colour,colour"], "twice"),
+        (["--colour-needles", "5"], "colour_needles"),
+    ],
+)
+def test_synth_refuses_bad_settings_in_one_line(tmp_path, flags, message):
+    result = runner.invoke(app, ["synth", str(tmp_path / "s"), "--n", "1", *flags])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_demo_runs_offline():
     result = runner.invoke(app, ["demo", "--json"])

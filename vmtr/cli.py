@@ -319,6 +319,28 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed; item i depends only on (seed, i).")] = 0,
     minutes: Annotated[float, typer.Option(min=0.1, help="Length of each video.")] = 2.0,
     workers: Annotated[int, typer.Option(min=1, help="Processes rendering videos.")] = 1,
+    kinds: Annotated[
+        str,
+        typer.Option(
+            help="Question kinds, a comma list of colour, shape, order, count, cycled over items."
+        ),
+    ] = "colour,shape,order,count",
+    colour_needles: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Most needles in a colour item (1 to N): with several, the question names the "
+            "shape it asks about and no option names another needle's colour.",
+        ),
+    ] = 1,
+    needle_scale: Annotated[
+        float, typer.Option(help="Needle side as a share of the frame side (0.05-0.6).")
+    ] = 0.3,
+    frame_size: Annotated[int, typer.Option(help="Frame width and height in pixels (even).")] = 112,
+    avoid_first_turn: Annotated[
+        bool,
+        typer.Option(help="Put needles only on pool frames the 16 first-turn frames do not show."),
+    ] = False,
 ) -> None:
     """Generate the synthetic long-video QA set (Video-MTR training-file format)."""
     from rich.progress import Progress
@@ -326,7 +348,16 @@ def synth(
     from vmtr.eval.synthetic import SyntheticSettings, generate
 
     with user_errors():
-        settings = SyntheticSettings(n_items=n, seed=seed, minutes=minutes)
+        settings = SyntheticSettings(
+            n_items=n,
+            seed=seed,
+            minutes=minutes,
+            kinds=parse_kinds(kinds),
+            colour_needles=colour_needles,
+            needle_scale=needle_scale,
+            frame_size=frame_size,
+            avoid_first_turn=avoid_first_turn,
+        )
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("rendering videos", total=n)
             path = generate(
@@ -336,6 +367,22 @@ def synth(
                 progress=lambda done, total: bar.update(task, completed=done),
             )
         out.print(f"wrote {n} questions to {path}", highlight=False)
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``"colour, count"`` -> ``("colour", "count")``; unknown or repeated kinds are refused."""
+    from typing import get_args
+
+    from vmtr.eval.synthetic import QuestionKind
+
+    known = get_args(QuestionKind)
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in known]
+    if not kinds or unknown:
+        raise ValueError(f"--kinds: unknown kind(s) {unknown or [text]}; choose from {list(known)}")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"--kinds: {text!r} names a kind twice")
+    return kinds
 
 
 def describe_tiny(info: dict[str, Any]) -> str:

@@ -165,6 +165,15 @@ def sft(
             "(copyable ranges; which labels is left to RL)."
         ),
     ] = False,
+    retrieve_again: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of episodes that retrieve again when a retrieve did not show the "
+            "evidence; the others answer on the next turn, guessing. 1: always while turns remain.",
+        ),
+    ] = 1.0,
     retrieve_aim: Annotated[
         float,
         typer.Option(
@@ -246,6 +255,7 @@ def sft(
             retrieve_block=retrieve_block,
             retrieve_labels=retrieve_labels,
             retrieve_aim=retrieve_aim,
+            retrieve_again=retrieve_again,
             caption_share=caption_share,
             single_turn_share=single_turn_share,
             caption_frames=caption_frames,

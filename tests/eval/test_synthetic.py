@@ -23,6 +23,7 @@ from vmtr.eval.synthetic import (
     generate,
     plan_item,
     pool_times,
+    relevant_needles,
 )
 from vmtr.tools.select import first_turn_frames
 from vmtr.tools.video import decode_at, pool_timestamps, probe
@@ -135,6 +136,60 @@ def test_answers_match_the_needles() -> None:
             assert first.colour != second.colour and first.shape != second.shape
         pairs = [(n.colour, n.shape) for n in plan.needles]
         assert len(set(pairs)) == len(pairs)
+
+
+def test_colour_items_with_several_needles_ask_one_that_colour_alone_finds() -> None:
+    settings = SyntheticSettings(kinds=("colour",), colour_needles=3, seed=3)
+    counts = []
+    for index in range(150):
+        plan = plan_item(index, settings)
+        counts.append(len(plan.needles))
+        texts = [o[3:] for o in plan.options]
+        asked = relevant_needles(plan)
+        assert len(asked) == 1 and asked[0].colour == texts["ABCD".index(plan.answer)]
+        others = [n for n in plan.needles if n is not asked[0]]
+        assert not {n.colour for n in others} & set(texts)  # no option names another needle
+        assert len({n.shape for n in plan.needles}) == len(plan.needles)
+        assert len({n.colour for n in plan.needles}) == len(plan.needles)
+        if len(plan.needles) > 1:
+            assert plan.question.endswith(f"What colour was the {asked[0].shape}?")
+    assert set(counts) == {1, 2, 3}
+    # the asked needle is not always the first in time
+    plans = [plan_item(i, settings) for i in range(150)]
+    firsts = [relevant_needles(p)[0] == p.needles[0] for p in plans if len(p.needles) > 1]
+    assert 0 < sum(firsts) < len(firsts)
+
+
+def test_one_colour_needle_keeps_the_items_and_one_window_per_needle_asked(
+    tmp_path: Path,
+) -> None:
+    # item 0 of seed 5000, the held-out set's first question, as it has always been drawn
+    plan = plan_item(0, SyntheticSettings(seed=5000))
+    assert (plan.kind, plan.answer, plan.options[3]) == ("colour", "D", "D. magenta")
+    assert [(n.colour, n.shape, n.pool_index) for n in plan.needles] == [
+        ("magenta", "triangle", 24)
+    ]
+    many = SyntheticSettings(n_items=6, seed=3, kinds=("colour",), colour_needles=3, minutes=0.5)
+    entries = json.loads(generate(tmp_path, many).read_text())
+    for entry in entries:
+        assert len(entry["relevant_windows"]) == 1
+        asked = [n for n in entry["needles"] if n["window"] == entry["relevant_windows"][0]]
+        assert [n["colour"] for n in asked] == [
+            entry["options"]["ABCD".index(entry["solution"][8])][3:]
+        ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"colour_needles": 4},  # 6 colours cannot give 4 options and 3 other needles
+        {"colour_needles": 3, "colours": ("red", "green", "blue", "yellow", "cyan")},
+        {"colour_needles": 0},
+    ],
+)
+def test_colour_needles_need_enough_colours(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        SyntheticSettings(kinds=("colour",), **bad)
 
 
 # ---------------------------------------------------------------------------------------------

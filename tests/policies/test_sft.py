@@ -406,6 +406,62 @@ def test_label_ranges_copy_first_turn_labels_and_never_aim(cached) -> None:
     assert hits > 0
 
 
+def test_retrieve_again_sets_how_often_a_missed_retrieve_is_followed_by_another(cached) -> None:
+    """Below 1, episodes whose first retrieve missed the needle answer next turn, guessing;
+    at 1 they keep retrieving while turns remain (and draw nothing more)."""
+    counts: dict[float, list[int]] = {0.0: [], 0.5: [], 1.0: []}
+    for share, turns in counts.items():
+        for c in cached:
+            for seed in range(30):
+                traj = sft.plan_trajectory(
+                    c.item,
+                    c.pool,
+                    sft.MULTI_TURN,
+                    random.Random(seed),
+                    retrieve_labels=True,
+                    retrieve_again=share,
+                )
+                retrieves = sum(isinstance(a, protocol.Retrieve) for a in traj.actions)
+                turns.append(retrieves)
+                if retrieves and traj.guesses[-1]:  # answered without the evidence
+                    assert len(traj.actions) == (2 if share == 0 else len(traj.actions))
+                if share == 1.0:
+                    same = sft.plan_trajectory(
+                        c.item, c.pool, sft.MULTI_TURN, random.Random(seed), retrieve_labels=True
+                    )
+                    assert same.actions == traj.actions
+    assert max(counts[0.0]) == 1 and max(counts[1.0]) == 2
+    twice = {share: sum(t == 2 for t in turns) for share, turns in counts.items()}
+    assert twice[0.0] == 0 < twice[0.5] < twice[1.0]
+
+
+def test_several_needle_colour_items_need_and_answer_only_the_asked_one(tmp_path: Path) -> None:
+    settings = SyntheticSettings(
+        n_items=12, seed=3, minutes=1.0, kinds=("colour",), colour_needles=3
+    )
+    generate(tmp_path, settings)
+    items = [
+        i for i in load_video_mtr_json(tmp_path / "annotations.json") if len(i.extra["needles"]) > 1
+    ]
+    assert items
+    budget = {"max_pixels": 112 * 112, "min_pixels": 56 * 56, "factor": 28}
+    for item in items:
+        asked = sft.needed_needles(item)
+        assert len(asked) == 1
+        body = sft.answer_body(item, "needle")
+        assert body == f" {asked[0]['colour']} {asked[0]['shape']}"
+        assert protocol.option_by_text(body, item.options) == item.answer
+        pool = sft.CachedItem(item, tmp_path, budget).pool
+        for seed in range(10):
+            traj = sft.plan_trajectory(
+                item, pool, sft.MULTI_TURN, random.Random(seed), answer_form="needle"
+            )
+            seen = set(traj.frames)
+            if asked[0]["pool_index"] in seen and not traj.guesses[-1]:
+                # it answered once the asked needle was shown, other needles or not
+                assert traj.actions[-1] == protocol.Answer(item.answer, traj.actions[-1].think)
+
+
 def test_aimed_ranges_bracket_the_named_border_with_first_turn_labels() -> None:
     labels = [0, 4, 8, 13, 17, 21, 25, 29]
     assert sft.aimed_range(labels, [17, 21], 0) == (17, 25)  # first border .. label after

@@ -73,6 +73,14 @@ class SyntheticSettings(BaseModel):
         ("colour", "shape", "order", "count"), min_length=1, description="Cycled over items."
     )
     colours: tuple[str, ...] = Field(tuple(COLOURS), description="Needle colour names in use.")
+    colour_needles: int = Field(
+        1,
+        ge=1,
+        le=len(SHAPES),
+        description="Most needles in a colour item (1 to this many, uniform). With several, "
+        "each has its own shape, the question names the shape it asks about, and no option "
+        "names another needle's colour, so reading colours alone answers it.",
+    )
     avoid_first_turn: bool = Field(
         False,
         description="Put needles only on pool frames turn 1 does not show (harder than uniform).",
@@ -111,8 +119,13 @@ class SyntheticSettings(BaseModel):
         # interval from the nearest one, so a video frame must last under half an interval.
         if self.fps <= 2 * self.pool_max_fps:
             raise ValueError("fps must exceed 2 * pool_max_fps, or marks bleed into neighbours")
-        if "colour" in self.kinds and len(self.colours) < self.n_options:
-            raise ValueError("need at least n_options colours for colour questions")
+        if "colour" in self.kinds and len(self.colours) < self.n_options + self.colour_needles - 1:
+            raise ValueError(
+                "colour questions need at least n_options + colour_needles - 1 colours "
+                f"({self.n_options + self.colour_needles - 1}), have {len(self.colours)}"
+            )
+        if "colour" in self.kinds and self.colour_needles > self.cue_width:
+            raise ValueError("colour_needles must not exceed cue_width")
         if {"order", "count"} & set(self.kinds) and len(self.colours) < 2:
             raise ValueError("order and count questions need at least two colours")
         if self.n_options > self.cue_width and "count" in self.kinds:
@@ -244,13 +257,34 @@ Question = tuple[str, list[str], str, list[tuple[str, str]]]
 """Question text, option texts, correct letter, and the (colour, shape) of each needle in order."""
 
 
+NUMBERS = ("zero", "one", "two", "three", "four")
+"""Counts as words, for question text (the shapes are at most four)."""
+
+
 def _colour_question(rng: np.random.Generator, s: SyntheticSettings) -> Question:
-    colour = _pick(rng, s.colours, 1)[0]
-    wrong = _pick(rng, [c for c in s.colours if c != colour], s.n_options - 1)
-    shape = _pick(rng, SHAPES, 1)[0]
-    text = f"{CUE_PHRASE} While it was shown, a shape appeared briefly. What colour was it?"
-    options, answer = _shuffled_options(rng, colour, wrong)
-    return text, options, answer, [(colour, shape)]
+    # (one needle draws nothing more, so single-needle sets keep their items)
+    count = int(rng.integers(1, s.colour_needles + 1)) if s.colour_needles > 1 else 1
+    if count == 1:
+        colour = _pick(rng, s.colours, 1)[0]
+        wrong = _pick(rng, [c for c in s.colours if c != colour], s.n_options - 1)
+        shape = _pick(rng, SHAPES, 1)[0]
+        text = f"{CUE_PHRASE} While it was shown, a shape appeared briefly. What colour was it?"
+        options, answer = _shuffled_options(rng, colour, wrong)
+        return text, options, answer, [(colour, shape)]
+    # Several needles, distinct in colour and in shape; the first drawn is asked about, by its
+    # shape. The wrong options avoid every needle's colour, so the question has one answer for
+    # a model that reads colours only, once it has seen the needle asked about.
+    colours, shapes = _pick(rng, s.colours, count), _pick(rng, SHAPES, count)
+    wrong = _pick(rng, [c for c in s.colours if c not in colours], s.n_options - 1)
+    objects = list(zip(colours, shapes, strict=True))
+    order = rng.permutation(count)  # the asked needle anywhere in time
+    text = (
+        f"{CUE_PHRASE} While it was shown, {NUMBERS[count]} shapes appeared briefly, one at a "
+        "time. "
+        f"What colour was the {shapes[0]}?"
+    )
+    options, answer = _shuffled_options(rng, colours[0], wrong)
+    return text, options, answer, [objects[int(i)] for i in order]
 
 
 def _shape_question(rng: np.random.Generator, s: SyntheticSettings) -> Question:
@@ -351,6 +385,15 @@ def plan_item(index: int, settings: SyntheticSettings) -> ItemPlan:
         needles=needles,
         first_turn_needles=sum(slot in shown for slot in slots),
     )
+
+
+def relevant_needles(plan: ItemPlan) -> list[Needle]:
+    """The needles the question needs: the one the right option names for colour and shape
+    questions, every needle for order and count questions."""
+    if plan.kind not in ("colour", "shape"):
+        return plan.needles
+    text = plan.options[LETTERS.index(plan.answer)].split(". ", 1)[1]
+    return [n for n in plan.needles if getattr(n, plan.kind) == text]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +562,7 @@ def annotation(plan: ItemPlan, settings: SyntheticSettings, path: str) -> dict[s
         "problem_type": "multiple choice",
         "path": path,
         "duration": _r(settings.duration),
-        "relevant_windows": [[_r(n.start), _r(n.end)] for n in plan.needles],
+        "relevant_windows": [[_r(n.start), _r(n.end)] for n in relevant_needles(plan)],
         "data_source": DATA_SOURCE,
         "kind": plan.kind,
         "cue_window": [_r(v) for v in plan.cue_window],

@@ -120,7 +120,7 @@ def answer_body(item: QAItem, form: AnswerForm = "letter") -> str:
     if form in ("letter", "bridge"):
         return item.answer
     if form == "needle" and item.categories.get("kind") != "count":
-        first = min(needles_of(item), key=lambda n: n["pool_index"])
+        first = min(needed_needles(item), key=lambda n: n["pool_index"])
         return f" {first['colour']} {first['shape']}"
     return f" {protocol.option_text(item.options[item.letters.index(item.answer)])}"
 
@@ -177,6 +177,14 @@ class SFTConfig(BaseModel):
         description="Retrieve between two first-turn frame labels picked at random "
         "(`label_range`) instead of a random range or block: RL then only has to learn which "
         "labels to copy.",
+    )
+    retrieve_again: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of protocol episodes that, still without the evidence after a "
+        "retrieve, retrieve again while turns remain; the others answer then, as a guess. "
+        "Below 1, most episodes retrieve once and answer on the next turn.",
     )
     retrieve_aim: float = Field(
         0.0,
@@ -285,6 +293,19 @@ def needles_of(item: QAItem) -> list[dict[str, Any]]:
     if not needles:
         raise SFTError(f"item {item.id} has no needle annotations; is it a vmtr synth item?")
     return needles
+
+
+def needed_needles(item: QAItem) -> list[dict[str, Any]]:
+    """The needles the question needs: for colour and shape questions the one(s) the right
+    option names (a colour item may hold other needles, whose colours no option names); for
+    order and count questions every needle."""
+    needles = needles_of(item)
+    kind = item.categories.get("kind")
+    if kind not in ("colour", "shape") or item.answer is None:
+        return needles
+    text = protocol.option_text(item.options[item.letters.index(item.answer)])
+    named = [n for n in needles if n[kind] == text]
+    return named or needles
 
 
 def describe_needles(
@@ -429,16 +450,18 @@ def plan_trajectory(
     needle_guess: NeedleGuess = "random",
     retrieve_labels: bool = False,
     aim: bool = False,
+    retrieve_again: float = 1.0,
 ) -> Trajectory:
     """Script one episode of ``item`` under ``settings`` (see the module docstring's rules);
-    ``aim`` retrieves by `aimed_range` where a border was seen.
+    ``aim`` retrieves by `aimed_range` where a border was seen. After a retrieve that did not
+    show the evidence, the episode retrieves again with probability ``retrieve_again`` and
+    otherwise answers at once, guessing.
 
     Every reply is checked with `protocol.parse_reply` against the action it was written for.
     """
     if item.answer is None:
         raise SFTError(f"item {item.id} has no answer")
-    needles = needles_of(item)
-    needed = {n["pool_index"] for n in needles}
+    needed = {n["pool_index"] for n in needed_needles(item)}
     n = len(pool)
     messages = [protocol.system_message(settings)]
     frames = first_turn_frames(n, settings.first_turn_frames)
@@ -462,7 +485,11 @@ def plan_trajectory(
         seen |= set(frames)
         last = turn == settings.max_turns
         seen_text = describe_seen(item, seen, wording)
-        if needed <= seen or last:
+        # (no draw when every episode retrieves again, so such runs keep their data stream)
+        stop = last or bool(
+            actions and not needed <= seen and retrieve_again < 1 and rng.random() >= retrieve_again
+        )
+        if needed <= seen or stop:
             guess = not needed <= seen
             trained = guess and trains_guesses(answer_form, needle_guess)
             letter = rng.choice(item.letters) if trained else ""
@@ -519,7 +546,7 @@ def plan_caption(
         raise SFTError(f"item {item.id} has no answer")
     n = len(pool)
     k = min(frames, n)
-    needed = sorted(x["pool_index"] for x in needles_of(item))
+    needed = sorted(x["pool_index"] for x in needed_needles(item))
     lo, hi = max(0, needed[-1] - k + 1), min(needed[0], n - k)
     start = rng.randint(lo, hi) if lo <= hi and rng.random() < 0.8 else rng.randint(0, n - k)
     shown = list(range(start, start + k))
@@ -1080,6 +1107,7 @@ class SFTRecipe:
                     self.cfg.needle_guess,
                     self.cfg.retrieve_labels,
                     aim,
+                    self.cfg.retrieve_again,
                 )
             # guesses carry loss only as needle-form random letters (`trains_guesses`)
             trained = trains_guesses(self.cfg.answer_form, self.cfg.needle_guess)
