@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# RL that learns where to look: the Video-MTR ablation in miniature on colour questions.
+#
+# From the colour warm start (recipes/tiny/warm_start.sh: reads colours, 100 % with oracle aim,
+# but its retrieves never aim), three GRPO arms that differ only in the reward -- answer only,
+# the gated bi-level reward (the released code's), the bi-level reward without the gate -- each
+# with three RL seeds, the vision tower fixed (reading is the warm start's; RL trains where to
+# look and when to answer). Then every arm is asked the held-out colour questions multi-turn and
+# the table and the accuracy / needles-shown curves are written (benchmarks/rl_ablation.py).
+# Runs resume from their checkpoints (every 10 steps), so re-running continues.
+# Usage: recipes/tiny/colour_rl.sh [RUN_DIR] (default runs/colour; the warm start must exist)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUN=${1:-runs/colour}
+D="$RUN/data"
+if [ ! -f "$D/heldout-s7000/annotations.json" ]; then
+  vmtr synth "$D/heldout-s7000" --n 200 --seed 7000 --kinds colour
+fi
+for held in "heldout-s5000 5000" "heldout-s7000 7000"; do
+  set -- $held
+  python benchmarks/rl_ablation.py --start "$RUN/4-blocks/final" --train "$D/train-s1000" \
+    --heldout "$D/$1" --heldout-seed "$2" --n 200 --steps 200 --lr 3e-5 --kl-coef 0 \
+    --seed 0 1 2 --parallel 2 --freeze-vision --out "${RUN}-rl" --plot "${RUN}-rl/curves.png" \
+    | tee "${RUN}-rl/table-$1.md"
+done
