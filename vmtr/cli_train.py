@@ -293,17 +293,14 @@ def sft(
 def _sft_on_episodes(
     episodes: list[Path], out: Path, model: str, *, max_turns: int, as_json: bool, **options: Any
 ) -> None:
-    """`vmtr train sft --episodes`: the recorded-episodes recipe (`vmtr.policies.sft_episodes`)."""
-    from pydantic import ValidationError
-
+    """`vmtr train sft --episodes`: the recorded-episodes recipe (`vmtr.policies.sft_episodes`);
+    failures go through the command line's one error path (an interrupted run resumes when the
+    same command runs again)."""
+    from vmtr.cli_errors import user_errors
     from vmtr.config import ProtocolSettings
-    from vmtr.eval.datasets import DatasetError
-    from vmtr.models.vlm import ModelLoadError
-    from vmtr.policies.episodes import EpisodeError
     from vmtr.policies.sft_episodes import EpisodeSFT, EpisodeSFTSettings
-    from vmtr.tools.video import VideoError
 
-    try:
+    with user_errors():
         settings = EpisodeSFTSettings(
             episodes=episodes,
             out=out,
@@ -314,13 +311,6 @@ def _sft_on_episodes(
         recipe = EpisodeSFT(settings, log=lambda m: typer.echo(m, err=True))
         recipe.setup()
         report = recipe.train()
-    except (EpisodeError, DatasetError, ModelLoadError, VideoError, OSError) as err:
-        _fail(str(err))
-    except ValidationError as err:
-        first = err.errors()[0]
-        _fail(f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
-    except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume")
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         return
