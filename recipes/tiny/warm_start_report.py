@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for spec in args.runs:
-        name, _, folder = spec.partition("=")
+        name, _, folder = spec.rpartition("=")
         rows.append(eval_row(name, Path(folder)))
     rows.append(scripted_row(args.data, args.draws, args.retrieve_again, args.retrieve_block))
     print(markdown(rows))
