@@ -2,21 +2,22 @@
 # The colour warm start for RL: a tiny model, trained from scratch, that reads a needle's colour
 # and writes the protocol's turns, but whose retrieves never aim.
 #
-# Every scripted retrieve copies two first-turn frame labels picked at random
-# (`--retrieve-labels`), so where it looks depends neither on the border nor on the needles.
-# The replies still say which frames showed the border ("Border: frames 20 to 24."), the
-# evidence a policy can learn to aim from; the aiming itself is left to RL. Most episodes
-# retrieve once and answer on the next turn (`--retrieve-again 0.5`: half of those whose first
-# retrieve missed the needle retrieve again).
+# Every scripted retrieve is a random range that depends neither on the border nor on the
+# needles: two random first-turn labels in stage 2, one of the eight aligned 8-frame blocks
+# ("16, 23") in stages 3-4. The replies still say which frames showed the border ("Border:
+# frames 20 to 24."), the evidence a policy can learn to aim from; the aiming is left to RL.
+# Most episodes retrieve once and answer on the next turn (`--retrieve-again 0.5`: half of
+# those whose first retrieve missed the needle retrieve again).
 #
-#   1. `vmtr synth --kinds colour`: the training split (2-minute videos, one needle each);
+#   1. `vmtr synth --kinds colour`: the training split (510 2-minute videos, one needle each);
 #   2. stage 1, reading drills (4 consecutive frames, the loss on what is read, the auxiliary
 #      needle loss on the vision tower) from a fresh random tiny model;
-#   3. stage 2, protocol episodes mixed with 8-frame reading drills, keeping the best held-out
-#      check;
-#   4. `vmtr eval synthetic` on 200 held-out colour items (seed 5000): its own retrieves and
-#      with oracle aim (every retrieve rewritten to the needle's frames), which measures reading
-#      alone.
+#   3. stages 2-4, protocol episodes mixed with 8-frame reading drills;
+#   4. `vmtr eval synthetic` on 200 held-out colour items (seed 5000): its own retrieves, oracle
+#      aim (every retrieve rewritten to the needle's frames, which measures reading alone) and
+#      16 uniform frames, with the bar that random blocks give (warm_start_report.py).
+# Run time on one shared CPU core: data 10 min, stages 25 + 34 + 16 + 11 min, evaluation 8 min
+# (about 1 h 45 min). Result: RUN/4-blocks/final.
 # Data, checkpoints and results stay under RUN (git-ignored). Re-running skips finished steps;
 # an interrupted stage continues from its last checkpoint.
 # Usage: recipes/tiny/warm_start.sh [RUN_DIR]   (default runs/colour)
