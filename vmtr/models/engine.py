@@ -37,7 +37,7 @@ import torch
 
 from vmtr.config import GenerationSettings
 from vmtr.models.cache_names import cache_kwargs
-from vmtr.models.qwen import QwenVideoLM, ReplySpan, _Session
+from vmtr.models.qwen import QwenVideoLM, _Session
 from vmtr.models.slot_cache import SlotKV
 from vmtr.models.turn_inputs import TurnEncoder
 from vmtr.models.vlm import FrameFetcher, Generation
@@ -154,16 +154,7 @@ class EpisodeEngine:
         """The episode's whole token record, as `QwenVideoLM.session_tokens` gives it."""
         with self._lock:
             episode = self._sessions.get(session)
-        if episode is None or episode.state.ids is None:
-            return None
-        state = episode.state
-        return {
-            "input_ids": state.ids[0].clone(),
-            "mm_token_type_ids": state.mm_types[0].clone(),
-            "pixel_values": torch.cat(state.pixels) if state.pixels else None,
-            "image_grid_thw": torch.stack(state.grids) if state.grids else None,
-            "replies": list(state.replies),
-        }
+        return None if episode is None else episode.state.record()
 
     def generate(
         self,
@@ -515,23 +506,11 @@ class EpisodeEngine:
 
     def _finish(self, turn: _Turn) -> None:
         """The one-at-a-time path's bookkeeping after a reply, then hand it back."""
-        lm, state = self.lm, turn.episode.state
-        generated = turn.tokens
-        reply = lm.processor.tokenizer.decode(
-            [t for t in generated if t not in lm.stop_ids], skip_special_tokens=False
-        )
-        closing = generated[:-1] if generated and generated[-1] in lm.stop_ids else generated
-        first = state.length
-        lm._append_ids(state, [*closing, lm.end_id])
-        sampled = len(closing) + (1 if generated and generated[-1] == lm.end_id else 0)
-        state.replies.append(
-            ReplySpan(first, len(closing) + 1, sampled, tuple(turn.logprobs[:sampled]))
-        )
-        state.text = state.text + reply + "<|im_end|>"
+        reply = self.lm.close_reply(turn.episode.state, turn.tokens, turn.logprobs)
         turn.future.set_result(
             Generation(
                 text=reply,
-                token_ids=generated,
+                token_ids=turn.tokens,
                 logprobs=turn.logprobs,
                 prompt_tokens=turn.prompt_tokens,
                 new_prompt_tokens=turn.new_prompt_tokens,

@@ -60,6 +60,19 @@ class _Session:
     def length(self) -> int:
         return 0 if self.ids is None else int(self.ids.shape[1])
 
+    def record(self) -> dict[str, Any] | None:
+        """Everything the model saw and sampled: ids, modality types, images and reply spans --
+        the exact inputs an RL update must replay (None before the first turn)."""
+        if self.ids is None:
+            return None
+        return {
+            "input_ids": self.ids[0].clone(),
+            "mm_token_type_ids": self.mm_types[0].clone(),
+            "pixel_values": torch.cat(self.pixels) if self.pixels else None,
+            "image_grid_thw": torch.stack(self.grids) if self.grids else None,
+            "replies": list(self.replies),
+        }
+
 
 def resolve_model_path(spec: str) -> str:
     """``tiny`` -> the bundled copy; an existing folder -> itself; anything else -> a hub id."""
@@ -235,15 +248,7 @@ class QwenVideoLM:
         """Everything the model saw and sampled in ``session``: ids, modality types, images and
         reply spans — the exact inputs an RL update must replay (None when unknown)."""
         state = self._sessions.get(session)
-        if state is None or state.ids is None:
-            return None
-        return {
-            "input_ids": state.ids[0].clone(),
-            "mm_token_type_ids": state.mm_types[0].clone(),
-            "pixel_values": torch.cat(state.pixels) if state.pixels else None,
-            "image_grid_thw": torch.stack(state.grids) if state.grids else None,
-            "replies": list(state.replies),
-        }
+        return None if state is None else state.record()
 
     # -- one turn -------------------------------------------------------------------------------
 
@@ -272,15 +277,7 @@ class QwenVideoLM:
         new_prompt = state.length - (state.cache.get_seq_length() if state.cache else 0)
         prompt_tokens = state.length
         generated, logprobs = self._decode(state, settings)
-        reply = self.processor.tokenizer.decode(
-            [t for t in generated if t not in self.stop_ids], skip_special_tokens=False
-        )
-        closing = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
-        first = state.length
-        self._append_ids(state, [*closing, self.end_id])
-        sampled = len(closing) + (1 if generated and generated[-1] == self.end_id else 0)
-        state.replies.append(ReplySpan(first, len(closing) + 1, sampled, tuple(logprobs[:sampled])))
-        state.text = text + reply + "<|im_end|>"
+        reply = self.close_reply(state, generated, logprobs)
         if session is not None and self.settings.reuse_kv_cache:
             self._sessions[session] = state
             self._sessions.move_to_end(session)
@@ -297,6 +294,21 @@ class QwenVideoLM:
             new_prompt_tokens=new_prompt,
             seconds=time.perf_counter() - started,
         )
+
+    def close_reply(self, state: _Session, generated: list[int], logprobs: list[float]) -> str:
+        """Add a finished reply to the session as the chat template closes it: its tokens as
+        sampled, a stop token replaced by ``<|im_end|>`` (or one added after a cut-off reply),
+        and its span for RL; returns the reply's text."""
+        reply = self.processor.tokenizer.decode(
+            [t for t in generated if t not in self.stop_ids], skip_special_tokens=False
+        )
+        closing = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
+        first = state.length
+        self._append_ids(state, [*closing, self.end_id])
+        sampled = len(closing) + (1 if generated and generated[-1] == self.end_id else 0)
+        state.replies.append(ReplySpan(first, len(closing) + 1, sampled, tuple(logprobs[:sampled])))
+        state.text = state.text + reply + "<|im_end|>"
+        return reply
 
     def _session_for(self, session: str | None, text: str) -> _Session:
         """The kept session when the new prompt extends it, else a fresh one."""

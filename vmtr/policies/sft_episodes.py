@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
-from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapter, save_merged
+from vmtr.models.adapters import add_lora, load_adapter, save_adapter, save_merged
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.episodes import (
     Conversation,
@@ -250,6 +250,3 @@ class EpisodeSFT:
         ]:
             shutil.rmtree(old, ignore_errors=True)
         return folder
-
-
-__all__ = ["MERGED_DIR", "EpisodeSFT", "EpisodeSFTSettings"]
