@@ -104,6 +104,13 @@ def sft(
     caption_frames: Annotated[
         int, typer.Option(min=1, help="Consecutive frames in a reading drill.")
     ] = 8,
+    caption_layout: Annotated[
+        str,
+        typer.Option(
+            help="Frames a reading drill shows: window (caption-frames consecutive ones) or "
+            "first-turn (the protocol's uniform first-turn frames)."
+        ),
+    ] = "window",
     answer_share: Annotated[
         float,
         typer.Option(
@@ -259,6 +266,7 @@ def sft(
             caption_share=caption_share,
             single_turn_share=single_turn_share,
             caption_frames=caption_frames,
+            caption_layout=caption_layout,
             caption_content_loss=caption_content_loss,
             answer_share=answer_share,
             content_weight=content_weight,

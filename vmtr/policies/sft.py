@@ -100,6 +100,14 @@ and order questions, copied from the ``<think>`` just written, so the model neve
 a word to a letter or choose which word of its reading a question wants. Models trained on
 text answers answered that way unprompted; see docs/tiny-model.md."""
 
+CaptionLayout = Literal["window", "first-turn"]
+"""Which frames a reading drill shows: ``caption_frames`` consecutive pool frames (mostly around
+the needles), or the protocol's uniform first-turn frames (16, a fifth of the time 32), where the
+border shows on a few scattered, labelled frames. Measured on the colour warm start, whose tower
+separates border frames from the rest linearly (100 %): after window drills and protocol episodes
+its first reply named the border's frames exactly in 5.5 % of held-out items and overlapped them
+in 24.5 % (chance), so binding a frame's look to its label on the first turn is drilled apart."""
+
 NeedleGuess = Literal["random", "masked"]
 """How a needle-form reply guesses: a random letter with loss (the default), or the answer's
 letter with no loss, as the other forms do (how the bundled model's first needle stage ran,
@@ -198,6 +206,11 @@ class SFTConfig(BaseModel):
         0.0, ge=0, le=1, description="Share of examples that are short reading drills (captions)."
     )
     caption_frames: int = Field(8, ge=1, description="Consecutive frames in a reading drill.")
+    caption_layout: CaptionLayout = Field(
+        "window",
+        description="Which frames a reading drill shows (see `CaptionLayout`); `first-turn` "
+        "ignores caption_frames.",
+    )
     answer_share: float = Field(
         0.0,
         ge=0,
@@ -532,8 +545,10 @@ def plan_caption(
     rng: random.Random,
     wording: NeedleWording = "frame-first",
     answer_form: AnswerForm = "letter",
+    layout: CaptionLayout = "window",
 ) -> Trajectory:
-    """A short reading drill: ``frames`` consecutive pool frames, labelled as the protocol labels
+    """A short reading drill: ``frames`` consecutive pool frames (or, with ``layout``
+    ``first-turn``, the first turn's uniform frames), labelled as the protocol labels
     them, then the question; the reply is the honest ``<think>`` of a protocol reply (border
     frames, needles) and, when every needle the question needs is in view, the answer.
 
@@ -550,6 +565,8 @@ def plan_caption(
     lo, hi = max(0, needed[-1] - k + 1), min(needed[0], n - k)
     start = rng.randint(lo, hi) if lo <= hi and rng.random() < 0.8 else rng.randint(0, n - k)
     shown = list(range(start, start + k))
+    if layout == "first-turn":
+        shown = first_turn_frames(n, 32 if rng.random() < 0.2 else 16)
     settings = ProtocolSettings()
     content: list[dict[str, Any]] = []
     for index in shown:
@@ -1088,6 +1105,7 @@ class SFTRecipe:
                     rng,
                     self.cfg.needle_wording,
                     self.cfg.answer_form,
+                    self.cfg.caption_layout,
                 )
                 if self.cfg.caption_content_loss:
                     only = self.content_ids
