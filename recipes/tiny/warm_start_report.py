@@ -5,7 +5,8 @@
 Each EVAL_DIR is the output folder of a `vmtr eval synthetic` run on HELDOUT (`results.json`
 and `samples.jsonl`). A row gives accuracy, balanced accuracy, the share of items whose frames
 showed the needle asked about (needles shown), mean turns, the share of episodes that
-retrieved at least once (retrieve rate) and invalid replies per item.
+retrieved at least once (retrieve rate), invalid replies per item and the share of first replies that name exactly the
+first-turn frames the border was on (border named).
 
 The last row is what retrieves that never aim give: the scripted episodes the warm start was
 trained on (`vmtr.policies.sft.plan_trajectory` with random aligned blocks, or random
@@ -19,16 +20,37 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
-from vmtr.agent import protocol
+from vmtr import protocol
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.policies import sft
 from vmtr.tools.video import pool_timestamps, probe
 
+BORDER = re.compile(r"Border: frames? (\d+)(?: to (\d+))?")
 
-def eval_row(name: str, folder: Path) -> dict[str, Any]:
+
+def border_named(samples: list[dict[str, Any]], cues: dict[str, list[int]]) -> float | None:
+    """Share of items whose first reply names exactly the first-turn frames that showed the
+    border ("Border: frames 17 to 21."): reading where the border is, the evidence to aim from."""
+    right = total = 0
+    for s in samples:
+        cue = cues.get(s["id"])
+        if not cue or not s.get("turns"):
+            continue
+        first = s["turns"][0]
+        inside = [f for f in first["frames"] if cue[0] <= f <= cue[1]]
+        match = BORDER.search(first.get("raw") or "")
+        total += 1
+        if match and inside:
+            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+            right += (low, high) == (min(inside), max(inside))
+    return right / total if total else None
+
+
+def eval_row(name: str, folder: Path, cues: dict[str, list[int]]) -> dict[str, Any]:
     """The figures of one `vmtr eval` output folder."""
     results = json.loads((folder / "results.json").read_text())
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
@@ -44,6 +66,7 @@ def eval_row(name: str, folder: Path) -> dict[str, Any]:
         "mean_turns": results["mean_turns"],
         "retrieve_rate": sum(retrieved) / max(1, len(ok)),
         "invalid_per_item": sum(invalid) / max(1, len(ok)),
+        "border_named": border_named(ok, cues),
     }
 
 
@@ -82,6 +105,7 @@ def scripted_row(data: Path, draws: int, retrieve_again: float, block: int) -> d
         "mean_turns": sum(turns) / n,
         "retrieve_rate": sum(retrieved) / n,
         "invalid_per_item": 0.0,
+        "border_named": None,
     }
 
 
@@ -93,14 +117,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| Setting | n | Accuracy | Balanced | Needles shown | Mean turns | Retrieve rate "
-        "| Invalid / item |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| Invalid / item | Border named |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['setting']} | {r['n']} | {pct(r['accuracy'])} | {pct(r['balanced_accuracy'])} "
             f"| {pct(r['needles_shown'])} | {r['mean_turns']:.2f} | {pct(r['retrieve_rate'])} "
-            f"| {r['invalid_per_item']:.2f} |"
+            f"| {r['invalid_per_item']:.2f} | {pct(r.get('border_named'))} |"
         )
     return "\n".join(lines)
 
@@ -116,10 +140,12 @@ def main() -> None:
     )
     parser.add_argument("--json-out", type=Path, help="Also write the rows here.")
     args = parser.parse_args()
+    items = load_video_mtr_json(args.data / "annotations.json")
+    cues = {item.id: item.extra.get("cue_pool_indices") for item in items}
     rows = []
     for spec in args.runs:
         name, _, folder = spec.rpartition("=")
-        rows.append(eval_row(name, Path(folder)))
+        rows.append(eval_row(name, Path(folder), cues))
     rows.append(scripted_row(args.data, args.draws, args.retrieve_again, args.retrieve_block))
     print(markdown(rows))
     if args.json_out:
