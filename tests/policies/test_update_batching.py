@@ -3,13 +3,15 @@ at a time, for GRPO and for PPO (critic included)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.policies.rollout import rollout, score
-from vmtr.policies.trainer import RLRecipe, RLSettings
+from vmtr.policies.trainer import RLRecipe, RLSettings, length_chunks
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +90,12 @@ def test_freeze_vision_trains_only_the_language_model(data, tmp_path):
     after_text = recipe.lm.core.language_model.state_dict()
     assert all(torch.equal(vision[k], after_vision[k]) for k in vision)
     assert any(not torch.equal(text[k], after_text[k]) for k in text)
+
+
+def test_length_chunks_group_rows_of_like_length():
+    """Every trajectory lands in exactly one micro-batch, shortest first."""
+    lengths = [900, 120, 450, 2000, 130, 470]
+    trajs = [SimpleNamespace(input_ids=torch.zeros(n)) for n in lengths]
+    chunks = length_chunks(trajs, 2)
+    assert chunks == [[1, 4], [2, 5], [0, 3]]
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))

@@ -193,6 +193,14 @@ def token_logprobs(
     return logp, entropy
 
 
+def length_chunks(trajectories: Sequence[Trajectory], size: int) -> list[list[int]]:
+    """Indices of ``trajectories`` in micro-batches of at most ``size``, shortest first: rows of
+    like length share a batch, so little of it is padding (a multi-turn step's trajectories
+    range from one turn to four, and a batch costs as much as its longest row)."""
+    order = sorted(range(len(trajectories)), key=lambda i: int(trajectories[i].input_ids.shape[0]))
+    return [order[first : first + size] for first in range(0, len(order), size)]
+
+
 def padded(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
     """1-D tensors stacked into ``[rows, width]``, zero-padded on the right."""
     out = torch.zeros((len(rows), width), dtype=rows[0].dtype)
@@ -374,12 +382,13 @@ class RLRecipe:
             for traj, a in zip(trajectories, adv, strict=True):
                 out.append((traj.action_mask * a, torch.empty(0)))
             return out
-        all_values = []
-        for first in range(0, len(trajectories), self.s.micro_batch):
-            chunk = trajectories[first : first + self.s.micro_batch]
+        all_values: list[torch.Tensor] = [torch.empty(0)] * len(trajectories)
+        for indices in length_chunks(trajectories, self.s.micro_batch):
+            chunk = [trajectories[i] for i in indices]
             with torch.no_grad():
                 values = self.critic(**batch_inputs(self.lm, chunk)).view(len(chunk), -1).cpu()
-            all_values += [v[: t.input_ids.shape[0]] for v, t in zip(values, chunk, strict=True)]
+            for i, v in zip(indices, values, strict=True):
+                all_values[i] = v[: trajectories[i].input_ids.shape[0]]
         for traj, values in zip(trajectories, all_values, strict=True):
             a, ret = bilevel_gae(
                 values,
@@ -416,16 +425,16 @@ class RLRecipe:
         }
         banned = self.lm.banned_ids
         n = len(trajectories)
-        size = self.s.micro_batch
+        chunks = length_chunks(trajectories, self.s.micro_batch)
         for _ in range(self.s.ppo_epochs):
             self.optimizer.zero_grad()
             if self.critic_optimizer is not None:
                 self.critic_optimizer.zero_grad()
             # No skipping, even of reply-less trajectories: under DDP every process must run the
             # same number of backward passes.
-            for first in range(0, n, size):
-                chunk = trajectories[first : first + size]
-                chunk_targets = targets[first : first + size]
+            for indices in chunks:
+                chunk = [trajectories[i] for i in indices]
+                chunk_targets = [targets[i] for i in indices]
                 width = max(int(t.input_ids.shape[0]) for t in chunk)
                 mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
                 adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
