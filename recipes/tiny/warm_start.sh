@@ -76,16 +76,8 @@ stage 3-blocks 2-protocol/checkpoints/step-000400 200 --batch-size 8 --lr 3e-4 -
 stage 4-blocks 3-blocks/checkpoints/step-000200 150 --batch-size 8 --lr 2e-4 --warmup 5 \
   --seed 4 --eval-items 30 --caption-share 0.1 --caption-frames 8 --caption-content-loss \
   --content-weight 5 --single-turn-share 0.2 --retrieve-block 8 --retrieve-again 0.5
-# 5. Reading where the border is: half the examples are drills on the first turn's uniform
-# frames (16, or 32), the loss on what they read ("Border: frames 17 to 21. Seen: no shapes."),
-# the rest stage 4's episodes. After stage 4 the first reply named the border's frames at chance
-# (exactly 5.5 %, overlapping 24.5 % of held-out items) though a linear probe on the tower tells
-# border frames from the rest 100 %: the language model had not bound a frame's look to its label.
-stage 5-border 4-blocks/checkpoints/step-000150 300 --batch-size 8 --lr 2e-4 --warmup 10 \
-  --seed 5 --eval-items 30 --caption-share 0.5 --caption-layout first-turn --caption-content-loss \
-  --content-weight 5 --single-turn-share 0.2 --retrieve-block 8 --retrieve-again 0.5
-WARM="$RUN/5-border/final"
-E="$RUN/eval/5-border"
+WARM="$RUN/4-blocks/final"
+E="$RUN/eval/4-blocks"
 
 # 3. Held-out colour questions (seed 5000, as `vmtr synth --kinds colour` writes them), greedy:
 # its own retrieves, oracle aim (reading alone) and 16 uniform frames in one turn.
