@@ -314,8 +314,10 @@ def main() -> None:
         plot_curves(args, args.plot)
         return
 
-    items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
     started = time.perf_counter()
+    # training first: the arms' runs are the long part, and they resume if stopped
+    checkpoints = train_arms(args)
+    items = load_items(args.heldout, args.n, args.heldout_seed, args.heldout_minutes)
     tag = model_tag(args.start)
     kinds = item_kinds(items)
     warm, _ = evaluate_model(
@@ -335,7 +337,7 @@ def main() -> None:
     table = [chance_row(items), *warm_rows.values()]
     by_seed: dict[str, dict[int, dict[str, Any]]] = {}
     own, oracle = ASKED[args.max_turns]
-    for (name, seed), checkpoint in train_arms(args).items():
+    for (name, seed), checkpoint in checkpoints.items():
         rows, _ = evaluate_model(
             str(checkpoint),
             items,
