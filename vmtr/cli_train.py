@@ -52,12 +52,12 @@ def sft(
     model: Annotated[
         str, typer.Option(help="A hub id or checkpoint folder; `tiny` is the bundled model.")
     ] = "tiny",
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1500,
-    batch_size: Annotated[int, typer.Option(min=1, help="Episodes per step.")] = 8,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 3e-4,
-    warmup: Annotated[int, typer.Option(min=0, help="Linear warmup steps.")] = 100,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Episodes per step.")] = 4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1e-5,
+    warmup: Annotated[int, typer.Option(min=0, help="Linear warmup steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the held-out split and data order.")] = 0,
-    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 100,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 50,
     eval_every: Annotated[
         int,
         typer.Option(
