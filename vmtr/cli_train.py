@@ -1,7 +1,8 @@
 """`vmtr train ...`: the training recipes behind one Typer sub-app.
 
 `vmtr train sft` fine-tunes on recorded episodes (`vmtr.policies.sft_episodes`); the RL recipe
-joins this sub-app as `vmtr train rl`. Failures the user can fix end in one line on stderr and exit 1.
+joins this sub-app as `vmtr train rl`. Failures the user can fix end in one line on stderr and
+exit 1.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from typing import Annotated
 
 import typer
 
-from vmtr.cli_errors import fail
-
 train_app = typer.Typer(
-    help="Train the model on the Video-MTR protocol (supervised warm start, RL).",
+    help="Train the model on the Video-MTR protocol (SFT on recorded episodes, RL).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -24,11 +23,7 @@ train_app = typer.Typer(
 
 @train_app.callback()
 def _group() -> None:
-    """Train the model on the Video-MTR protocol (supervised warm start, RL)."""
-
-
-def _fail(message: str) -> None:
-    raise fail(message)
+    """Train the model on the Video-MTR protocol (SFT on recorded episodes, RL)."""
 
 
 @train_app.command()
