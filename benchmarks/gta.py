@@ -9,7 +9,7 @@ Measured, as GTA / GQA ratios:
   projections + scores + value mixing);
 - greedy decode tokens/s on the CPU with the cache (text-only prompt of ``--decode-context``
   tokens, runs interleaved, median of ``--repeats``);
-- held-out accuracy on the synthetic benchmark after the same SFT budget (`vmtr.policies.sft`,
+- held-out accuracy on the synthetic benchmark after the same SFT budget (`recipes.tiny.curriculum`,
   identical config and seed for both), unless ``--no-train``.
 
 A "paper shape" row puts the same formulas on GTA-1B's sizes (20 heads of 64, 5 maps, one key
@@ -25,14 +25,12 @@ acc_gqa=…`` (``attn_flops_ratio`` at the longest context, ``decode_speed_ratio
 from __future__ import annotations
 
 import argparse
-import contextlib
-import inspect
 import json
 import multiprocessing
 import random
 import statistics
+import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,8 +38,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
     DynamicCache,
     Qwen2_5_VLForConditionalGeneration,
 )
@@ -54,11 +50,15 @@ from vmtr.models.gta import (
     attention_flops_per_token,
     cache_numbers_per_token,
     decoder_layers,
-    gta_settings,
     load_model,
     save_as_gta,
 )
 from vmtr.models.tiny import build_processor, build_tiny, build_tokenizer, tiny_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `recipes`
+
+from recipes.tiny.curriculum.config import CurriculumConfig  # noqa: E402
+from recipes.tiny.curriculum.trainer import corpus_texts, run_curriculum  # noqa: E402
 
 CONTEXTS = (256, 1024, 4096, 16384)
 
@@ -110,36 +110,12 @@ def paper_shape_ratio() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training both with the SFT recipe
-
-
-@contextlib.contextmanager
-def sft_loads_gta() -> Iterator[None]:
-    """Make the SFT recipe's ``from_pretrained`` rebuild GTA layers, until it calls
-    `vmtr.models.gta.load_model` itself (then this does nothing)."""
-    from vmtr.policies import sft
-
-    if "load_model" in inspect.getsource(sft.SFTRecipe.setup):
-        yield
-        return
-    original = AutoModelForImageTextToText.from_pretrained
-
-    def from_pretrained(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if gta_settings(AutoConfig.from_pretrained(path)) is not None:
-            return load_model(path, **kwargs)
-        return original(path, *args, **kwargs)
-
-    AutoModelForImageTextToText.from_pretrained = from_pretrained  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        AutoModelForImageTextToText.from_pretrained = original  # type: ignore[method-assign]
+# Training both with the tiny model's curriculum
 
 
 def make_inits(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Path]:
     """The recipe's fresh tiny model (GQA) and the same weights with GTA attention swapped in."""
     from vmtr.eval.datasets import load_video_mtr_json
-    from vmtr.policies.sft import SFTConfig, corpus_texts
 
     items = load_video_mtr_json(data / "annotations.json")
     random.Random(args.seed).shuffle(items)  # the recipe's own split: train after eval_items
@@ -149,8 +125,8 @@ def make_inits(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Pa
             gqa,
             seed=args.seed,
             extra_texts=corpus_texts(items[args.eval_items :], seed=args.seed),
-            vocab_size=SFTConfig.model_fields["tiny_vocab"].default,
-            **SFTConfig.model_fields["tiny_sizes"].default_factory(),
+            vocab_size=CurriculumConfig.model_fields["tiny_vocab"].default,
+            **CurriculumConfig.model_fields["tiny_sizes"].default_factory(),
         )
     gta = work / "init-gta"
     if not (gta / "config.json").exists():
@@ -160,13 +136,11 @@ def make_inits(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Pa
 
 def train_and_evaluate(name: str, init: Path, data: Path, work: Path, args: argparse.Namespace):
     """One SFT run; returns the recipe's report (held-out accuracy under ``eval``)."""
-    from vmtr.policies.sft import SFTConfig, run_sft
-
     out = work / f"sft-{name}"
     report_path = out / "report.json"
     if report_path.exists() and not args.retrain:
         return json.loads(report_path.read_text())
-    config = SFTConfig(
+    config = CurriculumConfig(
         data=[data],
         out=out,
         model=str(init),
@@ -182,8 +156,7 @@ def train_and_evaluate(name: str, init: Path, data: Path, work: Path, args: argp
     (out / "log.jsonl").unlink(missing_ok=True)  # the recipe appends; start this run's log afresh
     torch.set_num_threads(1)
     started = time.perf_counter()
-    with sft_loads_gta():
-        report = run_sft(config, log=lambda m: print(f"  [{name}] {m}", flush=True))
+    report = run_curriculum(config, log=lambda m: print(f"  [{name}] {m}", flush=True))
     final = load_model(report["final"])
     trained_gta = isinstance(decoder_layers(final)[0].self_attn, GTAAttention)
     if trained_gta != (name == "gta"):

@@ -18,10 +18,12 @@ The warm start is asked single-turn (16 and 32 uniform frames) and multi-turn, e
 multi-turn; the warm start and every checkpoint also with oracle aim (every retrieve rewritten to
 the needles' frames, `vmtr.eval.oracle`), which splits a policy's accuracy into what its aim
 costs it and what its reading caps it at. All greedy on the same held-out set through `benchmarks/synthetic_table.py`'s
-evaluation (`vmtr.ask` in worker processes). It prints a Markdown table of accuracy, mean turns,
-retrieve rate and mean frames seen, and under it each row's right answers by whether the
-needles were shown, by question kind and by turns taken. Per-item results are JSONL files under ``--out`` and RL runs
-resume from their checkpoints, so an interrupted ablation picks up where it stopped. The held-out
+evaluation (the evaluation runner, `vmtr.eval.runner`, in worker processes). It prints a Markdown
+table of accuracy, mean turns, retrieve rate and mean frames seen, and under it each row's right
+answers by whether the needles were shown, by question kind and by turns taken. Per-item results
+are the runner's results folders beside each checkpoint (the warm start's beside the held-out
+set), and RL runs resume from their checkpoints, so an interrupted ablation picks up where it
+stopped. The held-out
 set and the warm start's rows are the ones `synthetic_table.py --model START` makes, so the two
 tables share them.
 
@@ -324,7 +326,7 @@ def main() -> None:
         args.start,
         items,
         list(SETTINGS),
-        args.heldout / f"results-{tag}.jsonl",
+        args.heldout / f"results-{tag}",
         args.workers,
         args.eval_max_new_tokens,
     )
@@ -342,7 +344,7 @@ def main() -> None:
             str(checkpoint),
             items,
             [own, oracle],
-            checkpoint.parent / f"heldout-{checkpoint.name}.jsonl",
+            checkpoint.parent / f"heldout-{checkpoint.name}",
             args.workers,
             args.eval_max_new_tokens,
         )

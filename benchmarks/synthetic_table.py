@@ -16,9 +16,10 @@ seen and mean turns. Settings, all through `vmtr.ask`:
 - the same in two turns: the aimed retrieve's turn is the last, so its prompt asks for an
   answer. It adds a stopping rule to the bound: answer once the needles were shown.
 
-Per-item results go to a JSONL file beside the data, so an interrupted run resumes where it
-stopped. Items run in worker processes with one thread each (the tiny model is far too small to
-use more than one core well).
+Every setting runs through the evaluation runner (`vmtr.eval.runner`, as `vmtr eval` runs), its
+results files in a folder beside the data, so an interrupted run resumes where it stopped. Items
+are split between worker processes with one thread each (the tiny model is far too small to use
+more than one core well).
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, get_args
 
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.eval.datasets import QAItem
 from vmtr.eval.report import evidence_sentence
+from vmtr.eval.runner import EvalSettings, collect, run
 from vmtr.eval.scoring import breakdown, evidence_split, letter_balance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `recipes`
+
+from recipes.tiny.curriculum.episodes import AnswerForm, reads_first_turn  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "single-turn, 16 uniform frames": {"max_turns": 1, "first_turn_frames": 16},
@@ -55,7 +63,6 @@ _LM: Any = None
 def _init_worker(model: str) -> None:
     import torch
 
-    from vmtr.config import ModelSettings
     from vmtr.models.qwen import QwenVideoLM
 
     global _LM
@@ -63,49 +70,48 @@ def _init_worker(model: str) -> None:
     _LM = QwenVideoLM.load(ModelSettings(model=model, device="cpu"))
 
 
-def _run_one(setting: str, item: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
-    from vmtr.agent.ask import ask
-    from vmtr.config import ProtocolSettings
-    from vmtr.eval.datasets import QAItem
-    from vmtr.eval.oracle import OracleAim
-    from vmtr.eval.runner import shown_times
-    from vmtr.eval.scoring import saw_evidence
-    from vmtr.policies.sft import reads_first_turn
-
-    started = time.perf_counter()
-    model = _LM
-    if setting in ORACLE_SETTINGS:
-        protocol = ProtocolSettings(**SETTINGS[setting])
-        model = OracleAim.for_question(_LM, item["video"], item["windows"], protocol)
-    result = ask(
-        item["video"],
-        item["question"],
-        item["options"],
-        model=model,
-        temperature=0,
-        max_new_tokens=max_new_tokens,
-        **SETTINGS[setting],
+def eval_settings(model: str, setting: str, max_new_tokens: int) -> EvalSettings:
+    """The evaluation runner's settings for one of `SETTINGS`: greedy, its protocol, and the
+    oracle's aim for the oracle rows."""
+    protocol = ProtocolSettings(**SETTINGS[setting])
+    return EvalSettings(
+        benchmark="synthetic",
+        model=ModelSettings(model=model),
+        frames=protocol.first_turn_frames,
+        protocol=protocol,
+        generation=GenerationSettings(temperature=0, max_new_tokens=max_new_tokens),
+        oracle_aim=setting in ORACLE_SETTINGS,
     )
+
+
+def _run_shard(
+    settings: EvalSettings, items: list[QAItem], folder: Path, shard: tuple[int, int]
+) -> int:
+    """One worker's share of one setting, through the evaluation runner; how many it ran."""
+    return run(items, settings, folder, _LM, shard=shard).done
+
+
+def table_row(setting: str, item: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
+    """The table's per-item row from the runner's sample. The answer is the protocol's own (a
+    reply the protocol cannot parse answers nothing), as the agent gives it."""
+    turns = sample.get("turns") or []
+    answer = sample.get("prediction") if sample.get("parsed_by") == "protocol" else None
     return {
         "setting": setting,
-        "status": "ok",
+        "status": sample.get("status"),
         "id": item["id"],
-        "max_new_tokens": max_new_tokens,
-        "answer": result.answer,
+        "answer": answer,
         "truth": item["answer"],
-        "correct": result.answer == item["answer"],
-        "frames": len(result.frames_seen),
-        "turns": len(result.turns),
-        "invalid": sum(t["action"] == "invalid" for t in result.turns),
-        "retrieved": any(t["action"] == "retrieve" for t in result.turns),
-        "stop_reason": result.stop_reason,
-        "saw_evidence": saw_evidence(item["windows"], shown_times(result.turns)),
+        "correct": answer == item["answer"],
+        "frames": int(sample.get("n_frames") or 0),
+        "turns": len(turns),
+        "invalid": sum(t.get("action") == "invalid" for t in turns),
+        "retrieved": any(t.get("action") == "retrieve" for t in turns),
+        "stop_reason": sample.get("stop_reason"),
+        "saw_evidence": sample.get("saw_evidence"),
         # Did the first reply name exactly the needles its frames showed? (None: none shown.)
-        "reads": reads_first_turn(
-            QAItem(item["id"], Path(item["video"]), "", [], None, extra=item["extra"]),
-            result.turns,
-        ),
-        "seconds": round(time.perf_counter() - started, 3),
+        "reads": reads_first_turn(item["item"], turns),
+        "seconds": sample.get("seconds"),
     }
 
 
@@ -131,6 +137,7 @@ def load_items(folder: Path, n: int, seed: int, minutes: float) -> list[dict[str
             "windows": it.relevant_windows,
             "extra": {"needles": it.extra["needles"]},
             "kind": it.categories.get("kind"),
+            "item": it,
         }
         for it in items
     ]
@@ -246,37 +253,35 @@ def evaluate_model(
     workers: int = 2,
     max_new_tokens: int = 96,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Per-item rows of ``model`` under each named setting, resuming from ``results`` (JSONL).
+    """Per-item rows of ``model`` under each named setting, through the evaluation runner
+    (`vmtr.eval.runner`), whose results files in the folder ``results`` make a rerun resume.
 
-    Returns the rows of these items and settings, and how many runs were new. Rows asked with
-    another reply limit (or, from older files, with an unrecorded one) are not reused: the
-    limit changes answers; nor are rows from before the evidence split (no ``status``).
+    Items are split into ``workers`` shards, each asked one at a time in its own process (one
+    thread each). Returns the rows of these items and settings, and how many runs were new.
     """
-    done: list[dict[str, Any]] = []
-    if results.exists():
-        done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        done = [r for r in done if r.get("max_new_tokens") == max_new_tokens and "status" in r]
-    finished = {(r["setting"], r["id"]) for r in done}
-    jobs = [(s, it) for s in settings for it in items if (s, it["id"]) not in finished]
-    if jobs:
+    qa = [it["item"] for it in items]
+    runs = {s: eval_settings(model, s, max_new_tokens) for s in settings}
+    new_runs = 0
+    if any(len(collect(results, qa, r.run_key())) < len(qa) for r in runs.values()):
         from tqdm import tqdm
 
-        results.parent.mkdir(parents=True, exist_ok=True)
+        results.mkdir(parents=True, exist_ok=True)
         context = multiprocessing.get_context("spawn")
-        with (
-            ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_init_worker, initargs=(model,)
-            ) as pool,
-            results.open("a", encoding="utf-8") as sink,
-        ):
-            futures = [pool.submit(_run_one, s, it, max_new_tokens) for s, it in jobs]
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(model,)
+        ) as pool:
+            futures = [
+                pool.submit(_run_shard, r, qa, results, (k, workers))
+                for r in runs.values()
+                for k in range(workers)
+            ]
             for future in tqdm(as_completed(futures), total=len(futures), file=sys.stderr):
-                row = future.result()
-                done.append(row)
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
-    wanted = {it["id"] for it in items}
-    return [r for r in done if r["id"] in wanted and r["setting"] in settings], len(jobs)
+                new_runs += future.result()
+    rows = []
+    for setting, r in runs.items():
+        samples = {s["id"]: s for s in collect(results, qa, r.run_key())}
+        rows += [table_row(setting, it, samples[it["id"]]) for it in items if it["id"] in samples]
+    return rows, new_runs
 
 
 def model_tag(model: str) -> str:
@@ -301,21 +306,15 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--results", type=Path, help="JSONL of per-item results (resumable).")
+    parser.add_argument(
+        "--results", type=Path, help="Folder of the evaluation runner's results (resumable)."
+    )
     parser.add_argument("--json", action="store_true", help="Print the table as JSON too.")
     parser.add_argument(
         "--json-out", type=Path, help="Also write the table and the reading check to this file."
     )
     parser.add_argument(
         "--no-reading", action="store_true", help="Skip the teacher-forced reading check."
-    )
-    from vmtr.policies.sft import AnswerForm, NeedleWording
-
-    parser.add_argument(
-        "--needle-wording",
-        choices=get_args(NeedleWording),
-        default="frame-first",
-        help="How the model was taught to name needles (for the reading check's labels).",
     )
     parser.add_argument(
         "--answer-form",
@@ -326,7 +325,7 @@ def main() -> None:
     args = parser.parse_args()
 
     items = load_items(args.data, args.n, args.seed, args.minutes)
-    results = args.results or args.data / f"results-{model_tag(args.model)}.jsonl"
+    results = args.results or args.data / f"results-{model_tag(args.model)}"
     started = time.perf_counter()
     rows, new_runs = evaluate_model(
         args.model, items, list(SETTINGS), results, args.workers, args.max_new_tokens
@@ -353,9 +352,7 @@ def main() -> None:
                 print(line)
     reading = None
     if not args.no_reading:
-        reading = reading_check(
-            args.model, items, args.data / "frames", args.needle_wording, args.answer_form
-        )
+        reading = reading_check(args.model, items, args.data / "frames", args.answer_form)
         print(reading_line(reading))
     plain = [{k: v for k, v in row.items() if k != "reads"} for row in table]
     if args.json:
@@ -375,21 +372,19 @@ def reading_check(
     model: str,
     items: list[dict[str, Any]],
     cache: Path,
-    wording: str = "frame-first",
-    answer_form: str = "letter",
+    answer_form: AnswerForm = "letter",
 ) -> dict[str, Any]:
-    """Teacher-forced reading (`vmtr.policies.reading`) of ``model`` on the same items."""
+    """Teacher-forced reading (`recipes.tiny.curriculum.reading`) of ``model`` on the same
+    items."""
+    from recipes.tiny.curriculum.reading import reading_accuracy
     from vmtr.agent.ask import resolve_model
     from vmtr.eval.datasets import load_video_mtr_json
-    from vmtr.policies.reading import reading_accuracy
 
     lm, _, _ = resolve_model(model, {"device": "cpu"})
     wanted = {item["id"] for item in items}
     qa = [q for q in load_video_mtr_json(cache.parent / "annotations.json") if q.id in wanted]
     cache.mkdir(parents=True, exist_ok=True)
-    result = reading_accuracy(
-        lm.model, lm.processor, qa, cache, wording=wording, answer_form=answer_form
-    )
+    result = reading_accuracy(lm.model, lm.processor, qa, cache, answer_form=answer_form)
     return result | {"items": len(qa)}
 
 

@@ -7,7 +7,7 @@ FINAL is the model to bundle, holding the ``heldout.json`` that `benchmarks/synt
 --json-out` wrote for it; WARM is the supervised warm start it was trained from (a ``best/``
 folder's ``vmtr_best.json``, or a ``final/`` folder's run ``report.json``, gives its step and
 held-out check); ``--aimed`` says the warm start's last stages scripted aimed retrieves
-(`vmtr train sft --retrieve-aim`). The description is written from those measurements,
+(`python -m recipes.tiny.curriculum --retrieve-aim`). The description is written from those measurements,
 so it never states a figure the bundled weights did not score.
 """
 
@@ -28,15 +28,11 @@ LEFT_BEHIND = ("trainer_state.pt", "heldout.json", "vmtr_best.json")
 
 
 ANSWER_FORMS = {
-    "text": " It answers by repeating the chosen option's text, which the parser maps to the "
-    "option's letter.",
-    "bridge": " Its reasoning ends by naming the option it read and that option's letter "
-    '("so green is D."), then it answers with the letter.',
     "needle": " Two more supervised stages then taught it to answer with the needle it read "
     '("blue cross", or a number for counts; the parser maps that to the one option it names, '
     "and it guesses a letter when it saw none).",
 }
-"""What the model card adds for a model trained with `vmtr train sft --answer-form`."""
+"""What the model card adds for a model trained with the curriculum's ``--answer-form``."""
 
 
 AIMED = (
@@ -45,11 +41,11 @@ AIMED = (
     "once more, with the answer reward only at lr 3e-5 (from that warm start the gated reward, "
     "and lr 1e-4, lost accuracy)."
 )
-"""What the model card adds for a warm start trained with `vmtr train sft --retrieve-aim` (the
+"""What the model card adds for a warm start trained with the curriculum's ``--retrieve-aim`` (the
 last RL stage of recipes/tiny/train_tiny.sh)."""
 
 NOT_AIMED = " GRPO with the gated bi-level reward then ran again."
-"""The last step of a needle-answer model without aimed stages (sessions 10-12)."""
+"""The last step of a needle-answer model without aimed stages."""
 
 
 def describe(params: int, report: dict[str, Any], aimed: bool = False) -> str:

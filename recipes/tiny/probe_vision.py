@@ -7,12 +7,13 @@ For every needle of the first ``--items`` items, the frame it is on goes through
 vision tower (the frame exactly as the agent would feed it); the merged visual tokens are
 max-pooled into one vector, and a logistic regression per attribute (colour, shape) is scored by
 5-fold cross-validation. High probe accuracy with low teacher-forced accuracy
-(`vmtr.policies.reading`) puts the failure in the language model, not in the tower.
+(`recipes.tiny.curriculum.reading`) puts the failure in the language model, not in the tower.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,12 @@ import torch
 
 from vmtr.agent.ask import resolve_model
 from vmtr.eval.datasets import load_video_mtr_json
-from vmtr.policies.sft import CachedItem, needles_of
-from vmtr.policies.vision_aux import pooled_frames
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `recipes`
+
+from recipes.tiny.curriculum.episodes import needles_of  # noqa: E402
+from recipes.tiny.curriculum.frames import CachedItem  # noqa: E402
+from recipes.tiny.curriculum.vision_aux import pooled_frames  # noqa: E402
 
 
 def needle_images(items, cache: Path, budget) -> Iterator[tuple[Any, dict[str, Any]]]:

@@ -3,11 +3,9 @@ or carrying it to the word?
 
     python recipes/tiny/reading_anatomy.py --model runs/tiny/7-weighted/best \\
         --data runs/table/heldout-s5000 [--items 200] [--attribute colour|shape] \\
-        [--wording frame-first|shape-first]
 
-Over the scripted multi-turn episodes of `vmtr.policies.reading` (in the wording the model was
-taught: "frame 37 red circle" or "frame 37 circle in red"), at each colour (or shape) word of a
-needle it reports:
+Over the scripted multi-turn episodes of `recipes.tiny.curriculum.reading` ("frame 37 red
+circle"), at each colour (or shape) word of a needle it reports:
 - top-1 accuracy of the word (as the reading check does);
 - per layer and head, the attention mass from the position that predicts the word to the
   image tokens of the frame just named, against the mean other frame, and the share of that
@@ -23,16 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
-from probe_vision import probe_accuracy  # a sibling script in recipes/tiny/
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.models.tiny import TINY_DIR
-from vmtr.policies.reading import reading_marks, reading_positions, scripted_episodes
-from vmtr.policies.sft import backend_pixel_budget
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `recipes`
+
+from recipes.tiny.curriculum.frames import backend_pixel_budget  # noqa: E402
+from recipes.tiny.curriculum.reading import (  # noqa: E402
+    reading_marks,
+    reading_positions,
+    scripted_episodes,
+)
+from recipes.tiny.probe_vision import probe_accuracy  # noqa: E402
 
 
 def needle_cells(box: list[int], frame_px: int, grid: int) -> list[int]:
@@ -56,7 +62,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("runs/table/heldout-s5000"))
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--attribute", choices=("colour", "shape"), default="colour")
-    parser.add_argument("--wording", choices=("frame-first", "shape-first"), default="frame-first")
     args = parser.parse_args()
     model = AutoModelForImageTextToText.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation="eager"
@@ -73,7 +78,7 @@ def main() -> None:
     features, at_word, labels, hits, cell_share = [], [], [], 0, 0.0
     attribute = args.attribute
     frame_px = json.loads((args.data / "settings.json").read_text())["frame_size"]  # box units
-    episodes = scripted_episodes(processor, items, cache, budget, wording=args.wording)
+    episodes = scripted_episodes(processor, items, cache, budget)
     for item, traj, inputs, targets in episodes:
         out = model(**inputs, output_attentions=True, output_hidden_states=True)
         image_positions = (
@@ -88,9 +93,8 @@ def main() -> None:
             if kind != attribute:
                 continue
             word = tok.decode([targets[i]]).strip()
-            # the needle by its colour word: "red circle", or "circle in red"
-            colour_at = i - 1 if args.wording == "frame-first" else i + 2
-            colour = word if attribute == "colour" else tok.decode([targets[colour_at]]).strip()
+            # the needle by its colour word, just before its shape ("red circle")
+            colour = word if attribute == "colour" else tok.decode([targets[i - 1]]).strip()
             needle = needles.get(colour)
             if needle is None or needle[attribute] != word:
                 continue

@@ -29,11 +29,11 @@ import torch
 from vmtr.agent.ask import resolve_model
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SHAPES
-from vmtr.policies.vision_aux import pooled_frames
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `recipes`
 
-from probe_vision import needle_images  # noqa: E402
+from recipes.tiny.curriculum.vision_aux import pooled_frames  # noqa: E402
+from recipes.tiny.probe_vision import needle_images  # noqa: E402
 
 Frame = tuple[object, int]  # (PIL image, shape class)
 

@@ -3,15 +3,16 @@
 #   1. generate the training splits with `vmtr synth`: "drill" sets of short videos (16 s and
 #      32 s, so the 16 first-turn frames show all or half of the pool; one with larger needles)
 #      and sets of 1- and 2-minute videos (the benchmark's own shape);
-#   2. ten `vmtr train sft` stages, each from the last: protocol episodes on the drills; reading
-#      drills of 8, 4 and 2 consecutive frames (short examples, about 3x more frames read per
-#      second of training); protocol episodes again, mixed with reading drills, keeping the best
-#      held-out model; two of protocol episodes with the content tokens' loss weighted up; then
-#      three with an auxiliary needle loss on the vision tower (stages 8-10, see there).
+#   2. ten curriculum stages (`python -m recipes.tiny.curriculum`), each from the last:
+#      protocol episodes on the drills; reading drills of 8, 4 and 2 consecutive frames (short
+#      examples, about 3x more frames read per second of training); protocol episodes again,
+#      mixed with reading drills, keeping the best held-out model; two of protocol episodes with
+#      the content tokens' loss weighted up; then three with an auxiliary needle loss on the
+#      vision tower (stages 8-10, see there).
 #      Some stages stop part-way through their learning-rate schedule (--schedule-steps): that
 #      is how the bundled model was made, by watching held-out reading;
 #   3. GRPO with the gated bi-level reward (`vmtr train rl`, 30 steps) from the warm start;
-#   4. two more `vmtr train sft` stages with needle answers (--answer-form needle: the answer
+#   4. two more curriculum stages with needle answers (--answer-form needle: the answer
 #      repeats the needle the reading named, which the parser maps to its option);
 #   5. three more with aimed retrieves (from the border frames the reply named), then GRPO with
 #      the answer reward only at lr 3e-5 (30 steps);
@@ -46,7 +47,7 @@ ALL=(--data "$D/drill-s1100" --data "$D/drill-s1101" --data "$D/train-s1000" --d
 FIVE=(--data "$D/drill-s1100" --data "$D/drill-s1101" --data "$D/drill-big-s1102" --data "$D/train-s1000"
   --data "$D/train-s1001")
 
-# stage NAME FROM STEPS SCHEDULE_STEPS [vmtr train sft options...]: train RUN/NAME from FROM
+# stage NAME FROM STEPS SCHEDULE_STEPS [curriculum options...]: train RUN/NAME from FROM
 # (tiny, or an earlier stage's name) for STEPS steps of a SCHEDULE_STEPS-step schedule; the
 # result is RUN/NAME/final. Finished stages are skipped; an interrupted one resumes.
 stage() {
@@ -57,7 +58,8 @@ stage() {
   case "$from" in */*) model="$RUN/$from" ;; esac
   if [ -f "$out/report.json" ]; then return; fi
   if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
-  vmtr train sft --out "$out" --model "$model" --steps "$steps" --schedule-steps "$schedule" \
+  python -m recipes.tiny.curriculum --out "$out" --model "$model" --steps "$steps" \
+    --schedule-steps "$schedule" \
     --save-every 25 --eval-items 40 "${resume[@]}" "$@"
 }
 
@@ -139,7 +141,7 @@ stage 13-needle 12-needle/checkpoints/step-000300 200 200 "${NEEDLE[@]}" --lr 3e
   --eval-every 100
 WARM="$RUN/13-needle/best"
 
-# 14-16. Aimed retrieves (--retrieve-aim 1, session 13): the scripted retrieves span the first
+# 14-16. Aimed retrieves (--retrieve-aim 1): the scripted retrieves span the first
 # border frame the reply named to the first-turn label after the last one, then the label
 # before the first border frame to it (never the needles' frames), so the warm start learns to
 # look where the border was; random blocks showed every needle in a third of the held-out

@@ -35,7 +35,7 @@ split() {
 }
 split train-s1000 1000 510
 
-# stage NAME FROM STEPS [vmtr train sft options...]: train RUN/NAME from FROM (tiny: a fresh
+# stage NAME FROM STEPS [curriculum options...]: train RUN/NAME from FROM (tiny: a fresh
 # random tiny model; else a path under RUN) for STEPS steps. Finished stages are skipped; an
 # interrupted one resumes.
 stage() {
@@ -48,7 +48,8 @@ stage() {
   # one frame cache for every stage (decoding a video costs more than a training step)
   mkdir -p "$RUN/frames" "$out"
   [ -e "$out/frames" ] || ln -s ../frames "$out/frames"
-  vmtr train sft --out "$out" --model "$model" --steps "$steps" --data "$D/train-s1000" \
+  python -m recipes.tiny.curriculum --out "$out" --model "$model" --steps "$steps" \
+    --data "$D/train-s1000" \
     --save-every 25 --answer-form needle --vision-aux-weight 1 "${resume[@]}" "$@"
 }
 

@@ -9,7 +9,7 @@ retrieved at least once (retrieve rate), invalid replies per item and the share 
 first-turn frames the border was on (border named).
 
 The last row is what retrieves that never aim give: the scripted episodes the warm start was
-trained on (`vmtr.policies.sft.plan_trajectory` with random aligned blocks, or random
+trained on (`recipes.tiny.curriculum.episodes.plan_trajectory` with random aligned blocks, or random
 first-turn-label ranges with ``--retrieve-block 0``), run on the same items without a model,
 several draws each. A warm start that does not aim should
 show the needles about as often as that row; more would mean it learned to aim.
@@ -21,13 +21,17 @@ import argparse
 import json
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from vmtr import protocol
 from vmtr.eval.datasets import load_video_mtr_json
-from vmtr.policies import sft
 from vmtr.tools.video import pool_timestamps, probe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `recipes`
+
+from recipes.tiny.curriculum import episodes  # noqa: E402
 
 BORDER = re.compile(r"Border: frames? (\d+)(?: to (\d+))?")
 
@@ -77,15 +81,15 @@ def scripted_row(data: Path, draws: int, retrieve_again: float, block: int) -> d
     for index, item in enumerate(items):
         pool = pool_timestamps(
             probe(item.video),
-            max_frames=sft.MULTI_TURN.pool_size,
-            max_fps=sft.MULTI_TURN.pool_max_fps,
+            max_frames=episodes.MULTI_TURN.pool_size,
+            max_fps=episodes.MULTI_TURN.pool_max_fps,
         )
-        needed = {n["pool_index"] for n in sft.needed_needles(item)}
+        needed = {n["pool_index"] for n in episodes.needed_needles(item)}
         for draw in range(draws):
-            traj = sft.plan_trajectory(
+            traj = episodes.plan_trajectory(
                 item,
                 pool,
-                sft.MULTI_TURN,
+                episodes.MULTI_TURN,
                 random.Random(index * 1_000 + draw),
                 retrieve_block=block,
                 retrieve_labels=block == 0,

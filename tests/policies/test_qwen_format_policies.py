@@ -13,12 +13,10 @@ from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
-from vmtr.policies import sft
 from vmtr.policies.advantages import bilevel_gae
-from vmtr.policies.reading import reading_marks, reading_supported
+from vmtr.policies.conversation import IGNORE, encode_conversation
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import rollout, score
-from vmtr.policies.tags import tag_interior
 from vmtr.policies.trainer import model_inputs, token_logprobs, turn_token_advantages
 
 IM_END, NEWLINE = 151645, 198
@@ -120,9 +118,9 @@ def test_sft_labels_only_the_replies_and_masks_a_guess(lm) -> None:
         protocol.user_message(turn=2, frames=[5], timestamps=[5.0], settings=settings, **ask),
         protocol.assistant_message(ANSWER),
     ]
-    enc = sft.encode_conversation(processor, messages, _images(3), guesses=[False, True])
+    enc = encode_conversation(processor, messages, _images(3), guesses=[False, True])
     ids, labels = enc["input_ids"], enc["labels"]
-    labelled = (labels != sft.IGNORE).nonzero().flatten().tolist()
+    labelled = (labels != IGNORE).nonzero().flatten().tolist()
     runs, run = [], [labelled[0]]
     for i in labelled[1:]:
         if i != run[-1] + 1:
@@ -136,19 +134,3 @@ def test_sft_labels_only_the_replies_and_masks_a_guess(lm) -> None:
     assert tok.decode(ids[runs[2]]) == "</answer><|im_end|>"
     assert len(runs) == 3
     assert enc["mm_token_type_ids"][labelled].sum() == 0
-
-
-def test_word_helpers_on_qwens_bpe(lm) -> None:
-    tok = lm.processor.tokenizer
-    content = set(sft.content_token_ids(tok).tolist())
-    assert {2518, 4878, 16576} <= content  # " red"; " magenta" is " mag" + "enta"
-    text = "<think>Seen: frame 3 red circle.</think><retrieve>12, 20</retrieve>"
-    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
-    inside = tag_interior(tok, ids, "<retrieve>", "</retrieve>")
-    assert tok.decode(ids[inside]) == "12, 20"
-    weights = sft.content_weights(ids, ids.clone(), sft.content_token_ids(tok), 5.0, inside)
-    assert weights[inside].eq(1.0).all() and weights.eq(5.0).sum() >= 3  # 3, red, circle
-    # the reading check steers by single-token tags; on Qwen's BPE it says so instead of misreading
-    assert not reading_supported(tok)
-    with pytest.raises(ValueError, match="single"):
-        reading_marks(tok)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.adapters import add_lora, load_adapter, save_adapter, save_merged
 from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.conversation import collate, encode_conversation, token_loss
 from vmtr.policies.episodes import (
     Conversation,
     EpisodeError,
@@ -31,7 +32,6 @@ from vmtr.policies.episodes import (
     read_episodes,
     replay,
 )
-from vmtr.policies.sft import collate, encode_conversation, token_loss
 from vmtr.tools.video import FrameCache
 
 

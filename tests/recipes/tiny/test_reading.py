@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from recipes.tiny.curriculum import reading, trainer, weights
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import COLOURS, SyntheticSettings, generate
 from vmtr.models.tiny import build_tiny
-from vmtr.policies import reading, sft
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     generate(data, SyntheticSettings(n_items=3, seed=11, minutes=0.5))
     items = load_video_mtr_json(data / "annotations.json")
     folder = build_tiny(
-        tmp_path_factory.mktemp("tiny"), seed=0, extra_texts=sft.corpus_texts(items)
+        tmp_path_factory.mktemp("tiny"), seed=0, extra_texts=trainer.corpus_texts(items)
     )
     processor = AutoProcessor.from_pretrained(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
@@ -29,7 +29,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 def test_word_ids_maps_single_token_words(setup) -> None:
     _, processor, _, _ = setup
-    ids = reading.word_ids(processor.tokenizer, list(COLOURS))
+    ids = weights.word_ids(processor.tokenizer, list(COLOURS))
     assert set(ids.values()) == set(COLOURS)
 
 
@@ -80,29 +80,14 @@ def test_reading_positions_name_each_clause(setup) -> None:
     }
 
 
-def test_reading_positions_score_a_text_answer_as_the_answer(setup) -> None:
+def test_reading_positions_score_a_needle_answer_as_the_answer(setup) -> None:
     _, processor, _, _ = setup
     tok = processor.tokenizer
-    reply = "<think>Seen: frame 34 blue cross.</think><answer> blue</answer>"
+    reply = "<think>Seen: frame 34 blue cross.</think><answer> blue cross</answer>"
     ids = tok(reply, add_special_tokens=False)["input_ids"]
     words = [tok.decode([i]).strip() for i in ids]
     found = {}
     for kind, position in reading.reading_positions(ids, reading.reading_marks(tok)):
         found.setdefault(kind, []).append(words[position])
     assert found["colour"] == ["blue"]  # the reading's, not the answer's
-    assert found["answer"] == ["blue"]
-
-
-def test_reading_positions_score_a_bridge_clause_with_the_answer(setup) -> None:
-    _, processor, _, _ = setup
-    tok = processor.tokenizer
-    first = "<think>Seen: frame 3 red circle. Need more frames.</think><retrieve>8, 15</retrieve>"
-    last = "<think>Seen: frame 34 blue cross. so blue is B.</think><answer>B</answer>"
-    ids = tok(first + last, add_special_tokens=False)["input_ids"]
-    words = [tok.decode([i]).strip() for i in ids]
-    found = {}
-    for kind, position in reading.reading_positions(ids, reading.reading_marks(tok)):
-        found.setdefault(kind, []).append(words[position])
-    assert found["colour"] == ["red", "blue"]  # the readings', not the bridge's
-    # the last reply's clause and tag (the space before a letter may be a token of its own)
-    assert [w for w in found["answer"] if w] == ["blue", "is", "B", ".", "B"]
+    assert found["answer"] == ["blue", "cross"]

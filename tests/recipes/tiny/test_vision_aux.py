@@ -7,20 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vmtr.eval.synthetic import COLOURS, SHAPES, SyntheticSettings, generate
-from vmtr.models.tiny import build_tiny
-from vmtr.policies import sft
-from vmtr.policies.vision_aux import (
-    IGNORE,
+from recipes.tiny.curriculum import trainer
+from recipes.tiny.curriculum.config import CurriculumConfig
+from recipes.tiny.curriculum.vision_aux import (
     NeedleHeads,
     capture_merged_tokens,
     cell_labels,
     example_labels,
-    frame_labels,
     merged_sizes,
+    pooled_frames,
 )
+from vmtr.eval.synthetic import COLOURS, SHAPES, SyntheticSettings, generate
+from vmtr.models.tiny import build_tiny
+from vmtr.policies.conversation import IGNORE
 
 NAMES = list(COLOURS)
 
@@ -65,40 +67,6 @@ def test_loss_balances_needle_and_empty_cells_and_skips_ignored() -> None:
     assert torch.allclose(heads.loss(tokens, colour, shape), want)
 
 
-def test_frame_labels_name_the_one_needle_shown_and_skip_two() -> None:
-    needles = [
-        {"colour": "red", "shape": "square", "pool_index": 5},
-        {"colour": "blue", "shape": "circle", "pool_index": 7},
-        {"colour": "green", "shape": "cross", "pool_index": 7},
-    ]
-    colour, shape = frame_labels(needles, [4, 5, 7], NAMES, SHAPES)
-    assert colour.tolist() == [0, 1 + NAMES.index("red"), IGNORE]
-    assert shape.tolist() == [0, 1 + SHAPES.index("square"), IGNORE]
-
-
-def test_frame_loss_pools_each_image_and_balances_needle_and_empty_frames() -> None:
-    torch.manual_seed(0)
-    heads = NeedleHeads(8, len(NAMES), len(SHAPES))
-    for layer in (heads.frame_colour, heads.frame_shape):
-        torch.nn.init.normal_(layer.weight)
-    sizes = merged_sizes(torch.tensor([[1, 4, 4], [1, 4, 8], [1, 4, 4]]), 2)
-    assert sizes == [4, 8, 4]
-    tokens = torch.randn(16, 8)
-    colour, shape = torch.tensor([0, 3, 0]), torch.tensor([0, 2, IGNORE])
-    pooled = torch.stack(
-        [tokens[:4].max(0).values, tokens[4:12].max(0).values, tokens[12:].max(0).values]
-    )
-    lc, ls = heads.frame_colour(pooled), heads.frame_shape(pooled)
-    ce = torch.nn.functional.cross_entropy
-    want = 0.5 * (
-        ce(lc[1:2], colour[1:2])
-        + ce(lc[[0, 2]], colour[[0, 2]])
-        + ce(ls[1:2], shape[1:2])
-        + ce(ls[:1], shape[:1])
-    )
-    assert torch.allclose(heads.frame_loss(tokens, sizes, colour, shape), want)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("synth")
@@ -115,8 +83,25 @@ def test_hook_sees_one_merged_token_per_cell(data_dir: Path, tmp_path: Path) -> 
     assert len(seen) == 1 and seen[0].shape == (32, model.config.vision_config.out_hidden_size)
 
 
+@torch.no_grad()
+def test_pooled_frames_are_each_images_merged_tokens_max_pooled(tmp_path: Path) -> None:
+    folder = build_tiny(tmp_path / "m")
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    images = [Image.new("RGB", (112, 112), "red"), Image.new("RGB", (112, 224), "blue")]
+    with capture_merged_tokens(model.model.visual) as seen:
+        pooled = pooled_frames(model.model.visual, processor, images)
+    grid = processor.image_processor(images=images, return_tensors="pt")["image_grid_thw"]
+    sizes = merged_sizes(grid, model.model.visual.spatial_merge_size)
+    assert len(sizes) == 2 and sum(sizes) == seen[0].shape[0]
+    parts = seen[0].split(sizes)
+    assert pooled.shape == (2, model.config.vision_config.out_hidden_size)
+    for row, part in zip(pooled, parts, strict=True):
+        assert torch.equal(row, part.max(0).values)
+
+
 def test_sft_with_the_aux_loss_logs_it_and_lowers_it(data_dir: Path, tmp_path: Path) -> None:
-    config = sft.SFTConfig(
+    config = CurriculumConfig(
         data=[data_dir],
         out=tmp_path,
         steps=12,
@@ -128,22 +113,20 @@ def test_sft_with_the_aux_loss_logs_it_and_lowers_it(data_dir: Path, tmp_path: P
         tiny_sizes={},
         lr=3e-3,
         vision_aux_weight=1.0,
-        frame_aux_weight=1.0,
     )
-    recipe = sft.SFTRecipe(config, log=lambda _: None)
+    recipe = trainer.Curriculum(config, log=lambda _: None)
     recipe.setup()
     recipe.train()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    for key in ("vision_aux_loss", "frame_aux_loss"):
-        aux = [r[key] for r in log]
-        assert all(a > 0 for a in aux), key
-        assert sum(aux[-3:]) < sum(aux[:3]), (key, aux)
+    aux = [r["vision_aux_loss"] for r in log]
+    assert all(a > 0 for a in aux)
+    assert sum(aux[-3:]) < sum(aux[:3]), aux
     state = torch.load(recipe.last_checkpoint() / "trainer_state.pt", weights_only=False)
     assert "needle_heads" in state
     assert not any("colour" in k for k in recipe.model.state_dict()), "heads leaked into model"
 
     # A new run from that checkpoint picks its heads up rather than starting them from zero.
-    follow = sft.SFTRecipe(
+    follow = trainer.Curriculum(
         config.model_copy(update={"model": str(recipe.last_checkpoint()), "out": tmp_path / "b"}),
         log=lambda _: None,
     )

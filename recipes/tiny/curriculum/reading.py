@@ -14,31 +14,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from recipes.tiny.curriculum.episodes import AnswerForm, Trajectory, plan_trajectory
+from recipes.tiny.curriculum.frames import CachedItem, backend_pixel_budget
+from recipes.tiny.curriculum.weights import word_ids
 from vmtr.config import ProtocolSettings
 from vmtr.eval.datasets import QAItem
+from vmtr.eval.synthetic import COLOURS, SHAPES
+from vmtr.policies.conversation import encode_conversation
 from vmtr.policies.tags import single_token
-
-if TYPE_CHECKING:
-    from vmtr.policies.sft import AnswerForm, NeedleWording, Trajectory
-
-
-def word_ids(
-    tokenizer: Any, words: Sequence[str], prefix: str = " ", pieces: bool = False
-) -> dict[int, str]:
-    """Token id -> word, for the words that are one token after ``prefix`` (a leading space, as
-    inside a sentence, by default); with ``pieces`` also every token of the words a tokenizer
-    splits (Qwen's BPE writes " magenta" as " mag" + "enta")."""
-    out = {}
-    for word in words:
-        ids = tokenizer(f"{prefix}{word}", add_special_tokens=False)["input_ids"]
-        if len(ids) == 1 or pieces:
-            out.update(dict.fromkeys(ids, word))
-    return out
-
 
 READING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
@@ -56,14 +43,11 @@ def scripted_episodes(
     budget: dict[str, int],
     settings: ProtocolSettings | None = None,
     seed: int = 0,
-    wording: NeedleWording = "frame-first",
     answer_form: AnswerForm = "letter",
 ) -> Iterator[tuple[QAItem, Trajectory, dict[str, torch.Tensor], list[int]]]:
     """Each item's scripted multi-turn episode (`plan_trajectory`, 8-frame retrieve blocks) as
     the model sees it: the item, its trajectory, the model inputs with a batch dimension, and
     the next-token targets (``targets[i]`` is what the logits at position ``i`` predict)."""
-    from vmtr.policies.sft import CachedItem, encode_conversation, plan_trajectory
-
     settings = settings or ProtocolSettings()
     rng = random.Random(seed)
     for item in items:
@@ -74,7 +58,6 @@ def scripted_episodes(
             settings,
             rng,
             retrieve_block=8,
-            wording=wording,
             answer_form=answer_form,
         )
         enc = encode_conversation(processor, traj.messages, cached.images(traj.frames))
@@ -93,27 +76,22 @@ def reading_accuracy(
     settings: ProtocolSettings | None = None,
     seed: int = 0,
     budget: dict[str, int] | None = None,
-    wording: NeedleWording = "frame-first",
     answer_form: AnswerForm = "letter",
 ) -> dict[str, Any]:
     """Top-1 accuracy at the colour and at the shape words of scripted episodes of ``items``.
 
     ``budget`` is the frames' pixel budget (default: the inference backend's for ``model``), so
     the frames equal what the agent feeds the model; ``cache_dir`` keeps decoded pools;
-    ``wording`` and ``answer_form`` are what the model was taught (`NeedleWording`,
-    `AnswerForm`). An answer counts as read when every token of it is the top-1.
+    ``answer_form`` is what the model was taught (`AnswerForm`). An answer counts as read when
+    every token of it is the top-1.
     """
-    from vmtr.policies.sft import backend_pixel_budget
-
     budget = budget or backend_pixel_budget(model, processor)
     marks = reading_marks(processor.tokenizer)
     hits: dict[str, int] = {}
     total: dict[str, int] = {}
     was_training = model.training
     model.eval()
-    episodes = scripted_episodes(
-        processor, items, cache_dir, budget, settings, seed, wording, answer_form
-    )
+    episodes = scripted_episodes(processor, items, cache_dir, budget, settings, seed, answer_form)
     for _, traj, inputs, targets in episodes:
         predicted = model(**inputs).logits[0, :-1].argmax(-1).tolist()
         answer_right: list[bool] = []
@@ -135,9 +113,6 @@ def reading_accuracy(
 
 def reading_marks(tokenizer: Any) -> dict[str, Any]:
     """The token ids `reading_positions` steers by (see `reading_supported`)."""
-    from vmtr.eval.synthetic import COLOURS, SHAPES
-    from vmtr.policies.sft import bridge_token_id
-
     if not reading_supported(tokenizer):
         raise ValueError(
             "the reading check needs <think>, </think>, <answer> and </answer> as single "
@@ -150,7 +125,6 @@ def reading_marks(tokenizer: Any) -> dict[str, Any]:
         "digit": set(word_ids(tokenizer, [str(d) for d in range(10)], prefix="")),
         "seen": one[" Seen"][0],
         "think": one["<think>"][0],
-        "bridge": bridge_token_id(tokenizer),
         "think_end": tokenizer.convert_tokens_to_ids("</think>"),
         "answer": tokenizer.convert_tokens_to_ids("<answer>"),
         "answer_end": tokenizer.convert_tokens_to_ids("</answer>"),
@@ -162,9 +136,9 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
     ``border_digits`` and ``seen_digits``, the frame indices named in the border clause and in
     the needle clause; ``border_first``, the first word after ``<think>`` ("Border" or "No");
     ``seen_first``, the first word after "Seen:" ("no" shapes or a "frame"); ``answer``, each
-    token of the last reply's answer (a letter, or an option's text) and of its bridge clause
-    (`sft.bridge_clause`) if it has one. Colours and shapes are scored in the reading part of
-    ``<think>`` only, so an answer's words count once, as the answer."""
+    token of the last reply's answer (a letter, or a needle's words). Colours and shapes are
+    scored in the reading part of ``<think>`` only, so an answer's words count once, as the
+    answer."""
     out: list[tuple[str, int]] = []
     region = None
     answering = False
@@ -182,10 +156,6 @@ def reading_positions(targets: Sequence[int], marks: dict[str, Any]) -> list[tup
                 out.append(("border_first", i + 1))
         elif t == marks["think_end"]:
             region = None
-        elif region == "bridge":
-            out.append(("answer", i))
-        elif t == marks["bridge"] and region:
-            region = "bridge"
         elif t == marks["seen"] and region == "border":
             region = "seen"
             if i + 2 < len(targets):

@@ -10,8 +10,8 @@ target: which needle colour and shape (or none) covers its cell. The linear head
 scaffolding, kept in the trainer state and never saved with the model.
 
 A cell sees only part of a needle, which is enough for its colour but not its shape: the cell
-loss leaves shapes near chance, while a head on each frame's max-pooled tokens (the frame-level
-loss, `frame_labels`) teaches the same tower shapes to 99 % (`recipes/tiny/shape_tower.py`).
+loss leaves shapes near chance, while a head on each frame's max-pooled tokens (`pooled_frames`)
+learns shapes to 99 % on the same tower (`recipes/tiny/shape_tower.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-IGNORE = -100
+from vmtr.policies.conversation import IGNORE
+
 MIN_COVER = 0.2
 """A cell is labelled with the needle when the needle's box covers at least this share of it;
 cells it covers less (but some) are left out of the loss rather than called empty."""
@@ -81,28 +82,6 @@ def example_labels(
     return torch.cat(colour), torch.cat(shape)
 
 
-def frame_labels(
-    needles: Sequence[dict[str, Any]],
-    frames: Sequence[int],
-    colours: Sequence[str],
-    shapes: Sequence[str],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour and shape class of the needle each image shows (``frames``: pool indices).
-
-    0 when it shows none; IGNORE when it shows two, which one pooled vector cannot name both.
-    """
-    colour, shape = [], []
-    for pool_index in frames:
-        shown = [n for n in needles if n["pool_index"] == pool_index]
-        if len(shown) == 1:
-            colour.append(1 + list(colours).index(shown[0]["colour"]))
-            shape.append(1 + list(shapes).index(shown[0]["shape"]))
-        else:
-            colour.append(0 if not shown else IGNORE)
-            shape.append(0 if not shown else IGNORE)
-    return torch.tensor(colour, dtype=torch.long), torch.tensor(shape, dtype=torch.long)
-
-
 def merged_sizes(grid_thw: torch.Tensor, merge: int) -> list[int]:
     """Merged tokens per image, to split the tower's output back into images."""
     return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
@@ -124,18 +103,15 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 class NeedleHeads(nn.Module):
-    """Linear colour and shape classifiers over merged visual tokens (one per cell) and over
-    each frame's max-pooled tokens."""
+    """Linear colour and shape classifiers over merged visual tokens (one per cell)."""
 
     def __init__(self, hidden: int, n_colours: int, n_shapes: int) -> None:
         super().__init__()
         self.colour = nn.Linear(hidden, n_colours + 1)
         self.shape = nn.Linear(hidden, n_shapes + 1)
-        self.frame_colour = nn.Linear(hidden, n_colours + 1)
-        self.frame_shape = nn.Linear(hidden, n_shapes + 1)
         # Zero init: the loss starts at chance and its first gradients reach only the heads, so
         # a fresh head does not jolt a trained tower (default init measured 6.3 against 3.6).
-        for layer in (self.colour, self.shape, self.frame_colour, self.frame_shape):
+        for layer in (self.colour, self.shape):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -144,20 +120,6 @@ class NeedleHeads(nn.Module):
         tokens = tokens.float()
         return balanced_cross_entropy(self.colour(tokens), colour) + balanced_cross_entropy(
             self.shape(tokens), shape
-        )
-
-    def frame_loss(
-        self,
-        tokens: torch.Tensor,
-        sizes: Sequence[int],
-        colour: torch.Tensor,
-        shape: torch.Tensor,
-    ) -> torch.Tensor:
-        """Frame level: each image's merged tokens (``sizes`` of them, in order) max-pooled, as
-        `pooled_frames` pools them, against the needle the image shows."""
-        pooled = max_pool_images(tokens.float(), sizes)
-        return balanced_cross_entropy(self.frame_colour(pooled), colour) + balanced_cross_entropy(
-            self.frame_shape(pooled), shape
         )
 
 

@@ -1,0 +1,1 @@
+"""Recipes built on vmtr: how particular models were trained (never imported by the library)."""

@@ -1,0 +1,1 @@
+"""The bundled tiny model: its training curriculum, build scripts and probes."""
