@@ -31,7 +31,7 @@ if [ ! -f "$OUT/report.json" ]; then
   if ls "$OUT"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
   mkdir -p "$RUN/frames" "$OUT"
   [ -e "$OUT/frames" ] || ln -s ../frames "$OUT/frames"
-  vmtr train sft --out "$OUT" --model vmtr/assets/tiny --data "$D/train-s1000" --steps 200 \
+  python -m recipes.tiny.curriculum --out "$OUT" --model tiny --data "$D/train-s1000" --steps 200 \
     --save-every 25 --answer-form needle --batch-size 8 --lr 2e-4 --warmup 10 --seed 6 \
     --eval-items 30 --caption-share 0.5 --caption-layout first-turn --caption-content-loss \
     --content-weight 5 --single-turn-share 0.2 --retrieve-block 8 --retrieve-again 0.5 \
