@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import random
 import statistics
 import sys
 import time
@@ -51,14 +50,13 @@ from vmtr.models.gta import (
     cache_numbers_per_token,
     decoder_layers,
     load_model,
-    save_as_gta,
 )
-from vmtr.models.tiny import build_processor, build_tiny, build_tokenizer, tiny_config
+from vmtr.models.tiny import build_processor, build_tokenizer, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `recipes`
 
 from recipes.tiny.curriculum.config import CurriculumConfig  # noqa: E402
-from recipes.tiny.curriculum.trainer import corpus_texts, run_curriculum  # noqa: E402
+from recipes.tiny.curriculum.trainer import run_curriculum  # noqa: E402
 
 CONTEXTS = (256, 1024, 4096, 16384)
 
@@ -113,29 +111,10 @@ def paper_shape_ratio() -> float:
 # Training both with the tiny model's curriculum
 
 
-def make_inits(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Path]:
-    """The recipe's fresh tiny model (GQA) and the same weights with GTA attention swapped in."""
-    from vmtr.eval.datasets import load_video_mtr_json
-
-    items = load_video_mtr_json(data / "annotations.json")
-    random.Random(args.seed).shuffle(items)  # the recipe's own split: train after eval_items
-    gqa = work / "init-gqa"
-    if not (gqa / "config.json").exists():
-        build_tiny(
-            gqa,
-            seed=args.seed,
-            extra_texts=corpus_texts(items[args.eval_items :], seed=args.seed),
-            vocab_size=CurriculumConfig.model_fields["tiny_vocab"].default,
-            **CurriculumConfig.model_fields["tiny_sizes"].default_factory(),
-        )
-    gta = work / "init-gta"
-    if not (gta / "config.json").exists():
-        save_as_gta(gqa, gta, GTASettings(**json.loads(args.gta)), seed=args.seed)
-    return {"gqa": gqa, "gta": gta}
-
-
-def train_and_evaluate(name: str, init: Path, data: Path, work: Path, args: argparse.Namespace):
-    """One SFT run; returns the recipe's report (held-out accuracy under ``eval``)."""
+def train_and_evaluate(name: str, data: Path, work: Path, args: argparse.Namespace):
+    """One SFT run from the recipe's fresh tiny model, as it is (GQA) or with its attention
+    switched to fresh GTA (``--attention gta``: same seed, so every other initial weight is
+    shared); returns the recipe's report (held-out accuracy under ``eval``)."""
     out = work / f"sft-{name}"
     report_path = out / "report.json"
     if report_path.exists() and not args.retrain:
@@ -143,7 +122,9 @@ def train_and_evaluate(name: str, init: Path, data: Path, work: Path, args: argp
     config = CurriculumConfig(
         data=[data],
         out=out,
-        model=str(init),
+        model="tiny-init",
+        attention="gta" if name == "gta" else "model",
+        gta=json.loads(args.gta),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -272,11 +253,10 @@ def main() -> None:
             generate(
                 data, SyntheticSettings(n_items=args.items, seed=args.seed, minutes=args.minutes)
             )
-        inits = make_inits(work, data, args)
         # Side by side in two processes: both runs see the same machine load.
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {
-                name: pool.submit(train_and_evaluate, name, inits[name], data, work, args)
+                name: pool.submit(train_and_evaluate, name, data, work, args)
                 for name in ("gqa", "gta")
             }
             reports = {name: future.result() for name, future in futures.items()}

@@ -44,6 +44,16 @@ def sft(
     max_turns: Annotated[
         int, typer.Option(min=1, help="The turn budget the episodes were recorded with.")
     ] = 3,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="model (as the checkpoint has it) or gta: fresh grouped-tied attention in the "
+            "text decoder, trained from scratch (the other weights kept)."
+        ),
+    ] = "model",
+    gta_settings: Annotated[
+        str, typer.Option(help='With --attention gta: GTA settings as JSON, e.g. {"groups": 2}.')
+    ] = "{}",
     model: Annotated[
         str, typer.Option(help="A hub id or checkpoint folder; `tiny` is the bundled model.")
     ] = "tiny",
@@ -85,6 +95,8 @@ def sft(
             heldout=heldout,
             lora_rank=lora_rank,
             quantization=quantization,
+            attention=attention,
+            gta=json.loads(gta_settings),
         )
         recipe = EpisodeSFT(settings, log=lambda m: typer.echo(m, err=True))
         recipe.setup()

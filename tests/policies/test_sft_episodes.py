@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from vmtr.cli import app
 from vmtr.config import ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
+from vmtr.models.gta import GTAAttention, decoder_layers, gta_settings, load_model
 from vmtr.policies.episodes import EpisodeError, read_episodes, replay
 
 
@@ -77,3 +78,24 @@ def test_fine_tune_on_samples_then_ask(samples, tmp_path, lora):
     )
     assert asked.exit_code == 0, asked.output
     assert json.loads(asked.stdout)["turns"]
+
+
+def test_attention_gta_trains_fresh_gta_that_reloads(samples, tmp_path):
+    """`--attention gta` swaps in fresh grouped-tied attention, trains it and saves a GTA model
+    that `vmtr ask` loads; LoRA cannot train the new layers, so that combination is refused."""
+    out = tmp_path / "gta"
+    args = ["train", "sft", "--episodes", str(samples), "--out", str(out), "--model", "tiny"]
+    args += ["--steps", "1", "--batch-size", "2", "--lr", "1e-3", "--warmup", "0"]
+    result = CliRunner().invoke(
+        app, [*args, "--attention", "gta", "--gta-settings", '{"groups": 2}']
+    )
+    assert result.exit_code == 0, result.output
+    model = load_model(out / "final")
+    assert isinstance(decoder_layers(model)[0].self_attn, GTAAttention)
+    assert gta_settings(model).groups == 2
+    refused = CliRunner().invoke(
+        app,
+        ["train", "sft", "--episodes", str(samples), "--out", str(tmp_path / "x")]
+        + ["--attention", "gta", "--lora-rank", "4"],
+    )
+    assert refused.exit_code == 1 and "drop --lora-rank" in refused.output, refused.output

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.adapters import add_lora, load_adapter, save_adapter, save_merged
+from vmtr.models.gta import GTASettings, apply_gta, gta_settings
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.conversation import collate, encode_conversation, token_loss
 from vmtr.policies.episodes import (
@@ -53,6 +54,13 @@ class EpisodeSFTSettings(BaseModel):
     save_every: int = Field(50, ge=1)
     lora_rank: int = Field(0, ge=0)
     quantization: Literal["none", "4bit", "8bit"] = "none"
+    attention: Literal["model", "gta"] = Field(
+        "model",
+        description="`gta` swaps the text decoder's attention for fresh grouped-tied attention "
+        "(`vmtr.models.gta`) before training, which then trains it from scratch (the other "
+        "weights are kept); checkpoints reload as GTA.",
+    )
+    gta: GTASettings = GTASettings()
     seed: int = 0
     protocol: ProtocolSettings = ProtocolSettings()
 
@@ -94,6 +102,13 @@ class EpisodeSFT:
             )
         )
         model = self.lm.model
+        if self.s.attention == "gta" and resume is None and gta_settings(model) is None:
+            if lora or self.s.quantization != "none":
+                raise EpisodeError(
+                    "--attention gta trains new attention layers in full: drop --lora-rank "
+                    "and --quantization"
+                )
+            apply_gta(model, self.s.gta)
         if lora:
             model = (
                 load_adapter(model, resume, trainable=True)

@@ -38,6 +38,16 @@ def main(
             "`tiny` (the bundled model) or a checkpoint folder."
         ),
     ] = "tiny-init",
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="model (as the starting model has it) or gta: fresh grouped-tied attention, "
+            "trained from scratch (the other weights kept)."
+        ),
+    ] = "model",
+    gta_settings: Annotated[
+        str, typer.Option(help='With --attention gta: GTA settings as JSON, e.g. {"groups": 2}.')
+    ] = "{}",
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 8,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 3e-4,
@@ -169,6 +179,8 @@ def main(
             data=data,
             out=out,
             model=model,
+            attention=attention,
+            gta=json.loads(gta_settings),
             steps=steps,
             batch_size=batch_size,
             lr=lr,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import AutoProcessor
+from transformers import AutoConfig, AutoProcessor
 
 from recipes.tiny.curriculum.config import CurriculumConfig
 from recipes.tiny.curriculum.drills import answer_only, plan_answer_drill, plan_caption
@@ -46,7 +46,7 @@ from recipes.tiny.curriculum.weights import content_token_ids, content_weights
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.eval.synthetic import COLOURS, SHAPES
-from vmtr.models.gta import load_model
+from vmtr.models.gta import gta_settings, load_model, save_as_gta
 from vmtr.models.qwen import QwenVideoLM, resolve_model_path
 from vmtr.models.tiny import build_tiny
 from vmtr.models.vlm import ModelLoadError
@@ -178,6 +178,17 @@ class Curriculum:
         return items
 
     def _initial_model(self, items: Sequence[QAItem]) -> Path:
+        """The starting checkpoint, switched to fresh GTA attention when asked
+        (``attention="gta"``; a checkpoint that is GTA already stays as it is)."""
+        source = self._starting_model(items)
+        if self.cfg.attention != "gta" or gta_settings(AutoConfig.from_pretrained(source)):
+            return source
+        target = self.cfg.out / "init-gta"
+        if not (target / "config.json").exists():
+            save_as_gta(source, target, self.cfg.gta, seed=self.cfg.seed)
+        return target
+
+    def _starting_model(self, items: Sequence[QAItem]) -> Path:
         """A fresh random tiny model (``tiny-init``, so the recipe reproduces from scratch), or
         the given checkpoint (``tiny``: the bundled model)."""
         if self.cfg.model != "tiny-init":

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from recipes.tiny.curriculum import __main__ as curriculum_cli
 from recipes.tiny.curriculum import config, drills, trainer
 from vmtr.eval.runner import read_rows, read_runs
+from vmtr.models.gta import GTAAttention, decoder_layers, load_model
 from vmtr.policies import conversation
 
 
@@ -137,3 +138,31 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = _cli(["--data", str(tmp_path), "--out", str(tmp_path), "--answer-form", "bridge"])
     assert result.exit_code == 1 and "answer_form" in result.output
     assert "Traceback" not in result.output
+
+
+def test_attention_gta_trains_fresh_gta_from_the_same_initial_weights(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """`--attention gta`: the recipe's fresh model with only its attention replaced; the trained
+    checkpoint reloads as GTA, resume keeps it GTA."""
+    gqa = trainer.Curriculum(
+        _config(data_dir, tmp_path / "gqa", steps=1).model_copy(update={"model": "tiny-init"}),
+        log=lambda _: None,
+    )
+    gqa.setup()
+    cfg = _config(data_dir, tmp_path / "gta", steps=1).model_copy(
+        update={"model": "tiny-init", "attention": "gta"}
+    )
+    gta = trainer.Curriculum(cfg, log=lambda _: None)
+    gta.setup()
+    assert isinstance(decoder_layers(gta.model)[0].self_attn, GTAAttention)
+    assert not isinstance(decoder_layers(gqa.model)[0].self_attn, GTAAttention)
+    gqa_weights = gqa.model.state_dict()
+    shared = [k for k in gta.model.state_dict() if ".self_attn." not in k]
+    assert shared and all(torch.equal(gta.model.state_dict()[k], gqa_weights[k]) for k in shared)
+    gta.train()
+    final = load_model(gta.save())
+    assert isinstance(decoder_layers(final)[0].self_attn, GTAAttention)
+    resumed = trainer.Curriculum(cfg.model_copy(update={"steps": 2}), log=lambda _: None)
+    resumed.setup(resume=True)
+    assert isinstance(decoder_layers(resumed.model)[0].self_attn, GTAAttention)
