@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:-runs/colour}
 D="$RUN/data"
+mkdir -p "${RUN}-rl"
 if [ ! -f "$D/heldout-s7000/annotations.json" ]; then
   vmtr synth "$D/heldout-s7000" --n 200 --seed 7000 --kinds colour
 fi
