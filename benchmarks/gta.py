@@ -49,9 +49,9 @@ from vmtr.models.gta import (
     attention_flops_per_token,
     cache_numbers_per_token,
     decoder_layers,
-    load_model,
 )
 from vmtr.models.tiny import build_processor, build_tokenizer, tiny_config
+from vmtr.models.weights import load_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `recipes`
 
@@ -138,7 +138,7 @@ def train_and_evaluate(name: str, data: Path, work: Path, args: argparse.Namespa
     torch.set_num_threads(1)
     started = time.perf_counter()
     report = run_curriculum(config, log=lambda m: print(f"  [{name}] {m}", flush=True))
-    final = load_model(report["final"])
+    final = load_pretrained(report["final"])
     trained_gta = isinstance(decoder_layers(final)[0].self_attn, GTAAttention)
     if trained_gta != (name == "gta"):
         raise RuntimeError(f"{name}: the recipe trained the wrong attention")

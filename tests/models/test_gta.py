@@ -24,12 +24,12 @@ from vmtr.models.gta import (
     cache_numbers_per_token,
     decoder_layers,
     gta_settings,
-    load_model,
     maybe_apply_gta,
     save_as_gta,
 )
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.models.tiny import build_processor, build_tokenizer, tiny_config
+from vmtr.models.weights import load_pretrained
 
 SETTINGS = GTASettings()  # 2 maps, 1 key head, 12-dim latent
 
@@ -268,7 +268,7 @@ def test_backend_decode_loop_runs_gta(processor, gta_model):
 def test_save_and_reload_keep_gta(processor, gta_model, tmp_path: Path):
     gta_model.save_pretrained(tmp_path / "gta")
     processor.save_pretrained(tmp_path / "gta")
-    loaded = load_model(tmp_path / "gta", dtype=torch.float32)
+    loaded = load_pretrained(tmp_path / "gta", dtype=torch.float32)
     assert gta_settings(loaded) == SETTINGS
     assert all(isinstance(layer.self_attn, GTAAttention) for layer in decoder_layers(loaded))
     inputs = _inputs(processor)
@@ -277,7 +277,7 @@ def test_save_and_reload_keep_gta(processor, gta_model, tmp_path: Path):
     # A plain checkpoint still loads through the same door, unchanged.
     plain = _model(processor, None)
     plain.save_pretrained(tmp_path / "plain")
-    again = load_model(tmp_path / "plain")
+    again = load_pretrained(tmp_path / "plain")
     assert gta_settings(again) is None
     assert not isinstance(decoder_layers(again)[0].self_attn, GTAAttention)
 
@@ -295,7 +295,7 @@ def test_save_as_gta_keeps_the_other_weights(processor, tmp_path: Path):
     plain.save_pretrained(tmp_path / "plain")
     processor.save_pretrained(tmp_path / "plain")
     save_as_gta(tmp_path / "plain", tmp_path / "gta", SETTINGS)
-    switched = load_model(tmp_path / "gta")
+    switched = load_pretrained(tmp_path / "gta")
     assert gta_settings(switched) == SETTINGS
     assert isinstance(decoder_layers(switched)[0].self_attn, GTAAttention)
     before, after = plain.state_dict(), switched.state_dict()

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from vmtr.cli import app
 from vmtr.config import ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
-from vmtr.models.gta import GTAAttention, decoder_layers, gta_settings, load_model
+from vmtr.models.gta import GTAAttention, decoder_layers, gta_settings
+from vmtr.models.weights import load_pretrained
 from vmtr.policies.episodes import EpisodeError, read_episodes, replay
 
 
@@ -90,7 +91,7 @@ def test_attention_gta_trains_fresh_gta_that_reloads(samples, tmp_path):
         app, [*args, "--attention", "gta", "--gta-settings", '{"groups": 2}']
     )
     assert result.exit_code == 0, result.output
-    model = load_model(out / "final")
+    model = load_pretrained(out / "final")
     assert isinstance(decoder_layers(model)[0].self_attn, GTAAttention)
     assert gta_settings(model).groups == 2
     refused = CliRunner().invoke(

@@ -12,7 +12,7 @@ attention sum and the latents stay cacheable). The cache holds ``key_heads`` key
 
 How it plugs in: `apply_gta` swaps every text-decoder ``self_attn`` of a
 ``Qwen2_5_VLForConditionalGeneration`` for a `GTAAttention` and records the settings in
-``config.text_config.gta``, so ``save_pretrained`` keeps them; `load_model` reads them back and
+``config.text_config.gta``, so ``save_pretrained`` keeps them; `vmtr.models.weights.load_pretrained` reads them back and
 rebuilds the GTA layers before loading weights (plain checkpoints load as usual). The module keeps
 transformers' contract (same forward signature, ``DynamicCache.update`` for the cache, the
 model's M-RoPE ``cos``/``sin`` applied to queries and shared keys, the configured attention
@@ -247,20 +247,14 @@ def save_as_gta(
     return target
 
 
-def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
-    """``AutoModelForImageTextToText.from_pretrained`` that also rebuilds saved GTA layers.
-
-    A checkpoint without ``gta`` in its text config goes straight to ``from_pretrained``. A GTA
-    checkpoint goes through ``from_pretrained`` too (same keywords, same checkpoint key mapping),
-    on a loading class that switches the layers to GTA right after construction, before the
-    weights are read; the model is then handed back as a plain
-    ``Qwen2_5_VLForConditionalGeneration``.
-    """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+def load_gta_checkpoint(path: str | Path, **kwargs: Any) -> nn.Module:
+    """A saved GTA checkpoint through ``from_pretrained`` (same keywords, same checkpoint key
+    mapping), on a loading class that switches the layers to GTA right after construction,
+    before the weights are read; handed back as a plain ``Qwen2_5_VLForConditionalGeneration``.
+    The GTA option of `vmtr.models.weights.load_pretrained`, which routes checkpoints here."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
-    if gta_settings(config) is None:
-        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     if not isinstance(config, Qwen2_5_VLConfig):
         raise ValueError(f"{path}: GTA is wired for Qwen2.5-VL, not {type(config).__name__}")
     model, info = _LoadAsGTA.from_pretrained(path, output_loading_info=True, **kwargs)

@@ -2,7 +2,8 @@
 
 `load_video_lm` turns a model spec (``tiny``, a local folder, a LoRA adapter folder, a hub id)
 into the in-process backend; `as_video_lm` accepts what a Python caller hands over instead: a
-`VideoLM` as it is, or a LangChain chat model wrapped. Kept apart from `vmtr.models.vlm` (the
+`VideoLM` as it is, or a LangChain chat model wrapped.
+Reading a checkpoint's weights is `vmtr.models.weights`. Kept apart from `vmtr.models.vlm` (the
 interface every backend implements) so that the interface imports no backend.
 """
 

@@ -25,9 +25,9 @@ from transformers import AutoProcessor, DynamicCache
 from vmtr.config import GenerationSettings, ModelSettings
 from vmtr.models.adapters import adapter_base, is_adapter_folder, load_adapter
 from vmtr.models.cache_names import cache_kwargs
-from vmtr.models.gta import load_model
 from vmtr.models.hub import hub_reachable
 from vmtr.models.vlm import FrameFetcher, Generation, ModelLoadError
+from vmtr.models.weights import load_pretrained
 from vmtr.protocol import frames_in
 
 MAX_SESSIONS = 8
@@ -185,7 +185,7 @@ class QwenVideoLM:
             kwargs["attn_implementation"] = settings.attn_implementation
         try:
             processor = AutoProcessor.from_pretrained(path)
-            model = load_model(path, **kwargs)  # GTA-aware from_pretrained
+            model = load_pretrained(path, **kwargs)  # GTA-aware from_pretrained
         except (OSError, ValueError, KeyError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             hint = (

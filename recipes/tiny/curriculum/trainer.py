@@ -46,10 +46,11 @@ from recipes.tiny.curriculum.weights import content_token_ids, content_weights
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.eval.synthetic import COLOURS, SHAPES
-from vmtr.models.gta import gta_settings, load_model, save_as_gta
+from vmtr.models.gta import gta_settings, save_as_gta
 from vmtr.models.qwen import QwenVideoLM, resolve_model_path
 from vmtr.models.tiny import build_tiny
 from vmtr.models.vlm import ModelLoadError
+from vmtr.models.weights import load_pretrained
 from vmtr.policies.conversation import collate, encode_conversation, token_loss
 from vmtr.policies.tags import single_token, tag_interior
 
@@ -111,7 +112,7 @@ class Curriculum:
         source = checkpoint or self._initial_model(train_items)
         torch.manual_seed(cfg.seed)
         self.processor = AutoProcessor.from_pretrained(source)
-        model = load_model(source, dtype=torch.float32)  # GTA checkpoints stay GTA
+        model = load_pretrained(source, dtype=torch.float32)  # GTA checkpoints stay GTA
         self.budget = backend_pixel_budget(model, self.processor)
         self.content_ids = content_token_ids(self.processor.tokenizer)
         tok = self.processor.tokenizer

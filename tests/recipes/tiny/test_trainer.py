@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from recipes.tiny.curriculum import __main__ as curriculum_cli
 from recipes.tiny.curriculum import config, drills, trainer
 from vmtr.eval.runner import read_rows, read_runs
-from vmtr.models.gta import GTAAttention, decoder_layers, load_model
+from vmtr.models.gta import GTAAttention, decoder_layers
+from vmtr.models.weights import load_pretrained
 from vmtr.policies import conversation
 
 
@@ -161,7 +162,7 @@ def test_attention_gta_trains_fresh_gta_from_the_same_initial_weights(
     shared = [k for k in gta.model.state_dict() if ".self_attn." not in k]
     assert shared and all(torch.equal(gta.model.state_dict()[k], gqa_weights[k]) for k in shared)
     gta.train()
-    final = load_model(gta.save())
+    final = load_pretrained(gta.save())
     assert isinstance(decoder_layers(final)[0].self_attn, GTAAttention)
     resumed = trainer.Curriculum(cfg.model_copy(update={"steps": 2}), log=lambda _: None)
     resumed.setup(resume=True)
