@@ -397,11 +397,16 @@ def describe_tiny(info: dict[str, Any]) -> str:
 
 
 def demo_item(folder: Path, seed: int) -> dict[str, Any]:
-    """One generated synthetic question with its video, for the demo."""
+    """One generated colour question with its 2-minute video, for the demo: the needle is on
+    none of the 16 first-turn frames, so an answer needs a retrieve (the tiny model reads
+    colours, not shapes, order or counts)."""
     from vmtr.eval.datasets import load_video_mtr_json
     from vmtr.eval.synthetic import SyntheticSettings, generate
 
-    path = generate(folder, SyntheticSettings(n_items=1, seed=seed, minutes=1.0))
+    settings = SyntheticSettings(
+        n_items=1, seed=seed, minutes=2.0, kinds=("colour",), avoid_first_turn=True
+    )
+    path = generate(folder, settings)
     item = load_video_mtr_json(path)[0]
     return {
         "video": str(item.video),
