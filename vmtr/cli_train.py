@@ -14,6 +14,19 @@ from typing import Annotated
 
 import typer
 
+AttentionOption = Annotated[
+    str,
+    typer.Option(
+        help="model (as the starting model has it) or gta: fresh grouped-tied attention in the "
+        "text decoder, trained from scratch (the other weights kept)."
+    ),
+]
+GtaSettingsOption = Annotated[
+    str, typer.Option(help='With --attention gta: GTA settings as JSON, e.g. {"groups": 2}.')
+]
+"""The two options every trainer that can train GTA from scratch takes (`vmtr train sft`, the
+tiny model's curriculum)."""
+
 train_app = typer.Typer(
     help="Train the model on the Video-MTR protocol (SFT on recorded episodes, RL).",
     no_args_is_help=True,
@@ -44,16 +57,8 @@ def sft(
     max_turns: Annotated[
         int, typer.Option(min=1, help="The turn budget the episodes were recorded with.")
     ] = 3,
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="model (as the checkpoint has it) or gta: fresh grouped-tied attention in the "
-            "text decoder, trained from scratch (the other weights kept)."
-        ),
-    ] = "model",
-    gta_settings: Annotated[
-        str, typer.Option(help='With --attention gta: GTA settings as JSON, e.g. {"groups": 2}.')
-    ] = "{}",
+    attention: AttentionOption = "model",
+    gta_settings: GtaSettingsOption = "{}",
     model: Annotated[
         str, typer.Option(help="A hub id or checkpoint folder; `tiny` is the bundled model.")
     ] = "tiny",

@@ -18,6 +18,7 @@ from recipes.tiny.curriculum.config import CurriculumConfig
 from recipes.tiny.curriculum.episodes import CurriculumError
 from recipes.tiny.curriculum.trainer import run_curriculum
 from vmtr.cli_errors import fail
+from vmtr.cli_train import AttentionOption, GtaSettingsOption
 from vmtr.eval.datasets import DatasetError
 from vmtr.models.vlm import ModelLoadError
 
@@ -38,16 +39,8 @@ def main(
             "`tiny` (the bundled model) or a checkpoint folder."
         ),
     ] = "tiny-init",
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="model (as the starting model has it) or gta: fresh grouped-tied attention, "
-            "trained from scratch (the other weights kept)."
-        ),
-    ] = "model",
-    gta_settings: Annotated[
-        str, typer.Option(help='With --attention gta: GTA settings as JSON, e.g. {"groups": 2}.')
-    ] = "{}",
+    attention: AttentionOption = "model",
+    gta_settings: GtaSettingsOption = "{}",
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 8,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 3e-4,
