@@ -23,8 +23,9 @@ table of accuracy, mean turns, retrieve rate and mean frames seen, and under it 
 answers by whether the needles were shown, by question kind and by turns taken. Per-item results
 are the runner's results folders beside each checkpoint (the warm start's beside the held-out
 set), and RL runs resume from their checkpoints, so an interrupted ablation picks up where it
-stopped. The held-out
-set and the warm start's rows are the ones `synthetic_table.py --model START` makes, so the two
+stopped. Each arm's run with the best held-out accuracy is named in
+``OUT/best-ARM-HELDOUT.txt`` (its last checkpoint's path). The held-out set and the warm start's
+rows are the ones `synthetic_table.py --model START` makes, so the two
 tables share them.
 
 With several ``--seed`` values every arm runs once per seed (the prompts drawn and the sampling
@@ -371,6 +372,11 @@ def main() -> None:
         for line in (evidence_line(row), breakdown_line(row)):
             if line:
                 print(line)
+    for name, per_seed in by_seed.items():
+        # each arm's best run by held-out accuracy, for a recipe that bundles one
+        seed = max(per_seed, key=lambda s: per_seed[s]["accuracy"])
+        best = args.out / f"best-{arm_slug(name)}-{args.heldout.name}.txt"
+        best.write_text(f"{checkpoints[name, seed]}\n")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# The colour RL warm start from the bundled tiny model, its aim trained away.
+# The colour RL warm start: the four-kind tiny model (recipes/tiny/train_tiny.sh), its aim
+# trained away.
 #
 # A warm start for "RL learns where to look" must read colours and say where the border was,
 # but its retrieves must not aim. Trained from scratch (recipes/tiny/warm_start.sh) it reads
 # colours (100 % with oracle aim) but does not name the border: its first reply names the
-# border's first-turn frames exactly in 5 % of held-out items, also after 300 steps of drills on
+# border's first-turn frames exactly in 5 % of held-out items, also after 200 steps of drills on
 # the first turn's frames (it writes one range for every item), though a linear probe on its
-# tower tells border frames from others 100 %. The bundled model names them in 70 % (it learned
-# to over hours of drills), but its last supervised stages scripted its retrieves from those
-# frames. So this stage continues it on colour items with every scripted retrieve one of the
-# eight aligned 8-frame blocks picked at random (never the border's or the needle's), half the
-# examples drills on the first turn's frames (the loss on what they read) so the naming stays.
+# tower tells border frames from others 100 %. The four-kind model of train_tiny.sh names them
+# in 70 % (it learned to over hours of drills), but its last supervised stages scripted its
+# retrieves from those frames. So this stage continues it on colour items with every scripted
+# retrieve one of the eight aligned 8-frame blocks picked at random (never the border's or the
+# needle's), half the examples drills on the first turn's frames (the loss on what they read)
+# so the naming stays.
 # The report checks it: needles shown near the random-block bar (it no longer aims), border
 # named kept, oracle aim >= 95 % (reading is not the limit).
 # Run time on one CPU core: about 15 min training, 8 min evaluation.
-# Usage: recipes/tiny/unaimed_start.sh [RUN_DIR]  (default runs/colour; its data/ as
-# warm_start.sh writes it: train-s1000 and heldout-s5000)
+# Usage: recipes/tiny/unaimed_start.sh [RUN_DIR [START]]  (default runs/colour, whose data/ it
+# writes as warm_start.sh does; START: the four-kind model recipes/tiny/train_tiny.sh makes,
+# default runs/tiny/17-rl/checkpoint-30)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:-runs/colour}
+START=${2:-runs/tiny/17-rl/checkpoint-30}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 D="$RUN/data"
 for split in "train-s1000 1000 510" "heldout-s5000 5000 200"; do
@@ -31,7 +35,7 @@ if [ ! -f "$OUT/report.json" ]; then
   if ls "$OUT"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
   mkdir -p "$RUN/frames" "$OUT"
   [ -e "$OUT/frames" ] || ln -s ../frames "$OUT/frames"
-  python -m recipes.tiny.curriculum --out "$OUT" --model tiny --data "$D/train-s1000" --steps 200 \
+  python -m recipes.tiny.curriculum --out "$OUT" --model "$START" --data "$D/train-s1000" --steps 200 \
     --save-every 25 --answer-form needle --batch-size 8 --lr 2e-4 --warmup 10 --seed 6 \
     --eval-items 30 --caption-share 0.5 --caption-layout first-turn --caption-content-loss \
     --content-weight 5 --single-turn-share 0.2 --retrieve-block 8 --retrieve-again 0.5 \
