@@ -45,6 +45,9 @@ import torch
 
 from vmtr.models.cache_names import cache_kwargs, output_cache
 
+ALL_KINDS = "colour,shape,order,count"
+"""The generator's default question kinds (`vmtr synth --kinds`)."""
+
 QUESTION = "Which colour was the shape shown while the border was visible?"
 OPTIONS = ["A. red", "B. blue", "C. green", "D. yellow"]
 
@@ -299,13 +302,19 @@ def accuracy(args: argparse.Namespace) -> tuple[float | None, float | None, str]
         return None, None, "not measured: the bundled tiny model is not trained yet"
     torch.set_num_threads(args.threads)
     # item i depends only on (seed, i), so a larger set of the same seed serves a smaller run
-    sets = sorted(Path(args.data).glob(f"seed{args.acc_seed}-n*/annotations.json"))
+    kinds = tuple(args.acc_kinds.split(","))
+    tag = "" if args.acc_kinds == ALL_KINDS else "-" + args.acc_kinds.replace(",", "+")
+    sets = sorted(Path(args.data).glob(f"seed{args.acc_seed}{tag}-n*/annotations.json"))
     found = [p for p in sets if int(p.parent.name.rsplit("-n", 1)[1]) >= args.acc_n]
-    if found:
+    if args.acc_data:
+        path = Path(args.acc_data) / "annotations.json"
+    elif found:
         path = found[0]
     else:
-        data = Path(args.data) / f"seed{args.acc_seed}-n{args.acc_n}"
-        path = generate(data, SyntheticSettings(n_items=args.acc_n, seed=args.acc_seed))
+        data = Path(args.data) / f"seed{args.acc_seed}{tag}-n{args.acc_n}"
+        path = generate(
+            data, SyntheticSettings(n_items=args.acc_n, seed=args.acc_seed, kinds=kinds)
+        )
     items = load_video_mtr_json(path)[: args.acc_n]
     lm = QwenVideoLM.load(ModelSettings(model=args.model, device="cpu", dtype="float32"))
     sparse = SparseSettings(**json.loads(args.acc_sparse))
@@ -328,6 +337,18 @@ def accuracy(args: argparse.Namespace) -> tuple[float | None, float | None, str]
                     dense_baseline=mode == "dense",
                     **common,
                 )
+            elif args.acc_protocol == "single":
+                # one turn of the protocol with every frame: what a long-input reader answers from
+                result = ask(
+                    item.video,
+                    item.question,
+                    item.options,
+                    model=models[mode],
+                    max_turns=1,
+                    pool_size=args.acc_frames,
+                    first_turn_frames=args.acc_frames,
+                    **common,
+                )
             else:
                 result = ask(item.video, item.question, item.options, model=models[mode], **common)
             answers[mode] = result.answer
@@ -339,11 +360,11 @@ def accuracy(args: argparse.Namespace) -> tuple[float | None, float | None, str]
             file=sys.stderr,
         )
     n = len(items)
-    where = (
-        f"long-context mode, {args.acc_frames} frames, {args.frames_per_label} a label"
-        if args.acc_protocol == "long"
-        else "default protocol (16 + 8 + 8 frames)"
-    )
+    where = {
+        "long": f"long-context mode, {args.acc_frames} frames, {args.frames_per_label} a label",
+        "single": f"one protocol turn of {args.acc_frames} frames",
+        "default": "default protocol (16 + 8 + 8 frames)",
+    }[args.acc_protocol]
     note = f"{n} items, {where}, sparse {args.acc_sparse}, same answer {same}/{n}"
     return correct["dense"] / n, correct["sparse"] / n, note
 
@@ -400,8 +421,22 @@ def main() -> None:
         "(1 = a label per frame).",
     )
     parser.add_argument("--acc-n", type=int, default=60)
-    parser.add_argument("--acc-protocol", choices=["default", "long"], default="default")
-    parser.add_argument("--acc-frames", type=int, default=32, help="Frames in the long mode.")
+    parser.add_argument(
+        "--acc-protocol",
+        choices=["default", "long", "single"],
+        default="default",
+        help="default: the multi-turn agent; long: the long-context mode; single: one protocol "
+        "turn showing --acc-frames frames (the pool itself).",
+    )
+    parser.add_argument(
+        "--acc-frames", type=int, default=32, help="Frames in the long and single modes."
+    )
+    parser.add_argument(
+        "--acc-kinds", default=ALL_KINDS, help="Question kinds of the generated items."
+    )
+    parser.add_argument(
+        "--acc-data", help="A `vmtr synth` folder to ask instead of generating items."
+    )
     parser.add_argument(
         "--acc-sparse",
         default='{"frames_per_chunk": 4, "window": 1, "pool_factor": 4, '
