@@ -21,7 +21,7 @@ if [ ! -f "$D/heldout-s7000/annotations.json" ]; then
 fi
 for held in "heldout-s5000 5000" "heldout-s7000 7000"; do
   set -- $held
-  python benchmarks/rl_ablation.py --start "$RUN/unaimed/final" --train "$D/train-s1000" \
+  python benchmarks/rl_ablation.py --start "$RUN/unaimed-2/final" --train "$D/train-s1000" \
     --heldout "$D/$1" --heldout-seed "$2" --n 200 --steps 200 --lr 1e-4 --kl-coef 0 \
     --temperature 0.6 --seed 0 1 2 --parallel 2 --freeze-vision --out "${RUN}-rl" --plot "${RUN}-rl/curves.png" \
     | tee "${RUN}-rl/table-$1.md"

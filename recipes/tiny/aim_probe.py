@@ -1,0 +1,96 @@
+"""Is an RL run learning to aim? Its first retrieves against the border its own replies named.
+
+    python recipes/tiny/aim_probe.py RUN_DIR [RUN_DIR ...] --data runs/colour/data/train-s1000 \\
+        [--window 10]
+
+Reads each `vmtr train rl` run's ``rollouts.jsonl`` (every sampled episode of every step) and,
+per window of steps, over the episodes whose first reply retrieved:
+
+- **copies border**: the retrieved range holds the first frame the reply named as the border
+  ("Border: frames 17 to 21." then "<retrieve>16, 23</retrieve>"), the rule that aims;
+- **border named right**: that named frame is inside the item's real border (the cue);
+- **needle in range**: the first retrieve's range holds the needle the question asks about.
+
+A run that learns where to look raises "copies border" and, as far as its naming is right,
+"needle in range"; random blocks hold the needle in about one first retrieve in eight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+BORDER = re.compile(r"Border: frames? (\d+)")
+RANGE = re.compile(r"<retrieve>\s*(\d+)\s*,\s*(\d+)\s*</retrieve>")
+
+
+def named_and_range(reply: str) -> tuple[int, int, int] | None:
+    """(first border frame named, range start, range end) of a reply that names a border and
+    retrieves a range; None otherwise."""
+    border, span = BORDER.search(reply), RANGE.search(reply)
+    if border is None or span is None:
+        return None
+    return int(border.group(1)), int(span.group(1)), int(span.group(2))
+
+
+def first_retrieve(episode: dict[str, Any]) -> tuple[int, int, int] | None:
+    """`named_and_range` of an episode's first reply, if that reply retrieved."""
+    first = episode["turns"][0]
+    return named_and_range(first["reply"]) if first["action"] == "retrieve" else None
+
+
+def window_rows(
+    rollouts: Path, items: dict[str, dict[str, Any]], window: int
+) -> list[dict[str, Any]]:
+    """The three shares per window of ``window`` steps."""
+    counts: dict[int, list[int]] = {}
+    for line in rollouts.read_text().splitlines():
+        episode = json.loads(line)
+        got = first_retrieve(episode)
+        item = items.get(episode["item"])
+        if got is None or item is None:
+            continue
+        named, start, end = got
+        cue_first, cue_last = item["cue_pool_indices"]
+        needles = item["needle_pool_indices"]
+        row = counts.setdefault((episode["step"] - 1) // window, [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += start <= named <= end
+        row[2] += cue_first <= named <= cue_last
+        row[3] += all(start <= k <= end for k in needles)
+    return [
+        {
+            "steps": f"{w * window + 1}-{(w + 1) * window}",
+            "retrieves": n,
+            "copies_border": copied / n,
+            "border_named_right": right / n,
+            "needle_in_range": hit / n,
+        }
+        for w, (n, copied, right, hit) in sorted(counts.items())
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--data", type=Path, required=True, help="The RL training split.")
+    parser.add_argument("--window", type=int, default=10)
+    args = parser.parse_args()
+    annotations = json.loads((args.data / "annotations.json").read_text())
+    items = {a["problem_id"]: a for a in annotations}
+    for run in args.runs:
+        print(f"\n{run}")
+        print("| steps | first retrieves | copies border | border named right | needle in range |")
+        print("|---|---:|---:|---:|---:|")
+        for r in window_rows(run / "rollouts.jsonl", items, args.window):
+            print(
+                f"| {r['steps']} | {r['retrieves']} | {r['copies_border']:.0%} "
+                f"| {r['border_named_right']:.0%} | {r['needle_in_range']:.0%} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
