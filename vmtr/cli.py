@@ -283,7 +283,7 @@ def ask(
 @app.command()
 def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    seed: Annotated[int, typer.Option(help="Which generated video and question.")] = 7,
+    seed: Annotated[int, typer.Option(help="Which generated video and question.")] = 1,
 ) -> None:
     """Generate a short video, then run the whole agent on it offline with the tiny model."""
     from vmtr.models.tiny import tiny_info
