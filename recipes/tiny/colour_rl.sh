@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # RL that learns where to look: the Video-MTR ablation in miniature on colour questions.
 #
-# From the colour warm start (recipes/tiny/warm_start.sh: reads colours, 100 % with oracle aim,
-# but its retrieves never aim), three GRPO arms that differ only in the reward -- answer only,
-# the gated bi-level reward (the released code's), the bi-level reward without the gate -- each
-# with three RL seeds, the vision tower fixed (reading is the warm start's; RL trains where to
-# look and when to answer). Then every arm is asked the held-out colour questions multi-turn and
-# the table and the accuracy / needles-shown curves are written (benchmarks/rl_ablation.py).
-# Rollouts sample at temperature 0.6: at 1.0 the warm start writes 57 % of its first replies
-# invalid, at 0.6 8 % (recipes/tiny/sample_probe.py). Runs resume from their checkpoints
+# From the colour warm start of recipes/tiny/unaimed_start.sh (reads colours, 100 % with oracle
+# aim; names the border's frames in 100 % of held-out items; its retrieves show the needle as often
+# as random blocks do), three GRPO arms that differ only in the reward -- answer only, the gated
+# bi-level reward (the released code's), the bi-level reward without the gate -- each with three
+# RL seeds, the vision tower fixed (reading is the warm start's; RL trains where to look and when
+# to answer). Then every arm is asked the held-out colour questions multi-turn and the table and
+# the accuracy / needles-shown curves are written (benchmarks/rl_ablation.py).
+# Rollouts sample at temperature 0.6 (at 1.0 a from-scratch warm start wrote 57 % of its first
+# replies invalid, at 0.6 8 %; recipes/tiny/sample_probe.py). Runs resume from their checkpoints
 # (every 10 steps), so re-running continues. lr 3e-5: at 1e-4 the gated arm sharpened its aim
 # (first retrieves holding the border frame named: 55 % -> 72 % in 20 steps), then, after a
 # batch where answering at once paid, every sample of every group answered at turn 1 by step 26
