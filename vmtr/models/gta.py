@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,6 +60,16 @@ class GTASettings(BaseModel):
     groups: int = Field(2, ge=1, description="Attention maps per layer; heads share them evenly.")
     key_heads: int = Field(1, ge=1, description="Cached key heads, shared by the groups.")
     latent_dim: int = Field(12, ge=1, description="Cached value latent width per token.")
+
+
+class AttentionChoice(BaseModel):
+    """The attention a trainer gives its model: as the checkpoint has it, or fresh grouped-tied
+    attention in the text decoder, trained from scratch with every other weight kept (a GQA and
+    a GTA run from the same seed share those). Mixed into the settings of every trainer that
+    can train GTA (`vmtr train sft`, the tiny model's curriculum); checkpoints reload as GTA."""
+
+    attention: Literal["model", "gta"] = "model"
+    gta: GTASettings = GTASettings()
 
 
 class GTAAttention(nn.Module):

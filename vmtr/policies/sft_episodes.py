@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.models.adapters import add_lora, load_adapter, save_adapter, save_merged
-from vmtr.models.gta import GTASettings, apply_gta, gta_settings
+from vmtr.models.gta import AttentionChoice, apply_gta, gta_settings
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.conversation import collate, encode_conversation, token_loss
 from vmtr.policies.episodes import (
@@ -36,7 +36,7 @@ from vmtr.policies.episodes import (
 from vmtr.tools.video import FrameCache
 
 
-class EpisodeSFTSettings(BaseModel):
+class EpisodeSFTSettings(AttentionChoice):
     """Everything `vmtr train sft --episodes` can change."""
 
     model_config = ConfigDict(extra="forbid")
@@ -54,13 +54,6 @@ class EpisodeSFTSettings(BaseModel):
     save_every: int = Field(50, ge=1)
     lora_rank: int = Field(0, ge=0)
     quantization: Literal["none", "4bit", "8bit"] = "none"
-    attention: Literal["model", "gta"] = Field(
-        "model",
-        description="`gta` swaps the text decoder's attention for fresh grouped-tied attention "
-        "(`vmtr.models.gta`) before training, which then trains it from scratch (the other "
-        "weights are kept); checkpoints reload as GTA.",
-    )
-    gta: GTASettings = GTASettings()
     seed: int = 0
     protocol: ProtocolSettings = ProtocolSettings()
 

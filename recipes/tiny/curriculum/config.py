@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from recipes.tiny.curriculum.drills import CaptionLayout
 from recipes.tiny.curriculum.episodes import AnswerForm, NeedleGuess
-from vmtr.models.gta import GTASettings
+from vmtr.models.gta import AttentionChoice
 
 
-class CurriculumConfig(BaseModel):
+class CurriculumConfig(AttentionChoice):
     """One stage: data, model, optimiser, the mix of examples and the auxiliary losses."""
 
     model_config = ConfigDict(extra="forbid")
@@ -24,13 +23,6 @@ class CurriculumConfig(BaseModel):
         description="`tiny-init` (a fresh random tiny model), `tiny` (the bundled one) or a "
         "checkpoint folder.",
     )
-    attention: Literal["model", "gta"] = Field(
-        "model",
-        description="`gta` trains grouped-tied attention from scratch: the starting model's "
-        "text-decoder attention is replaced by fresh GTA layers (other weights kept), so a GQA "
-        "and a GTA run from the same seed share every other initial weight.",
-    )
-    gta: GTASettings = GTASettings()
     steps: int = Field(1500, ge=1)
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
     micro_batch: int = Field(1, ge=1, description="Examples per forward pass (padded together).")
