@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,8 @@ SETTINGS = {
 }
 """The two ways the card reports: the protocol's turns, and 16 uniform frames in one turn."""
 
-LEFT_BEHIND = ("trainer_state.pt", "rng_state.pt", "optimizer.pt")
+LEFT_BEHIND = ("trainer_state.pt",)
+"""What a `vmtr train rl` checkpoint holds beside the model: the optimiser and step state."""
 
 
 def evaluate(checkpoint: Path, heldout: Path, folder: Path) -> dict[str, dict[str, Any]]:
@@ -79,6 +81,11 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--heldout", type=Path, nargs="+", required=True)
     parser.add_argument("--evals", type=Path, help="Where the eval runs go (default: beside it).")
+    parser.add_argument(
+        "--start",
+        default="runs/colour/unaimed-2/final",
+        help="The warm start the RL run began from, for the card's provenance.",
+    )
     parser.add_argument("--target", type=Path, default=TINY_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args()
     checkpoint = args.checkpoint.resolve()
@@ -110,10 +117,8 @@ def main() -> None:
         "recipe": "recipes/tiny/colour.sh",
         "answer_form": "needle",
         "provenance": {
-            "start": "runs/colour/unaimed/final",
-            "checkpoint": str(
-                Path("runs/colour-rl") / checkpoint.relative_to(checkpoint.parents[2])
-            ),
+            "start": args.start,
+            "checkpoint": os.path.relpath(checkpoint),
             "step": step,
         },
         "heldout": figures,

@@ -257,14 +257,12 @@ def save_as_gta(
     return target
 
 
-def load_gta_checkpoint(path: str | Path, **kwargs: Any) -> nn.Module:
+def load_gta_checkpoint(path: str | Path, config: Any, **kwargs: Any) -> nn.Module:
     """A saved GTA checkpoint through ``from_pretrained`` (same keywords, same checkpoint key
     mapping), on a loading class that switches the layers to GTA right after construction,
     before the weights are read; handed back as a plain ``Qwen2_5_VLForConditionalGeneration``.
-    The GTA option of `vmtr.models.weights.load_pretrained`, which routes checkpoints here."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
+    The GTA option of `vmtr.models.weights.load_pretrained`, which routes checkpoints here with
+    the config it has already read."""
     if not isinstance(config, Qwen2_5_VLConfig):
         raise ValueError(f"{path}: GTA is wired for Qwen2.5-VL, not {type(config).__name__}")
     model, info = _LoadAsGTA.from_pretrained(path, output_loading_info=True, **kwargs)

@@ -17,6 +17,7 @@ def load_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
     """``AutoModelForImageTextToText.from_pretrained`` that also rebuilds saved GTA layers: a
     checkpoint whose text config records GTA settings goes through `load_gta_checkpoint`,
     anything else straight to ``from_pretrained`` with the same keywords."""
-    if gta_settings(AutoConfig.from_pretrained(path)) is not None:
-        return load_gta_checkpoint(path, **kwargs)
+    config = AutoConfig.from_pretrained(path)
+    if gta_settings(config) is not None:
+        return load_gta_checkpoint(path, config, **kwargs)
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
