@@ -9,28 +9,28 @@ Measured, as GTA / GQA ratios:
   projections + scores + value mixing);
 - greedy decode tokens/s on the CPU with the cache (text-only prompt of ``--decode-context``
   tokens, runs interleaved, median of ``--repeats``);
-- held-out accuracy on the synthetic benchmark after the same SFT budget (`recipes.tiny.curriculum`,
-  identical config and seed for both), unless ``--no-train``.
+- with ``--readers``: the same on two trained checkpoints (`recipes/tiny/gta_readers.sh` trains a
+  GQA and a GTA colour reader with one recipe and seed), plus their held-out accuracy with oracle
+  aim (`vmtr eval synthetic --oracle-aim`: the needle is shown, so it measures reading).
 
 A "paper shape" row puts the same formulas on GTA-1B's sizes (20 heads of 64, 5 maps, one key
 head, 128-dim latent, against GQA with 5 key/value heads) for comparison with the paper's 30 %.
 
-    python benchmarks/gta.py [--no-train] [--steps 100 --items 160 --eval-items 40] [--work DIR]
+    python benchmarks/gta.py [--readers GQA GTA --heldout DIR] [--work DIR]
 
 The last line is ``gta: kv_cache_ratio=… attn_flops_ratio=… decode_speed_ratio=… acc_gta=…
 acc_gqa=…`` (``attn_flops_ratio`` at the longest context, ``decode_speed_ratio`` at the last
-``--decode-context``; accuracies ``nan`` when not trained).
+``--decode-context``; accuracies ``nan`` without ``--readers``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import os
 import statistics
-import sys
+import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -49,14 +49,10 @@ from vmtr.models.gta import (
     attention_flops_per_token,
     cache_numbers_per_token,
     decoder_layers,
+    gta_settings,
 )
 from vmtr.models.tiny import build_processor, build_tokenizer, tiny_config
 from vmtr.models.weights import load_pretrained
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `recipes`
-
-from recipes.tiny.curriculum.config import CurriculumConfig  # noqa: E402
-from recipes.tiny.curriculum.trainer import run_curriculum  # noqa: E402
 
 CONTEXTS = (256, 1024, 4096, 16384)
 
@@ -108,46 +104,39 @@ def paper_shape_ratio() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training both with the tiny model's curriculum
+# Accuracy of two readers trained the same way (recipes/tiny/gta_readers.sh)
 
 
-def train_and_evaluate(name: str, data: Path, work: Path, args: argparse.Namespace):
-    """One SFT run from the recipe's fresh tiny model, as it is (GQA) or with its attention
-    switched to fresh GTA (``--attention gta``: same seed, so every other initial weight is
-    shared); returns the recipe's report (held-out accuracy under ``eval``)."""
-    out = work / f"sft-{name}"
-    report_path = out / "report.json"
-    if report_path.exists() and not args.retrain:
-        return json.loads(report_path.read_text())
-    config = CurriculumConfig(
-        data=[data],
-        out=out,
-        model="tiny-init",
-        attention="gta" if name == "gta" else "model",
-        gta=json.loads(args.gta),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=min(args.warmup, args.steps),
-        seed=args.seed,
-        save_every=args.steps,
-        eval_items=args.eval_items,
-        single_turn_share=args.single_turn_share,
-    )
-    (out / "log.jsonl").unlink(missing_ok=True)  # the recipe appends; start this run's log afresh
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    report = run_curriculum(config, log=lambda m: print(f"  [{name}] {m}", flush=True))
-    final = load_pretrained(report["final"])
-    trained_gta = isinstance(decoder_layers(final)[0].self_attn, GTAAttention)
-    if trained_gta != (name == "gta"):
-        raise RuntimeError(f"{name}: the recipe trained the wrong attention")
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+def oracle_aim_accuracy(checkpoints: dict[str, Path], heldout: Path, work: Path) -> dict[str, Any]:
+    """`vmtr eval synthetic --oracle-aim` (greedy) of each checkpoint on ``heldout``, the two
+    side by side with one thread each; returns each one's ``results.json``. Oracle aim shows the
+    needle on the retrieve's turn, so the figure measures reading, what attention changes, not
+    aiming. A finished evaluation is read back; an interrupted one resumes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running = {}
+    for name, checkpoint in checkpoints.items():
+        out = work / f"eval-{name}"
+        if (out / "results.json").exists():
+            continue
+        command = ["vmtr", "eval", "synthetic", "--data", str(heldout), "-o", str(out)]
+        command += ["--model", str(checkpoint), "--oracle-aim", "--temperature", "0"]
+        command += ["--max-new-tokens", "96"]
+        running[name] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    for name, process in running.items():
+        if process.wait() != 0:
+            raise SystemExit(f"error: evaluating the {name} reader failed")
+    return {
+        name: json.loads((work / f"eval-{name}" / "results.json").read_text())
+        for name in checkpoints
+    }
+
+
+def final_train_loss(checkpoint: Path) -> float:
+    """Mean loss over the last tenth of the steps that wrote ``checkpoint`` (its run's log)."""
+    log = checkpoint.parent / "log.jsonl"
+    losses = [json.loads(line)["loss"] for line in log.read_text().splitlines() if line.strip()]
     tail = losses[-max(1, len(losses) // 10) :]
-    report["final_loss"] = sum(tail) / len(tail)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return sum(tail) / len(tail)
 
 
 def main() -> None:
@@ -156,28 +145,41 @@ def main() -> None:
     parser.add_argument("--decode-context", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-train", action="store_true", help="Skip the accuracy part.")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-gta"))
-    parser.add_argument("--items", type=int, default=160, help="Synthetic items (train + eval).")
-    parser.add_argument("--eval-items", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=1.0, help="Synthetic video length.")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--single-turn-share", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--retrain", action="store_true", help="Ignore finished runs in --work.")
+    parser.add_argument(
+        "--readers",
+        nargs=2,
+        type=Path,
+        metavar=("GQA", "GTA"),
+        help="Two checkpoints trained the same way, GQA then GTA (recipes/tiny/gta_readers.sh): "
+        "every row is measured on them, plus accuracy on --heldout. Without it, fresh models "
+        "and no accuracy.",
+    )
+    parser.add_argument("--heldout", type=Path, help="`vmtr synth` folder for --readers.")
+    parser.add_argument(
+        "--work", type=Path, default=Path("runs/bench-gta"), help="Where evaluations are kept."
+    )
     args = parser.parse_args()
+    if args.readers and not args.heldout:
+        parser.error("--readers needs --heldout")
     settings = GTASettings(**json.loads(args.gta))
 
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
-    torch.manual_seed(0)
-    gqa = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).eval()
-    torch.manual_seed(0)
-    gta = apply_gta(Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)), settings).eval()
-    models = {"gqa": gqa, "gta": gta}
+    if args.readers:
+        readers = dict(zip(("gqa", "gta"), args.readers, strict=True))
+        models = {name: load_pretrained(path).eval() for name, path in readers.items()}
+        if not isinstance(decoder_layers(models["gta"])[0].self_attn, GTAAttention):
+            raise SystemExit(f"error: {args.readers[1]} is not a GTA checkpoint")
+        if isinstance(decoder_layers(models["gqa"])[0].self_attn, GTAAttention):
+            raise SystemExit(f"error: {args.readers[0]} is a GTA checkpoint, not GQA")
+        settings = gta_settings(models["gta"].config) or settings
+    else:
+        torch.manual_seed(0)
+        gqa = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer)).eval()
+        torch.manual_seed(0)
+        fresh = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+        models = {"gqa": gqa, "gta": apply_gta(fresh, settings).eval()}
+    gqa = models["gqa"]
     text = gqa.config.text_config
     print(
         f"tiny text decoder: hidden {text.hidden_size}, {text.num_attention_heads} heads of "
@@ -244,33 +246,10 @@ def main() -> None:
         )
 
     acc = {"gqa": float("nan"), "gta": float("nan")}
-    if not args.no_train:
-        from vmtr.eval.synthetic import SyntheticSettings, generate
-
-        work = args.work
-        data = work / "data"
-        if not (data / "annotations.json").exists():
-            generate(
-                data, SyntheticSettings(n_items=args.items, seed=args.seed, minutes=args.minutes)
-            )
-        # Side by side in two processes: both runs see the same machine load.
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {
-                name: pool.submit(train_and_evaluate, name, data, work, args)
-                for name in ("gqa", "gta")
-            }
-            reports = {name: future.result() for name, future in futures.items()}
-        for name, report in reports.items():
-            acc[name] = report["eval"]["accuracy"]
-        rows.append(
-            (
-                f"SFT {args.steps} steps x {args.batch_size}: seconds",
-                f"{reports['gqa']['seconds']}",
-                f"{reports['gta']['seconds']}",
-                f"{reports['gta']['seconds'] / reports['gqa']['seconds']:.3f}",
-            )
-        )
-        loss = {k: r["final_loss"] for k, r in reports.items()}
+    if args.readers:
+        results = oracle_aim_accuracy(readers, args.heldout, args.work)
+        acc = {name: r["accuracy"] for name, r in results.items()}
+        loss = {name: final_train_loss(Path(path)) for name, path in readers.items()}
         rows.append(
             (
                 "train loss, mean of last 10% steps",
@@ -281,7 +260,7 @@ def main() -> None:
         )
         rows.append(
             (
-                f"held-out accuracy ({args.eval_items} items)",
+                f"held-out accuracy, oracle aim ({results['gqa']['n']} items)",
                 f"{acc['gqa']:.3f}",
                 f"{acc['gta']:.3f}",
                 f"{acc['gta'] - acc['gqa']:+.3f} (diff)",

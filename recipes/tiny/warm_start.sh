@@ -21,11 +21,14 @@
 # Data, checkpoints and results stay under RUN (git-ignored). Re-running skips finished steps;
 # an interrupted stage continues from its last checkpoint.
 # Usage: recipes/tiny/warm_start.sh [RUN_DIR]   (default runs/colour)
+# Environment: ATTENTION=gta trains the text decoder with fresh grouped-tied attention instead
+# of the model's own (every other initial weight as with GQA); UNTIL=NAME stops after stage NAME;
+# DATA=DIR reads the splits from DIR instead of RUN/data (written there when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:-runs/colour}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-D="$RUN/data"
+D=${DATA:-$RUN/data}
 
 # split NAME SEED N: a colour-only split of N 2-minute videos (skipped when written)
 split() {
@@ -43,14 +46,16 @@ stage() {
   shift 3
   local out="$RUN/$name" model=$from resume=()
   if [ "$from" != tiny ]; then model="$RUN/$from"; else model=tiny-init; fi
-  if [ -f "$out/report.json" ]; then return; fi
-  if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
-  # one frame cache for every stage (decoding a video costs more than a training step)
-  mkdir -p "$RUN/frames" "$out"
-  [ -e "$out/frames" ] || ln -s ../frames "$out/frames"
-  python -m recipes.tiny.curriculum --out "$out" --model "$model" --steps "$steps" \
-    --data "$D/train-s1000" \
-    --save-every 25 --answer-form needle --vision-aux-weight 1 "${resume[@]}" "$@"
+  if [ ! -f "$out/report.json" ]; then
+    if ls "$out"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
+    # one frame cache for every stage (decoding a video costs more than a training step)
+    mkdir -p "$RUN/frames" "$out"
+    [ -e "$out/frames" ] || ln -s ../frames "$out/frames"
+    python -m recipes.tiny.curriculum --out "$out" --model "$model" --steps "$steps" \
+      --data "$D/train-s1000" --attention "${ATTENTION:-model}" \
+      --save-every 25 --answer-form needle --vision-aux-weight 1 "${resume[@]}" "$@"
+  fi
+  if [ "${UNTIL:-}" = "$name" ]; then exit 0; fi
 }
 
 # 1. Reading drills only: 4 consecutive frames, the loss on colours, shapes, digits and letters.

@@ -92,6 +92,38 @@ def test_freeze_vision_trains_only_the_language_model(data, tmp_path):
     assert any(not torch.equal(text[k], after_text[k]) for k in text)
 
 
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_cached_vision_matches_the_tower(data, tmp_path, algo):
+    """With the tower fixed, the update replays the engine's image embeddings instead of running
+    the tower: the same losses and the same step as from the pixels (reference and critic
+    included), and the rollouts really carry one embedding per image token."""
+    settings = RLSettings(
+        algo=algo,
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        kl_coef=0.01,
+        micro_batch=4,
+        freeze_vision=True,
+        protocol=ProtocolSettings(max_turns=2, first_turn_frames=8, frames_per_retrieve=4),
+    )
+    cached, cached_losses, trajectories = recipe_after_update(data, tmp_path / "cached", settings)
+    assert cached.cached_vision
+    image_token = cached.lm.model.config.image_token_id
+    for traj in trajectories:
+        assert traj.image_embeds is not None
+        assert traj.image_embeds.shape[0] == int((traj.input_ids == image_token).sum())
+    pixels = RLRecipe(data, tmp_path / "pixels", "tiny", settings)
+    pixels.setup()
+    pixels.cached_vision = False
+    pixel_losses = pixels.update(trajectories)
+    for key in ("policy_loss", "kl", "entropy", "value_loss", "clip_frac"):
+        assert cached_losses[key] == pytest.approx(pixel_losses[key], rel=1e-4, abs=1e-6), key
+    for (name, a), (_, b) in zip(
+        cached.policy.named_parameters(), pixels.policy.named_parameters(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
 def test_length_chunks_group_rows_of_like_length():
     """Every trajectory lands in exactly one micro-batch, shortest first."""
     lengths = [900, 120, 450, 2000, 130, 470]

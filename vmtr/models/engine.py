@@ -154,7 +154,16 @@ class EpisodeEngine:
         """The episode's whole token record, as `QwenVideoLM.session_tokens` gives it."""
         with self._lock:
             episode = self._sessions.get(session)
-        return None if episode is None else episode.state.record()
+        if episode is None:
+            return None
+        record = episode.state.record()
+        if record is not None and episode.image_keys:
+            keys = episode.image_keys
+            if all(key in self._vision for key in keys):
+                # what the tower made of the episode's images, in order: an update whose tower
+                # is fixed replays them instead of running it again (`vmtr.policies.trainer`)
+                record["image_embeds"] = torch.cat([self._vision[key] for key in keys]).clone()
+        return record
 
     def generate(
         self,

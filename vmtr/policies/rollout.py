@@ -53,6 +53,9 @@ class Trajectory:
     correct: bool
     reward: TrajectoryReward | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the vision tower's merged embeddings of pixel_values, as the episode engine computed them
+    # while sampling (None on the one-at-a-time path)
+    image_embeds: torch.Tensor | None = None
 
     @property
     def retrieved(self) -> bool:
@@ -144,6 +147,7 @@ def run_episode(
         answer=answer,
         correct=answer is not None and answer == item.answer,
         extra={"pool": state["pool"]},
+        image_embeds=record.get("image_embeds"),
         **_tensors(record),
     )
 

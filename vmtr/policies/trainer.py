@@ -117,7 +117,7 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, **inputs: Any) -> torch.Tensor:
-        hidden = self.backbone(**inputs).last_hidden_state
+        hidden = self.backbone(**vision_replayed(self.backbone, inputs)).last_hidden_state
         return self.head(hidden.float()).squeeze(-1)
 
 
@@ -126,13 +126,21 @@ def model_inputs(lm: QwenVideoLM, traj: Trajectory) -> dict[str, Any]:
     return batch_inputs(lm, [traj])
 
 
-def batch_inputs(lm: QwenVideoLM, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+def batch_inputs(
+    lm: QwenVideoLM, trajectories: Sequence[Trajectory], *, cached_vision: bool = False
+) -> dict[str, Any]:
     """Several trajectories as one right-padded batch: ids, modality types, each row's own M-RoPE
     positions (from the model's ``get_rope_index``) and all their images.
 
     No padding mask: with the padding on the right, causal attention already keeps every real
     token from seeing it (only the padding's own outputs are garbage, and the losses mask them),
-    and without a mask the attention kernel runs its causal fast path."""
+    and without a mask the attention kernel runs its causal fast path.
+
+    ``cached_vision``: when every trajectory carries the engine's ``image_embeds``, the images
+    travel as those embeddings (``image_embeds`` + ``image_mask``, which `vision_replayed` turns
+    into ``inputs_embeds``) instead of pixels. Only right while the vision tower is fixed: it then
+    maps the same pixels to the same embeddings, and the update skips a forward pass over every
+    frame of every trajectory (frames a group's samples share included)."""
     lengths = [int(t.input_ids.shape[0]) for t in trajectories]
     width, rows = max(lengths), len(trajectories)
     ids = torch.full((rows, width), lm.end_id, dtype=torch.long)
@@ -158,10 +166,29 @@ def batch_inputs(lm: QwenVideoLM, trajectories: Sequence[Trajectory]) -> dict[st
         "position_ids": positions.to(device),
     }
     with_images = [t for t in trajectories if t.pixel_values is not None]
-    if with_images:
+    if with_images and cached_vision and all(t.image_embeds is not None for t in with_images):
+        inputs["image_embeds"] = torch.cat([t.image_embeds for t in with_images]).to(device)
+        inputs["image_mask"] = inputs["input_ids"] == lm.model.config.image_token_id
+    elif with_images:
         inputs["pixel_values"] = torch.cat([t.pixel_values for t in with_images]).to(device)
         inputs["image_grid_thw"] = torch.cat([t.image_grid_thw for t in with_images]).to(device)
     return inputs
+
+
+def vision_replayed(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` as ``model``'s forward takes them: a batch whose images travel as cached
+    embeddings (`batch_inputs` with ``cached_vision``) becomes ``inputs_embeds`` -- ``model``'s
+    own token embeddings with the images' in their placeholders, as the model itself would
+    build them from the pixels -- and any other batch is returned as it is."""
+    if "image_embeds" not in inputs:
+        return inputs
+    forward = {
+        k: v for k, v in inputs.items() if k not in ("input_ids", "image_embeds", "image_mask")
+    }
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    where = inputs["image_mask"].unsqueeze(-1).expand_as(embeds)
+    forward["inputs_embeds"] = embeds.masked_scatter(where, inputs["image_embeds"].to(embeds.dtype))
+    return forward
 
 
 def token_logprobs(
@@ -174,7 +201,7 @@ def token_logprobs(
     the distribution it was drawn from — at the sampling temperature, vision tokens masked, as in
     the backend's sampler, so the first PPO ratio is exactly 1. Shapes ``[rows, L]``, or ``[L]``
     for a batch of one."""
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    logits = model(**vision_replayed(model, inputs), use_cache=False).logits[:, :-1].float()
     logits[..., banned] = float("-inf")
     if temperature > 0:
         logits = logits / temperature
@@ -273,6 +300,9 @@ class RLRecipe:
             )
         if self.s.freeze_vision:
             self.lm.core.visual.requires_grad_(False)
+        # a fixed tower's embeddings from the rollouts stand in for its forward in the update
+        # (one process: under DDP the embedding lookup would run outside the wrapped forward)
+        self.cached_vision = self.s.freeze_vision and self.acc.num_processes == 1
         self.reference = None
         if self.s.kl_coef > 0 and not lora:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -386,7 +416,8 @@ class RLRecipe:
         for indices in length_chunks(trajectories, self.s.micro_batch):
             chunk = [trajectories[i] for i in indices]
             with torch.no_grad():
-                values = self.critic(**batch_inputs(self.lm, chunk)).view(len(chunk), -1).cpu()
+                inputs = batch_inputs(self.lm, chunk, cached_vision=self.cached_vision)
+                values = self.critic(**inputs).view(len(chunk), -1).cpu()
             for i, v in zip(indices, values, strict=True):
                 all_values[i] = v[: trajectories[i].input_ids.shape[0]]
         for traj, values in zip(trajectories, all_values, strict=True):
@@ -439,7 +470,7 @@ class RLRecipe:
                 mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
                 adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
                 old = padded([t.old_logprobs for t in chunk], width).to(self.acc.device)
-                inputs = batch_inputs(self.lm, chunk)
+                inputs = batch_inputs(self.lm, chunk, cached_vision=self.cached_vision)
                 logp, entropy = token_logprobs(self.policy, inputs, banned, self.s.temperature)
                 logp, entropy = logp.view(len(chunk), -1), entropy.view(len(chunk), -1)
                 ratio = torch.exp(torch.clamp(logp - old, -20, 20))
