@@ -5,10 +5,14 @@ On the bundled tiny model and a fixed generated synthetic set it times
     and on the engine;
 (b) one whole GRPO step (rollouts + update), old (sequential episodes, one trajectory per update
     forward) and new (engine, padded micro-batches of 8), with the time split;
-(c) `vmtr eval` questions per minute at batch 8 against batch 1 (greedy).
+(c) `vmtr eval` questions per minute at batch 8 against batch 1 (greedy);
+(d) the update with the vision tower fixed (``--freeze-vision``): images replayed from the
+    engine's embeddings against the tower run again on every trajectory's pixels (alternating,
+    best of two each, same trajectories).
 Each pair runs back to back with the same seeds, so the ratios hold on a loaded machine; the
 absolute times do not. The last line is
-``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E`` (new speed over old).
+``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E frozen_update_ratio=F`` (new speed
+over old).
 
     python benchmarks/rollout_speed.py [--threads 1] [--prompts 8] [--samples 4] [--eval-n 16]
 """
@@ -61,6 +65,31 @@ def timed_step(recipe: RLRecipe, items, args, *, batched: bool) -> dict[str, flo
     recipe.policy.eval()
     update = time.perf_counter() - update_started
     return {"rollout": seconds, "update": update, "total": time.perf_counter() - started}
+
+
+def frozen_update_ratio(root: Path, prompts, args) -> float:
+    """(d): one step's trajectories, updated from fresh copies of the policy with the tower's
+    embeddings replayed and with the tower run again; pixels' seconds over replayed seconds."""
+    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True)
+    recipe = RLRecipe(root / "data", root / "rl-frozen", "tiny", settings)
+    recipe.setup()
+    recipe.policy.eval()
+    _, trajectories = timed_rollout(recipe.lm, prompts, args, batched=True)
+    score(trajectories, recipe.by_id, settings.reward)
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for cached in (False, True, False, True):
+        fresh = RLRecipe(root / "data", root / "rl-frozen", "tiny", settings)
+        fresh.setup()
+        fresh.cached_vision = cached
+        fresh.policy.train()
+        started = time.perf_counter()
+        fresh.update(trajectories)
+        seconds[cached].append(time.perf_counter() - started)
+    pixels, replayed = min(seconds[False]), min(seconds[True])
+    print(
+        f"(d) update, tower fixed: pixels {pixels:6.1f} s   replayed embeddings {replayed:6.1f} s"
+    )
+    return pixels / replayed
 
 
 def timed_eval(items, lm, out: Path, batch: int, args) -> tuple[float, list[dict]]:
@@ -141,9 +170,10 @@ def main() -> None:
             f"{args.eval_batch} {60 * len(eval_items) / many_s:6.1f} q/min; same answers "
             f"{agree}/{len(eval_items)}"
         )
+        frozen_ratio = frozen_update_ratio(root, prompts, args)
     print(
         f"rollout_speed: rollout_ratio={old_s / new_s:.2f} step_ratio={step_ratio:.2f} "
-        f"eval_ratio={one_s / many_s:.2f}"
+        f"eval_ratio={one_s / many_s:.2f} frozen_update_ratio={frozen_ratio:.2f}"
     )
 
 
