@@ -220,7 +220,8 @@ def ask(
         str,
         typer.Option(
             help="dense: Video-MTR turns with images. kv-sparse: --frames frames on turn 1 as "
-            "chunked, pooled KV; a retrieve makes its chunks dense."
+            "chunked, pooled KV, dense for the chunks the question attends to most (or that "
+            "--store ranks first); a retrieve makes its chunks dense."
         ),
     ] = "dense",
     frames: Annotated[int, typer.Option(min=1, help="kv-sparse: frames taken in on turn 1.")] = 256,

@@ -72,7 +72,10 @@ class SparseSettings(BaseModel):
     window: int = Field(3, ge=0, description="Earlier chunks whose visual KV a chunk attends to.")
     pool_factor: int = Field(4, ge=1, description="Visual tokens averaged into one pooled token.")
     relevance: Literal["retrieve", "store", "attention"] = Field(
-        "retrieve", description="Who picks the dense chunks: the agent, the store, the model."
+        "attention",
+        description="Who picks turn 1's dense chunks: the model's attention from the question, "
+        "the segment store, or nobody (retrieve: all pooled until the agent retrieves). The "
+        "agent's retrieves add dense chunks under every choice.",
     )
     top_k: int = Field(2, ge=0, description="Dense chunks chosen per decision.")
     offload: Literal["cpu", "disk"] = Field("cpu", description="Where unchosen dense KV waits.")

@@ -12,9 +12,11 @@ parts that this wrapper reads and strips before the chat template sees them:
 - ``{"type": "scores", "values": [...]}``: one relevance score per pool frame (the segment
   store's), used when ``relevance="store"``.
 
-With ``relevance="attention"`` the model's own attention from the question to each chunk's pooled
-keys picks ``top_k`` dense chunks on turn 1; with ``"store"`` the scores do; with ``"retrieve"``
-(the default) turn 1 is all pooled and only the agent's retrieves make chunks dense. Whenever the
+With ``relevance="attention"`` (the default) the model's own attention from the question to each
+chunk's pooled keys picks ``top_k`` dense chunks on turn 1; with ``"store"`` the scores do; with
+``"retrieve"`` turn 1 is all pooled and only the agent's retrieves make chunks dense (a model
+that answers at once then reads pooled KV only: 88 % against 100 % dense on 200 held-out colour
+questions at 64 frames, where the attention's picks keep all 100 %). Whenever the
 dense set changes, the cache is rebuilt from the kept video KV and the text after the video (a few
 hundred tokens) is prefilled again over it, so every token is always computed over one
 consistent cache. Positions come from ``get_rope_index`` over the whole sequence, as in
