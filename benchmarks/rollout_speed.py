@@ -4,7 +4,7 @@ On the bundled tiny model and a fixed generated synthetic set it times
 (a) one RL step's rollouts (8 prompts x 4 samples, 3 turns, temperature 1) one episode at a time
     and on the engine;
 (b) one whole GRPO step (rollouts + update), old (sequential episodes, one trajectory per update
-    forward) and new (engine, padded micro-batches of 8), with the time split;
+    forward) and new (engine, the update's default micro-batch), with the time split;
 (c) `vmtr eval` questions per minute at batch 8 against batch 1 (greedy);
 (d) the update with the vision tower fixed (``--freeze-vision``): images replayed from the
     engine's embeddings against the tower run again on every trajectory's pixels (alternating,
@@ -58,10 +58,12 @@ def timed_step(recipe: RLRecipe, items, args, *, batched: bool) -> dict[str, flo
     started = time.perf_counter()
     seconds, trajectories = timed_rollout(recipe.lm, items, args, batched=batched)
     score(trajectories, recipe.by_id, recipe.s.reward)
-    recipe.s.micro_batch = 8 if batched else 1
+    default = recipe.micro_batch  # the new path: the trainer's own (8 on a GPU, 1 on CPU)
+    recipe.micro_batch = default if batched else 1
     update_started = time.perf_counter()
     recipe.policy.train()
     recipe.update(trajectories)
+    recipe.micro_batch = default
     recipe.policy.eval()
     update = time.perf_counter() - update_started
     return {"rollout": seconds, "update": update, "total": time.perf_counter() - started}

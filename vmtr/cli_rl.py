@@ -68,8 +68,11 @@ def rl(
         bool, typer.Option(help="Keep the vision tower fixed (trains only the language model).")
     ] = False,
     micro_batch: Annotated[
-        int, typer.Option(min=1, help="Trajectories per forward in the update (padded).")
-    ] = 8,
+        int,
+        typer.Option(
+            min=0, help="Trajectories per forward in the update (padded); 0: 8 on a GPU, 1 on CPU."
+        ),
+    ] = 0,
     save_merged: Annotated[
         bool,
         typer.Option(help="LoRA: a merged full model in every checkpoint (the final one always)."),

@@ -65,7 +65,11 @@ class RLSettings(BaseModel):
     grad_clip: float = 1.0
     ppo_epochs: int = Field(1, ge=1)
     micro_batch: int = Field(
-        8, ge=1, description="Trajectories per forward in the update (padded to the longest)."
+        0,
+        ge=0,
+        description="Trajectories per forward in the update (padded to the longest); 0: 8 on a "
+        "GPU, 1 on the CPU (one thread gains nothing from rows side by side: a colour RL step's "
+        "32 trajectories updated in 20-22 s one at a time against 24-26 s in eights).",
     )
     gamma_turn: float = 1.0
     lam_turn: float = 1.0
@@ -303,6 +307,7 @@ class RLRecipe:
         # a fixed tower's embeddings from the rollouts stand in for its forward in the update
         # (one process: under DDP the embedding lookup would run outside the wrapped forward)
         self.cached_vision = self.s.freeze_vision and self.acc.num_processes == 1
+        self.micro_batch = self.s.micro_batch or (1 if self.acc.device.type == "cpu" else 8)
         self.reference = None
         if self.s.kl_coef > 0 and not lora:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -413,7 +418,7 @@ class RLRecipe:
                 out.append((traj.action_mask * a, torch.empty(0)))
             return out
         all_values: list[torch.Tensor] = [torch.empty(0)] * len(trajectories)
-        for indices in length_chunks(trajectories, self.s.micro_batch):
+        for indices in length_chunks(trajectories, self.micro_batch):
             chunk = [trajectories[i] for i in indices]
             with torch.no_grad():
                 inputs = batch_inputs(self.lm, chunk, cached_vision=self.cached_vision)
@@ -456,7 +461,7 @@ class RLRecipe:
         }
         banned = self.lm.banned_ids
         n = len(trajectories)
-        chunks = length_chunks(trajectories, self.s.micro_batch)
+        chunks = length_chunks(trajectories, self.micro_batch)
         for _ in range(self.s.ppo_epochs):
             self.optimizer.zero_grad()
             if self.critic_optimizer is not None:
