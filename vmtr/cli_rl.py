@@ -67,6 +67,13 @@ def rl(
     freeze_vision: Annotated[
         bool, typer.Option(help="Keep the vision tower fixed (trains only the language model).")
     ] = False,
+    train_tokens: Annotated[
+        str,
+        typer.Option(
+            help="reply: the policy gradient moves every sampled token (as Video-MTR); action: "
+            "only each reply's <retrieve>/<answer> part, not what its think text says it saw."
+        ),
+    ] = "reply",
     micro_batch: Annotated[
         int,
         typer.Option(
@@ -109,6 +116,7 @@ def rl(
             save_every=save_every,
             save_merged=save_merged,
             micro_batch=micro_batch,
+            train_tokens=train_tokens,
             freeze_vision=freeze_vision,
             seed=seed,
             reward=RewardSettings(

@@ -33,6 +33,7 @@ from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapter, save_merged
 from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.action_tokens import action_token_mask
 from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
@@ -79,6 +80,12 @@ class RLSettings(BaseModel):
     top_p: float = 0.95
     max_new_tokens: int = 512
     lora_rank: int = Field(0, ge=0, description="> 0 trains a LoRA adapter instead.")
+    train_tokens: Literal["reply", "action"] = Field(
+        "reply",
+        description="Which sampled tokens the policy gradient moves: the whole reply (as "
+        "Video-MTR), or only its action (`<retrieve>`/`<answer>`), keeping what the think "
+        "text says it saw out of RL's reach (vmtr.policies.action_tokens).",
+    )
     freeze_vision: bool = Field(
         False,
         description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
@@ -473,6 +480,11 @@ class RLRecipe:
                 chunk_targets = [targets[i] for i in indices]
                 width = max(int(t.input_ids.shape[0]) for t in chunk)
                 mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
+                pg_mask = mask  # the tokens the policy gradient and entropy bonus move
+                if self.s.train_tokens == "action":
+                    tokenizer = self.lm.processor.tokenizer
+                    parts = [action_token_mask(t.input_ids, t.turn_spans, tokenizer) for t in chunk]
+                    pg_mask = padded(parts, width).to(self.acc.device)
                 adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
                 old = padded([t.old_logprobs for t in chunk], width).to(self.acc.device)
                 inputs = batch_inputs(self.lm, chunk, cached_vision=self.cached_vision)
@@ -480,8 +492,8 @@ class RLRecipe:
                 logp, entropy = logp.view(len(chunk), -1), entropy.view(len(chunk), -1)
                 ratio = torch.exp(torch.clamp(logp - old, -20, 20))
                 clipped = torch.clamp(ratio, 1 - self.s.clip, 1 + self.s.clip)
-                pg = masked_mean(-torch.minimum(ratio * adv, clipped * adv), mask)  # per row
-                ent = masked_mean(entropy, mask)
+                pg = masked_mean(-torch.minimum(ratio * adv, clipped * adv), pg_mask)  # per row
+                ent = masked_mean(entropy, pg_mask)
                 loss = pg - self.s.entropy_coef * ent
                 kl = torch.zeros_like(pg)
                 if self.s.kl_coef > 0:
@@ -494,7 +506,7 @@ class RLRecipe:
                 totals["kl"] += float(kl.detach().sum()) / n
                 totals["entropy"] += float(ent.detach().sum()) / n
                 outside = ((ratio - 1).abs() > self.s.clip).float()
-                totals["clip_frac"] += float(masked_mean(outside, mask).sum()) / n
+                totals["clip_frac"] += float(masked_mean(outside, pg_mask).sum()) / n
                 totals["ratio_max"] = max(totals["ratio_max"], float((ratio.detach() * mask).max()))
                 if self.critic is not None:
                     values = self.critic(**inputs).view(len(chunk), -1)

@@ -1,0 +1,111 @@
+"""The action-only update mask: a reply's `<retrieve>`/`<answer>` part, never its think text."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from vmtr.config import GenerationSettings, ProtocolSettings
+from vmtr.eval.synthetic import SyntheticSettings, generate
+from vmtr.models.tiny import build_tokenizer
+from vmtr.policies.action_tokens import action_start, action_token_mask
+from vmtr.policies.rollout import rollout, score
+from vmtr.policies.trainer import RLRecipe, RLSettings
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "<think>Border: frames 20 to 24. Seen: no shapes.</think><retrieve>16, 23</retrieve>",
+        "<think>Seen: frame 51 cyan square.</think><answer>B</answer>",
+        "<think>x</think> <answer>cyan circle</answer>",
+    ],
+)
+def test_action_starts_after_the_think_block(tokenizer, reply):
+    ids = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    k = action_start(ids, tokenizer)
+    think = tokenizer.decode(ids[:k], skip_special_tokens=False)
+    action = tokenizer.decode(ids[k:], skip_special_tokens=False)
+    assert think.endswith("</think>") or "</think>" in think
+    assert "<think>" not in action and "Seen" not in action
+    assert ("<retrieve>" in action) or ("<answer>" in action)
+
+
+def test_a_reply_without_think_is_all_action_and_a_cut_off_think_has_none(tokenizer):
+    ids = tokenizer("<answer>A</answer>", add_special_tokens=False)["input_ids"]
+    assert action_start(ids, tokenizer) == 0
+    cut = tokenizer("<think>Border: frames 20 to", add_special_tokens=False)["input_ids"]
+    assert action_start(cut, tokenizer) == len(cut)
+
+
+def test_mask_covers_only_each_replys_action(tokenizer):
+    prompt = tokenizer("user: which colour?", add_special_tokens=False)["input_ids"]
+    one = tokenizer("<think>Seen: red.</think><retrieve>0, 7</retrieve>", add_special_tokens=False)
+    two = tokenizer("<think>Seen: red.</think><answer>A</answer>", add_special_tokens=False)
+    ids = prompt + one["input_ids"] + prompt + two["input_ids"]
+    first = (len(prompt), len(prompt) + len(one["input_ids"]) - 1)
+    start2 = first[1] + 1 + len(prompt)
+    second = (start2, len(ids) - 1)
+    mask = action_token_mask(torch.tensor(ids), [first, second], tokenizer)
+    kept = [i for i, m in enumerate(mask.tolist()) if m]
+    text = tokenizer.decode([ids[i] for i in kept], skip_special_tokens=False)
+    assert "Seen" not in text and "which" not in text
+    assert "<retrieve>0, 7</retrieve>" in text and "<answer>A</answer>" in text
+
+
+def test_action_only_update_leaves_think_tokens_out(tmp_path):
+    """Same trajectories, same start: training on actions only differs from training on whole
+    replies, and changing the think tokens' sampling log-probs changes neither its loss nor its
+    step."""
+    data = generate(tmp_path / "data", SyntheticSettings(n_items=2, seed=31, minutes=0.5))
+    base = RLSettings(
+        actor_lr=1e-3,
+        kl_coef=0.0,
+        micro_batch=1,
+        train_tokens="action",
+        protocol=ProtocolSettings(max_turns=2, first_turn_frames=8, frames_per_retrieve=4),
+    )
+    recipe = RLRecipe(data, tmp_path / "a", "tiny", base)
+    recipe.setup()
+    trajectories = rollout(
+        recipe.lm,
+        recipe.items,
+        group_size=2,
+        seed=4,
+        protocol_settings=base.protocol,
+        generation=GenerationSettings(temperature=0.7, max_new_tokens=96),
+    )
+    score(trajectories, recipe.by_id, base.reward)
+    for k, traj in enumerate(trajectories):  # rewards that differ inside every group
+        traj.reward.per_turn = [0.0] * (len(traj.turns) - 1) + [float(k % 2)]
+    action = recipe.update(trajectories)
+    whole = RLRecipe(
+        data, tmp_path / "b", "tiny", base.model_copy(update={"train_tokens": "reply"})
+    )
+    whole.setup()
+    reply = whole.update(trajectories)
+    tokenizer = recipe.lm.processor.tokenizer
+    kept = sum(
+        float(action_token_mask(t.input_ids, t.turn_spans, tokenizer).sum()) for t in trajectories
+    )
+    assert 0 < kept < sum(float(t.action_mask.sum()) for t in trajectories)
+    assert action["entropy"] != pytest.approx(reply["entropy"])
+    # sampling log-probs changed on think tokens only: the action-only loss cannot tell
+    shifted = []
+    for traj in trajectories:
+        think = traj.action_mask - action_token_mask(traj.input_ids, traj.turn_spans, tokenizer)
+        shifted.append(dataclasses.replace(traj, old_logprobs=traj.old_logprobs - 0.5 * think))
+    again = RLRecipe(data, tmp_path / "c", "tiny", base)
+    again.setup()
+    assert again.update(shifted)["policy_loss"] == pytest.approx(action["policy_loss"], rel=1e-5)
+    for (name, a), (_, b) in zip(
+        recipe.policy.named_parameters(), again.policy.named_parameters(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
