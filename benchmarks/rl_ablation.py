@@ -125,6 +125,8 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         "--max-turns",
         str(args.max_turns),
         *(["--freeze-vision"] if args.freeze_vision else []),
+        "--train-tokens",
+        args.train_tokens,
         *flags,
     ]
 
@@ -295,6 +297,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="Evaluation processes.")
     parser.add_argument(
         "--freeze-vision", action="store_true", help="Train the arms with a fixed vision tower."
+    )
+    parser.add_argument(
+        "--train-tokens",
+        choices=["reply", "action"],
+        default="reply",
+        help="What every arm's policy gradient moves (`vmtr train rl --train-tokens`).",
     )
     parser.add_argument(
         "--plot", type=Path, help="Also draw accuracy and needles shown against RL step (PNG)."
