@@ -11,7 +11,6 @@ from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.tiny import build_tokenizer
 from vmtr.policies.action_tokens import action_start, action_token_mask
-from vmtr.policies.rollout import rollout, score
 from vmtr.policies.trainer import RLRecipe, RLSettings
 
 
@@ -60,7 +59,7 @@ def test_mask_covers_only_each_replys_action(tokenizer):
     assert "<retrieve>0, 7</retrieve>" in text and "<answer>A</answer>" in text
 
 
-def test_action_only_update_leaves_think_tokens_out(tmp_path):
+def test_action_only_update_leaves_think_tokens_out(tmp_path, contrasted_rollouts):
     """Same trajectories, same start: training on actions only differs from training on whole
     replies, and changing the think tokens' sampling log-probs changes neither its loss nor its
     step."""
@@ -74,17 +73,9 @@ def test_action_only_update_leaves_think_tokens_out(tmp_path):
     )
     recipe = RLRecipe(data, tmp_path / "a", "tiny", base)
     recipe.setup()
-    trajectories = rollout(
-        recipe.lm,
-        recipe.items,
-        group_size=2,
-        seed=4,
-        protocol_settings=base.protocol,
-        generation=GenerationSettings(temperature=0.7, max_new_tokens=96),
+    trajectories = contrasted_rollouts(
+        recipe, GenerationSettings(temperature=0.7, max_new_tokens=96)
     )
-    score(trajectories, recipe.by_id, base.reward)
-    for k, traj in enumerate(trajectories):  # rewards that differ inside every group
-        traj.reward.per_turn = [0.0] * (len(traj.turns) - 1) + [float(k % 2)]
     action = recipe.update(trajectories)
     whole = RLRecipe(
         data, tmp_path / "b", "tiny", base.model_copy(update={"train_tokens": "reply"})

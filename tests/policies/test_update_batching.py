@@ -63,7 +63,7 @@ def test_micro_batches_match_one_trajectory_at_a_time(data, tmp_path, algo):
         assert torch.allclose(a, b, atol=1e-5), name
 
 
-def test_freeze_vision_trains_only_the_language_model(data, tmp_path):
+def test_freeze_vision_trains_only_the_language_model(data, tmp_path, contrasted_rollouts):
     settings = RLSettings(
         actor_lr=1e-2,
         kl_coef=0.0,
@@ -74,17 +74,9 @@ def test_freeze_vision_trains_only_the_language_model(data, tmp_path):
     recipe.setup()
     vision = {k: v.clone() for k, v in recipe.lm.core.visual.state_dict().items()}
     text = {k: v.clone() for k, v in recipe.lm.core.language_model.state_dict().items()}
-    trajectories = rollout(
-        recipe.lm,
-        recipe.items,
-        group_size=2,
-        seed=4,
-        protocol_settings=settings.protocol,
-        generation=GenerationSettings(temperature=1.0, max_new_tokens=10),
+    trajectories = contrasted_rollouts(
+        recipe, GenerationSettings(temperature=1.0, max_new_tokens=10)
     )
-    score(trajectories, recipe.by_id, settings.reward)
-    for k, traj in enumerate(trajectories):  # rewards that differ inside every group
-        traj.reward.per_turn = [0.0] * (len(traj.turns) - 1) + [float(k % 2)]
     recipe.update(trajectories)
     after_vision = recipe.lm.core.visual.state_dict()
     after_text = recipe.lm.core.language_model.state_dict()

@@ -162,7 +162,7 @@ class EpisodeEngine:
             if all(key in self._vision for key in keys):
                 # what the tower made of the episode's images, in order: an update whose tower
                 # is fixed replays them instead of running it again (`vmtr.policies.trainer`)
-                record["image_embeds"] = torch.cat([self._vision[key] for key in keys]).clone()
+                record["image_embeds"] = torch.cat([self._vision[key] for key in keys])
         return record
 
     def generate(

@@ -469,6 +469,11 @@ class RLRecipe:
         banned = self.lm.banned_ids
         n = len(trajectories)
         chunks = length_chunks(trajectories, self.micro_batch)
+        # the tokens the policy gradient and entropy bonus move, found once for every epoch
+        moved = [t.action_mask for t in trajectories]
+        if self.s.train_tokens == "action":
+            tokenizer = self.lm.processor.tokenizer
+            moved = [action_token_mask(t.input_ids, t.turn_spans, tokenizer) for t in trajectories]
         for _ in range(self.s.ppo_epochs):
             self.optimizer.zero_grad()
             if self.critic_optimizer is not None:
@@ -480,11 +485,7 @@ class RLRecipe:
                 chunk_targets = [targets[i] for i in indices]
                 width = max(int(t.input_ids.shape[0]) for t in chunk)
                 mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
-                pg_mask = mask  # the tokens the policy gradient and entropy bonus move
-                if self.s.train_tokens == "action":
-                    tokenizer = self.lm.processor.tokenizer
-                    parts = [action_token_mask(t.input_ids, t.turn_spans, tokenizer) for t in chunk]
-                    pg_mask = padded(parts, width).to(self.acc.device)
+                pg_mask = padded([moved[i] for i in indices], width).to(self.acc.device)
                 adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
                 old = padded([t.old_logprobs for t in chunk], width).to(self.acc.device)
                 inputs = batch_inputs(self.lm, chunk, cached_vision=self.cached_vision)
