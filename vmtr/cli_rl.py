@@ -80,6 +80,13 @@ def rl(
             min=0, help="Trajectories per forward in the update (padded); 0: 8 on a GPU, 1 on CPU."
         ),
     ] = 0,
+    drop_flat_groups: Annotated[
+        bool,
+        typer.Option(
+            help="GRPO: leave groups whose samples all scored the same out of the update (no "
+            "policy gradient; only their entropy bonus and KL share are lost)."
+        ),
+    ] = True,
     save_merged: Annotated[
         bool,
         typer.Option(help="LoRA: a merged full model in every checkpoint (the final one always)."),
@@ -117,6 +124,7 @@ def rl(
             save_merged=save_merged,
             micro_batch=micro_batch,
             train_tokens=train_tokens,
+            drop_flat_groups=drop_flat_groups,
             freeze_vision=freeze_vision,
             seed=seed,
             reward=RewardSettings(

@@ -123,3 +123,45 @@ def test_length_chunks_group_rows_of_like_length():
     chunks = length_chunks(trajs, 2)
     assert chunks == [[1, 4], [2, 5], [0, 3]]
     assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+
+
+def test_flat_groups_are_left_out_and_the_step_is_unchanged(data, tmp_path, contrasted_rollouts):
+    """A GRPO group whose samples all scored the same carries no policy gradient: dropping it
+    from the update (the default) leaves the same gradient as running it, and skips its passes.
+    (Gradients, not parameters, are compared: Adam turns a weight's float-noise gradient, where
+    the exact one is zero, into a full step.)"""
+    settings = RLSettings(
+        actor_lr=1e-3,
+        kl_coef=0.0,
+        entropy_coef=0.0,
+        protocol=ProtocolSettings(max_turns=2, first_turn_frames=8, frames_per_retrieve=4),
+    )
+    steps = {}
+    for drop in (True, False):
+        recipe = RLRecipe(
+            data,
+            tmp_path / str(drop),
+            "tiny",
+            settings.model_copy(update={"drop_flat_groups": drop}),
+        )
+        recipe.setup()
+        trajectories = contrasted_rollouts(
+            recipe, GenerationSettings(temperature=1.0, max_new_tokens=10)
+        )
+        flat = trajectories[0].group
+        for traj in trajectories:
+            if traj.group == flat:
+                traj.reward.per_turn = [0.0] * (len(traj.turns) - 1) + [1.0]
+        in_flat = sum(t.group == flat for t in trajectories)
+        losses = recipe.update(trajectories)
+        expected = 1 - in_flat / len(trajectories) if drop else 1.0
+        assert losses["trained_share"] == pytest.approx(expected)
+        steps[drop] = {
+            name: p.grad.clone()
+            for name, p in recipe.policy.named_parameters()
+            if p.grad is not None
+        }
+    assert 0 < in_flat < len(trajectories)
+    assert steps[True].keys() == steps[False].keys()
+    for name, a in steps[True].items():
+        assert torch.allclose(a, steps[False][name], rtol=1e-4, atol=1e-7), name

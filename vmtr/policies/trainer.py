@@ -86,6 +86,14 @@ class RLSettings(BaseModel):
         "Video-MTR), or only its action (`<retrieve>`/`<answer>`), keeping what the think "
         "text says it saw out of RL's reach (vmtr.policies.action_tokens).",
     )
+    drop_flat_groups: bool = Field(
+        True,
+        description="GRPO, one process: leave out of the update every trajectory with no "
+        "advantage on the tokens it trains (a group whose samples all scored the same), as "
+        "DAPO's dynamic sampling drops such groups. Their policy gradient is zero; they would add "
+        "only their share of the entropy bonus and KL term, at the cost of a forward and backward "
+        "pass each (a third to two thirds of a colour RL step's trajectories).",
+    )
     freeze_vision: bool = Field(
         False,
         description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
@@ -468,18 +476,25 @@ class RLRecipe:
         }
         banned = self.lm.banned_ids
         n = len(trajectories)
-        chunks = length_chunks(trajectories, self.micro_batch)
         # the tokens the policy gradient and entropy bonus move, found once for every epoch
         moved = [t.action_mask for t in trajectories]
         if self.s.train_tokens == "action":
             tokenizer = self.lm.processor.tokenizer
             moved = [action_token_mask(t.input_ids, t.turn_spans, tokenizer) for t in trajectories]
+        kept = self.trained(targets, moved)
+        totals["trained_share"] = len(kept) / max(1, n)
+        # the loss stays divided by all n: a kept trajectory's gradient is what it was with all
+        chunks = [
+            [kept[i] for i in c]
+            for c in length_chunks([trajectories[i] for i in kept], self.micro_batch)
+        ]
+        seen = max(1, len(kept))
         for _ in range(self.s.ppo_epochs):
             self.optimizer.zero_grad()
             if self.critic_optimizer is not None:
                 self.critic_optimizer.zero_grad()
-            # No skipping, even of reply-less trajectories: under DDP every process must run the
-            # same number of backward passes.
+            # Under DDP nothing is left out (`trained`), reply-less trajectories included: every
+            # process must run the same number of backward passes.
             for indices in chunks:
                 chunk = [trajectories[i] for i in indices]
                 chunk_targets = [targets[i] for i in indices]
@@ -505,9 +520,9 @@ class RLRecipe:
                 self.acc.backward(loss.sum() / n)
                 totals["policy_loss"] += float(pg.detach().sum()) / n
                 totals["kl"] += float(kl.detach().sum()) / n
-                totals["entropy"] += float(ent.detach().sum()) / n
+                totals["entropy"] += float(ent.detach().sum()) / seen
                 outside = ((ratio - 1).abs() > self.s.clip).float()
-                totals["clip_frac"] += float(masked_mean(outside, pg_mask).sum()) / n
+                totals["clip_frac"] += float(masked_mean(outside, pg_mask).sum()) / seen
                 totals["ratio_max"] = max(totals["ratio_max"], float((ratio.detach() * mask).max()))
                 if self.critic is not None:
                     values = self.critic(**inputs).view(len(chunk), -1)
@@ -523,6 +538,17 @@ class RLRecipe:
                 self.acc.clip_grad_norm_(self.critic.parameters(), self.s.grad_clip)
                 self.critic_optimizer.step()
         return totals
+
+    def trained(
+        self, targets: list[tuple[torch.Tensor, torch.Tensor]], moved: list[torch.Tensor]
+    ) -> list[int]:
+        """Indices of the trajectories the update runs on: all of them, unless
+        ``drop_flat_groups`` leaves out GRPO trajectories with no advantage on their trained
+        tokens (one process only: under DDP every process must run the same backward passes)."""
+        everything = list(range(len(targets)))
+        if not self.s.drop_flat_groups or self.s.algo != "grpo" or self.acc.num_processes > 1:
+            return everything
+        return [i for i in everything if bool(((targets[i][0] * moved[i]) != 0).any())]
 
     def reference_logprobs(self, inputs: dict[str, Any], banned: list[int]) -> torch.Tensor:
         with torch.no_grad():

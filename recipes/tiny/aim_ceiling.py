@@ -1,0 +1,81 @@
+"""How often can aiming from the named border show the needle? The ceiling of fixed aiming rules.
+
+    python recipes/tiny/aim_ceiling.py --train runs/colour/data/train-s1000 \\
+        --heldout runs/colour/data/heldout-s5000 [runs/colour/data/heldout-s7000 ...]
+
+A colour item's first turn shows 16 uniform pool frames; those inside the border (the cue) are
+what a reply can name ("Border: frames 21 to 25"). A retrieve of ``start..end`` shows 8 frames
+spread over the range (`vmtr.tools.spread.uniform_indices`), so a range wider than 8 frames has
+gaps a one-frame needle can fall into. This script fits, on the training split, the best rule
+"retrieve (first named + a, last named + b)" and then the best second retrieve for the items the
+first one missed, and reports how often each shows the needle on the held-out sets (a needle on a
+first-turn frame counts as shown). It says what an RL policy that aims from its own border text
+can reach with one retrieve and with two -- the bar the RL arms are measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vmtr.tools.spread import uniform_indices
+
+FIRST_TURN = uniform_indices(0, 63, 16)
+"""The protocol's first-turn frames on the synthetic 64-frame pool."""
+
+OFFSETS = [(a, b) for a in range(-8, 5) for b in range(-4, 9)]
+"""Candidate rules: range start relative to the first named frame, end to the last."""
+
+
+def named_border(item: dict[str, Any]) -> tuple[int, int]:
+    """The first and last first-turn frames inside the item's cue (what a right reply names)."""
+    first, last = item["cue_pool_indices"]
+    inside = [f for f in FIRST_TURN if first <= f <= last]
+    return inside[0], inside[-1]
+
+
+def shown(item: dict[str, Any], rules: list[tuple[int, int]]) -> bool:
+    """Whether turn 1 or one of the retrieves made by ``rules`` (in turn) shows a needle."""
+    needles = set(item["needle_pool_indices"])
+    if needles & set(FIRST_TURN):
+        return True
+    first, last = named_border(item)
+    for a, b in rules:
+        if needles & set(uniform_indices(max(0, first + a), min(63, last + b), 8)):
+            return True
+    return False
+
+
+def rate(items: list[dict[str, Any]], rules: list[tuple[int, int]]) -> float:
+    return sum(shown(item, rules) for item in items) / len(items)
+
+
+def load(folder: Path) -> list[dict[str, Any]]:
+    items = json.loads((folder / "annotations.json").read_text())
+    return [item for item in items if item.get("kind") == "colour"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, required=True, help="Split the rules are fitted on.")
+    parser.add_argument("--heldout", type=Path, nargs="+", required=True)
+    args = parser.parse_args()
+    train = load(args.train)
+    rules: list[tuple[int, int]] = []
+    print(
+        "| retrieves | rule (start, end offsets) | train | "
+        + " | ".join(folder.name for folder in args.heldout)
+        + " |"
+    )
+    print("|---|---|---:|" + "---:|" * len(args.heldout))
+    for k in (1, 2):
+        best = max(OFFSETS, key=lambda rule: rate(train, [*rules, rule]))
+        rules.append(best)
+        cells = " | ".join(f"{rate(load(folder), rules):.1%}" for folder in args.heldout)
+        print(f"| {k} | {best} | {rate(train, rules):.1%} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
