@@ -8,11 +8,14 @@ On the bundled tiny model and a fixed generated synthetic set it times
 (c) `vmtr eval` questions per minute at batch 8 against batch 1 (greedy);
 (d) the update with the vision tower fixed (``--freeze-vision``): images replayed from the
     engine's embeddings against the tower run again on every trajectory's pixels (alternating,
-    best of two each, same trajectories).
+    best of two each, same trajectories);
+(e) the GRPO update leaving out groups whose samples all scored the same (no advantage) against
+    running every trajectory (alternating, best of two each, same trajectories; the share of
+    trajectories it trains on is printed: it depends on the policy and the data).
 Each pair runs back to back with the same seeds, so the ratios hold on a loaded machine; the
 absolute times do not. The last line is
-``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E frozen_update_ratio=F`` (new speed
-over old).
+``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E frozen_update_ratio=F
+flat_drop_ratio=D`` (new speed over old).
 
     python benchmarks/rollout_speed.py [--threads 1] [--prompts 8] [--samples 4] [--eval-n 16]
 """
@@ -94,6 +97,37 @@ def frozen_update_ratio(root: Path, prompts, args) -> float:
     return pixels / replayed
 
 
+def flat_drop_ratio(root: Path, prompts, args) -> float:
+    """(e): one step's trajectories, updated from fresh copies of the policy with every
+    trajectory and with the flat groups left out; all-trajectories seconds over dropped seconds."""
+    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL)
+    recipe = RLRecipe(root / "data", root / "rl-flat", "tiny", settings)
+    recipe.setup()
+    recipe.policy.eval()
+    _, trajectories = timed_rollout(recipe.lm, prompts, args, batched=True)
+    score(trajectories, recipe.by_id, settings.reward)
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    share = 1.0
+    for drop in (False, True, False, True):
+        fresh = RLRecipe(
+            root / "data",
+            root / "rl-flat",
+            "tiny",
+            settings.model_copy(update={"drop_flat_groups": drop}),
+        )
+        fresh.setup()
+        fresh.policy.train()
+        started = time.perf_counter()
+        share = fresh.update(trajectories)["trained_share"] if drop else share
+        seconds[drop].append(time.perf_counter() - started)
+    every, dropped = min(seconds[False]), min(seconds[True])
+    print(
+        f"(e) update: every trajectory {every:6.1f} s   flat groups left out {dropped:6.1f} s "
+        f"(trained on {share:.0%} of {len(trajectories)})"
+    )
+    return every / dropped
+
+
 def timed_eval(items, lm, out: Path, batch: int, args) -> tuple[float, list[dict]]:
     settings = EvalSettings(
         benchmark="synthetic",
@@ -173,9 +207,11 @@ def main() -> None:
             f"{agree}/{len(eval_items)}"
         )
         frozen_ratio = frozen_update_ratio(root, prompts, args)
+        drop_ratio = flat_drop_ratio(root, prompts, args)
     print(
         f"rollout_speed: rollout_ratio={old_s / new_s:.2f} step_ratio={step_ratio:.2f} "
-        f"eval_ratio={one_s / many_s:.2f} frozen_update_ratio={frozen_ratio:.2f}"
+        f"eval_ratio={one_s / many_s:.2f} frozen_update_ratio={frozen_ratio:.2f} "
+        f"flat_drop_ratio={drop_ratio:.2f}"
     )
 
 

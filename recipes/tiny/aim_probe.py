@@ -9,7 +9,11 @@ per window of steps, over the episodes whose first reply retrieved:
 - **copies border**: the retrieved range holds the first frame the reply named as the border
   ("Border: frames 17 to 21." then "<retrieve>16, 23</retrieve>"), the rule that aims;
 - **border named right**: that named frame is inside the item's real border (the cue);
-- **needle in range**: the first retrieve's range holds the needle the question asks about.
+- **needle in range**: the first retrieve's range holds the needle the question asks about;
+- **first shows it**: the first retrieve's frames (8 spread over the range) show that needle;
+- **again after a miss**: of the episodes whose first retrieve showed no needle, the share that
+  retrieved a second time (the only way to the needle then), and **second shows it**: the share
+  of those second retrieves that showed it.
 
 A run that learns where to look raises "copies border" and, as far as its naming is right,
 "needle in range"; random blocks hold the needle in about one first retrieve in eight.
@@ -45,7 +49,7 @@ def first_retrieve(episode: dict[str, Any]) -> tuple[int, int, int] | None:
 def window_rows(
     rollouts: Path, items: dict[str, dict[str, Any]], window: int
 ) -> list[dict[str, Any]]:
-    """The three shares per window of ``window`` steps."""
+    """The shares per window of ``window`` steps."""
     counts: dict[int, list[int]] = {}
     for line in rollouts.read_text().splitlines():
         episode = json.loads(line)
@@ -55,12 +59,21 @@ def window_rows(
             continue
         named, start, end = got
         cue_first, cue_last = item["cue_pool_indices"]
-        needles = item["needle_pool_indices"]
-        row = counts.setdefault((episode["step"] - 1) // window, [0, 0, 0, 0])
+        needles = set(item["needle_pool_indices"])
+        turns = episode["turns"]
+        row = counts.setdefault((episode["step"] - 1) // window, [0] * 8)
         row[0] += 1
         row[1] += start <= named <= end
         row[2] += cue_first <= named <= cue_last
         row[3] += all(start <= k <= end for k in needles)
+        # turn k's "frames" are the frames that turn's reply saw, so turn 2's are the retrieve's
+        first_shows = len(turns) > 1 and bool(needles & set(turns[1]["frames"]))
+        row[4] += first_shows
+        if len(turns) > 1 and not first_shows:
+            row[5] += 1
+            if turns[1]["action"] == "retrieve" and len(turns) > 2:
+                row[6] += 1
+                row[7] += bool(needles & set(turns[2]["frames"]))
     return [
         {
             "steps": f"{w * window + 1}-{(w + 1) * window}",
@@ -68,8 +81,11 @@ def window_rows(
             "copies_border": copied / n,
             "border_named_right": right / n,
             "needle_in_range": hit / n,
+            "first_shows": shows / n,
+            "again_after_miss": again / missed if missed else None,
+            "second_shows": second / again if again else None,
         }
-        for w, (n, copied, right, hit) in sorted(counts.items())
+        for w, (n, copied, right, hit, shows, missed, again, second) in sorted(counts.items())
     ]
 
 
@@ -83,13 +99,22 @@ def main() -> None:
     items = {a["problem_id"]: a for a in annotations}
     for run in args.runs:
         print(f"\n{run}")
-        print("| steps | first retrieves | copies border | border named right | needle in range |")
-        print("|---|---:|---:|---:|---:|")
+        print(
+            "| steps | first retrieves | copies border | border named right | needle in range "
+            "| first shows it | again after a miss | second shows it |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in window_rows(run / "rollouts.jsonl", items, args.window):
             print(
                 f"| {r['steps']} | {r['retrieves']} | {r['copies_border']:.0%} "
-                f"| {r['border_named_right']:.0%} | {r['needle_in_range']:.0%} |"
+                f"| {r['border_named_right']:.0%} | {r['needle_in_range']:.0%} "
+                f"| {r['first_shows']:.0%} | {share(r['again_after_miss'])} "
+                f"| {share(r['second_shows'])} |"
             )
+
+
+def share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
 
 
 if __name__ == "__main__":
