@@ -118,8 +118,9 @@ def flat_drop_ratio(root: Path, prompts, args) -> float:
         fresh.setup()
         fresh.policy.train()
         started = time.perf_counter()
-        share = fresh.update(trajectories)["trained_share"] if drop else share
+        trained = fresh.update(trajectories)["trained_share"]
         seconds[drop].append(time.perf_counter() - started)
+        share = trained if drop else share
     every, dropped = min(seconds[False]), min(seconds[True])
     print(
         f"(e) update: every trajectory {every:6.1f} s   flat groups left out {dropped:6.1f} s "
