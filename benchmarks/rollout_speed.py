@@ -15,7 +15,7 @@ On the bundled tiny model and a fixed generated synthetic set it times
 Each pair runs back to back with the same seeds, so the ratios hold on a loaded machine; the
 absolute times do not. The last line is
 ``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E frozen_update_ratio=F
-flat_drop_ratio=D`` (new speed over old).
+flat_drop_ratio=D`` (new speed over old; ``--parts`` runs some of them, e.g. ``--parts de``).
 
     python benchmarks/rollout_speed.py [--threads 1] [--prompts 8] [--samples 4] [--eval-n 16]
 """
@@ -143,32 +143,17 @@ def timed_eval(items, lm, out: Path, batch: int, args) -> tuple[float, list[dict
     return seconds, collect(out, items, settings.run_key())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--eval-n", type=int, default=16)
-    parser.add_argument("--eval-batch", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--minutes", type=float, default=1.0, help="length of each video")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    with tempfile.TemporaryDirectory(prefix="vmtr-rollout-speed-") as tmp:
-        root = Path(tmp)
-        n = max(args.prompts, args.eval_n)
-        generate(root / "data", SyntheticSettings(n_items=n, seed=4242, minutes=args.minutes))
-        items = load_synthetic(root / "data")
-        recipe = RLRecipe(
-            root / "data", root / "rl", "tiny", RLSettings(actor_lr=1e-5, protocol=PROTOCOL)
-        )
-        recipe.setup()
-        recipe.policy.eval()
-        lm = recipe.lm
-        prompts = items[: args.prompts]
-        timed_rollout(lm, prompts[:1], args, batched=False)  # first-call costs out of the way
-
+def engine_ratios(root: Path, items, prompts, args) -> dict[str, float]:
+    """(a)-(c), the episode engine against one episode at a time, as ``args.parts`` picks."""
+    recipe = RLRecipe(
+        root / "data", root / "rl", "tiny", RLSettings(actor_lr=1e-5, protocol=PROTOCOL)
+    )
+    recipe.setup()
+    recipe.policy.eval()
+    lm = recipe.lm
+    ratios: dict[str, float] = {}
+    timed_rollout(lm, prompts[:1], args, batched=False)  # first-call costs out of the way
+    if "a" in args.parts:
         old_s, old_traj = timed_rollout(lm, prompts, args, batched=False)
         stats: dict[str, float] = {}
         new_s, new_traj = timed_rollout(lm, prompts, args, batched=True, stats=stats)
@@ -187,7 +172,8 @@ def main() -> None:
             f"{stats['prefilled_tokens']:.0f} prompt tokens), decode {stats['decode_s']:.1f} s "
             f"({stats['forwards']:.0f} forwards, {stats['rows']:.0f} rows)"
         )
-
+        ratios["rollout_ratio"] = old_s / new_s
+    if "b" in args.parts:
         old_step = timed_step(recipe, prompts, args, batched=False)
         new_step = timed_step(recipe, prompts, args, batched=True)
         for name, step in (("old", old_step), ("new", new_step)):
@@ -196,7 +182,8 @@ def main() -> None:
                 f"  total {step['total']:6.1f} s"
             )
         step_ratio = old_step["total"] / new_step["total"]
-
+        ratios["step_ratio"] = step_ratio
+    if "c" in args.parts:
         eval_items = items[: args.eval_n]
         timed_eval(eval_items[:1], lm, root / "warmup", 1, args)
         one_s, one = timed_eval(eval_items, lm, root / "one", 1, args)
@@ -207,13 +194,39 @@ def main() -> None:
             f"{args.eval_batch} {60 * len(eval_items) / many_s:6.1f} q/min; same answers "
             f"{agree}/{len(eval_items)}"
         )
-        frozen_ratio = frozen_update_ratio(root, prompts, args)
-        drop_ratio = flat_drop_ratio(root, prompts, args)
-    print(
-        f"rollout_speed: rollout_ratio={old_s / new_s:.2f} step_ratio={step_ratio:.2f} "
-        f"eval_ratio={one_s / many_s:.2f} frozen_update_ratio={frozen_ratio:.2f} "
-        f"flat_drop_ratio={drop_ratio:.2f}"
+        ratios["eval_ratio"] = one_s / many_s
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--eval-n", type=int, default=16)
+    parser.add_argument("--eval-batch", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--minutes", type=float, default=1.0, help="length of each video")
+    parser.add_argument(
+        "--parts", default="abcde", help="Which of the comparisons (a)-(e) to run (default all)."
     )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="vmtr-rollout-speed-") as tmp:
+        root = Path(tmp)
+        n = max(args.prompts, args.eval_n)
+        generate(root / "data", SyntheticSettings(n_items=n, seed=4242, minutes=args.minutes))
+        items = load_synthetic(root / "data")
+        prompts = items[: args.prompts]
+        ratios: dict[str, float] = {}
+        if {"a", "b", "c"} & set(args.parts):
+            ratios.update(engine_ratios(root, items, prompts, args))
+        if "d" in args.parts:
+            ratios["frozen_update_ratio"] = frozen_update_ratio(root, prompts, args)
+        if "e" in args.parts:
+            ratios["flat_drop_ratio"] = flat_drop_ratio(root, prompts, args)
+    print("rollout_speed: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
 
 
 if __name__ == "__main__":
