@@ -15,6 +15,10 @@
 # batch where answering at once paid, every sample of every group answered at turn 1 by step 26
 # and never retrieved again (with no retrieving sample in a group GRPO has nothing to restore it
 # from).
+# RL's credit covers the whole reply, as Video-MTR's: with --train-tokens action the first aim
+# improved but the decision to retrieve again after a miss, which this model states in its think
+# text, drifted untrained (docs/tiny-model.md). GRPO groups whose samples all scored the same are
+# left out of the update (no gradient), which spares a third to two thirds of a step's passes.
 # Usage: recipes/tiny/colour_rl.sh [RUN_DIR] (default runs/colour; the warm start must exist)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -84,7 +84,8 @@ class RLSettings(BaseModel):
         "reply",
         description="Which sampled tokens the policy gradient moves: the whole reply (as "
         "Video-MTR), or only its action (`<retrieve>`/`<answer>`), keeping what the think "
-        "text says it saw out of RL's reach (vmtr.policies.action_tokens).",
+        "text says it saw out of RL's reach (vmtr.policies.action_tokens). A decision the think "
+        "text states ('Need more frames.') is then left untrained too, and drifts.",
     )
     drop_flat_groups: bool = Field(
         True,

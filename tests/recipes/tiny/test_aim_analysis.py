@@ -1,0 +1,73 @@
+"""The aim analyses the colour RL notes cite: the fixed-rule ceiling and the rollout probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recipes.tiny.aim_ceiling import named_border, retrieved, shown
+from recipes.tiny.aim_probe import window_rows
+
+# cue on pool frames 22-29: the first turn's frames 25 and 29 fall inside it
+ITEM = {"cue_pool_indices": [22, 29], "needle_pool_indices": [23], "kind": "colour"}
+
+
+def test_named_border_is_the_first_turn_frames_inside_the_cue():
+    assert named_border(ITEM) == (25, 29)
+
+
+def test_a_range_rule_shows_eight_frames_spread_and_a_block_rule_the_whole_block():
+    assert retrieved(ITEM, (-2, 3)) == {23, 24, 26, 27, 28, 29, 31, 32}  # 23..32, 8 of them
+    assert retrieved(ITEM, ("first", 0)) == set(range(24, 32))
+    assert retrieved(ITEM, ("last", -1)) == set(range(16, 24))
+    assert shown(ITEM, [("first", 0), ("last", -1)])
+    assert not shown(ITEM, [("first", 0)])
+
+
+def episode(step: int, turns: list[tuple[str, str, list[int]]]) -> dict:
+    return {
+        "step": step,
+        "item": "x",
+        "turns": [{"action": a, "reply": r, "frames": f} for a, r, f in turns],
+    }
+
+
+def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
+    first = list(range(0, 64, 4))
+    ask = "<think>Border: frames 25 to 29. Seen: no shapes. Need more frames.</think>"
+    rollouts = [
+        # aimed at the border, shows the needle, answers
+        episode(
+            1,
+            [
+                ("retrieve", ask + "<retrieve>20, 27</retrieve>", first),
+                ("answer", "<answer>A</answer>", [20, 21, 22, 23, 24, 25, 26, 27]),
+            ],
+        ),
+        # misses, retrieves again and the second shows it
+        episode(
+            1,
+            [
+                ("retrieve", ask + "<retrieve>40, 47</retrieve>", first),
+                ("retrieve", ask + "<retrieve>16, 23</retrieve>", list(range(40, 48))),
+                ("answer", "<answer>A</answer>", list(range(16, 24))),
+            ],
+        ),
+        # misses and guesses
+        episode(
+            1,
+            [
+                ("retrieve", ask + "<retrieve>40, 47</retrieve>", first),
+                ("answer", "<answer>B</answer>", list(range(40, 48))),
+            ],
+        ),
+    ]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rollouts))
+    (row,) = window_rows(path, {"x": ITEM}, window=10)
+    assert row["retrieves"] == 3
+    assert row["copies_border"] == 1 / 3
+    assert row["border_named_right"] == 1.0
+    assert row["first_shows"] == 1 / 3
+    assert row["again_after_miss"] == 1 / 2
+    assert row["second_shows"] == 1.0
