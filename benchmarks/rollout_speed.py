@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,25 +73,45 @@ def timed_step(recipe: RLRecipe, items, args, *, batched: bool) -> dict[str, flo
     return {"rollout": seconds, "update": update, "total": time.perf_counter() - started}
 
 
-def frozen_update_ratio(root: Path, prompts, args) -> float:
-    """(d): one step's trajectories, updated from fresh copies of the policy with the tower's
-    embeddings replayed and with the tower run again; pixels' seconds over replayed seconds."""
-    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True)
-    recipe = RLRecipe(root / "data", root / "rl-frozen", "tiny", settings)
+def alternating_updates(
+    root: Path,
+    prompts,
+    args,
+    settings: RLSettings,
+    variant: Callable[[RLRecipe, bool], None],
+) -> tuple[dict[bool, float], dict[str, float], int]:
+    """One step's trajectories (sampled once), updated from fresh copies of the policy made the
+    old way (``variant(recipe, False)``) and the new way (``True``), alternating, best of two
+    each. Returns the seconds per way, the new way's losses and the trajectory count."""
+    recipe = RLRecipe(root / "data", root / "rl-update", "tiny", settings)
     recipe.setup()
     recipe.policy.eval()
     _, trajectories = timed_rollout(recipe.lm, prompts, args, batched=True)
     score(trajectories, recipe.by_id, settings.reward)
     seconds: dict[bool, list[float]] = {True: [], False: []}
-    for cached in (False, True, False, True):
-        fresh = RLRecipe(root / "data", root / "rl-frozen", "tiny", settings)
+    losses: dict[str, float] = {}
+    for new in (False, True, False, True):
+        fresh = RLRecipe(root / "data", root / "rl-update", "tiny", settings)
         fresh.setup()
-        fresh.cached_vision = cached
+        variant(fresh, new)
         fresh.policy.train()
         started = time.perf_counter()
-        fresh.update(trajectories)
-        seconds[cached].append(time.perf_counter() - started)
-    pixels, replayed = min(seconds[False]), min(seconds[True])
+        got = fresh.update(trajectories)
+        seconds[new].append(time.perf_counter() - started)
+        losses = got if new else losses
+    return {new: min(times) for new, times in seconds.items()}, losses, len(trajectories)
+
+
+def frozen_update_ratio(root: Path, prompts, args) -> float:
+    """(d): the tower's embeddings replayed against the tower run again; pixels' seconds over
+    replayed seconds."""
+
+    def replay(recipe: RLRecipe, cached: bool) -> None:
+        recipe.cached_vision = cached
+
+    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True)
+    seconds, _, _ = alternating_updates(root, prompts, args, settings, replay)
+    pixels, replayed = seconds[False], seconds[True]
     print(
         f"(d) update, tower fixed: pixels {pixels:6.1f} s   replayed embeddings {replayed:6.1f} s"
     )
@@ -98,33 +119,18 @@ def frozen_update_ratio(root: Path, prompts, args) -> float:
 
 
 def flat_drop_ratio(root: Path, prompts, args) -> float:
-    """(e): one step's trajectories, updated from fresh copies of the policy with every
-    trajectory and with the flat groups left out; all-trajectories seconds over dropped seconds."""
+    """(e): every trajectory against the flat groups left out; all-trajectories seconds over
+    dropped seconds."""
+
+    def drop(recipe: RLRecipe, flat_left_out: bool) -> None:
+        recipe.s = recipe.s.model_copy(update={"drop_flat_groups": flat_left_out})
+
     settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL)
-    recipe = RLRecipe(root / "data", root / "rl-flat", "tiny", settings)
-    recipe.setup()
-    recipe.policy.eval()
-    _, trajectories = timed_rollout(recipe.lm, prompts, args, batched=True)
-    score(trajectories, recipe.by_id, settings.reward)
-    seconds: dict[bool, list[float]] = {True: [], False: []}
-    share = 1.0
-    for drop in (False, True, False, True):
-        fresh = RLRecipe(
-            root / "data",
-            root / "rl-flat",
-            "tiny",
-            settings.model_copy(update={"drop_flat_groups": drop}),
-        )
-        fresh.setup()
-        fresh.policy.train()
-        started = time.perf_counter()
-        trained = fresh.update(trajectories)["trained_share"]
-        seconds[drop].append(time.perf_counter() - started)
-        share = trained if drop else share
-    every, dropped = min(seconds[False]), min(seconds[True])
+    seconds, losses, n = alternating_updates(root, prompts, args, settings, drop)
+    every, dropped = seconds[False], seconds[True]
     print(
         f"(e) update: every trajectory {every:6.1f} s   flat groups left out {dropped:6.1f} s "
-        f"(trained on {share:.0%} of {len(trajectories)})"
+        f"(trained on {losses['trained_share']:.0%} of {n})"
     )
     return every / dropped
 
