@@ -133,8 +133,9 @@ def main(
     retrieve_labels: Annotated[
         bool,
         typer.Option(
-            help="Script retrieves between two first-turn frame labels picked at random "
-            "(copyable ranges; which labels is left to RL)."
+            help="Script retrieves between two first-turn frame labels picked at random, or "
+            "with --retrieve-block N the N frames from one (copyable ranges; which label is "
+            "left to RL)."
         ),
     ] = False,
     retrieve_again: Annotated[

@@ -57,8 +57,9 @@ class CurriculumConfig(AttentionChoice):
     retrieve_labels: bool = Field(
         False,
         description="Retrieve between two first-turn frame labels picked at random "
-        "(`label_range`) instead of a random range or block: RL then only has to learn which "
-        "labels to copy.",
+        "(`label_range`) instead of a random range or block, or with `retrieve_block` > 0 the "
+        "block of that many frames from one label: RL then only has to learn which label to "
+        "copy.",
     )
     retrieve_again: float = Field(
         1.0,

@@ -10,7 +10,7 @@ The labels are honest about what the frames show:
 - the model answers as soon as the evidence the question needs has been shown (the one needle
   for colour and shape questions, every needle for order and count questions);
 - otherwise it retrieves a **random** range (or, with ``retrieve_labels``, the range between
-  two first-turn frame labels picked at random): where to look is left for RL to learn, so the
+  two first-turn frame labels picked at random, or the ``retrieve_block`` frames from one): where to look is left for RL to learn, so the
   warm start does not imitate an oracle. With ``aim`` an episode instead aims from the border
   frames the reply has just named (`aimed_range`): a fixed rule on what was seen, never on
   where the needles are, which RL can keep, sharpen or drop;
@@ -182,10 +182,21 @@ def random_range(
     return start, start + span - 1
 
 
-def label_range(rng: random.Random, labels: Sequence[int]) -> tuple[int, int]:
-    """Two of ``labels`` picked at random, adjacent or one apart: a range the model can copy
-    from its prompt's frame labels instead of computing it. Which labels is left to RL (this
-    never looks at the needles either)."""
+def label_range(
+    rng: random.Random, labels: Sequence[int], block: int = 0, pool: int = 0
+) -> tuple[int, int]:
+    """A range the model can copy from its prompt's frame labels instead of computing it; which
+    labels is left to RL (this never looks at the needles either).
+
+    With ``block == 0``: two of ``labels`` picked at random, adjacent or one apart. With
+    ``block > 0``: the ``block`` frames from one label picked at random (clipped to ``pool``), so
+    the range's start is a copy and its end one of only ``len(labels)`` fixed spellings; a model
+    trained on label pairs copies the first label but ends its ranges anywhere, too wide for 8
+    spread frames to show a short needle.
+    """
+    if block > 0:
+        start = rng.choice(list(labels))
+        return start, min(pool - 1, start + block - 1) if pool else start + block - 1
     if len(labels) < 2:
         raise CurriculumError("a label range needs at least two frame labels")
     gap = rng.choice((1, 2)) if len(labels) > 2 else 1
@@ -280,7 +291,7 @@ def plan_trajectory(
                 start, end = target
                 aimed = True
             elif retrieve_labels:
-                start, end = label_range(rng, overview)
+                start, end = label_range(rng, overview, retrieve_block, n)
             else:
                 start, end = random_range(rng, n, retrieve_width, retrieve_block)
             reply = retrieve_reply(seen_text, start, end)

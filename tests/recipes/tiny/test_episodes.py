@@ -129,6 +129,9 @@ def test_label_ranges_copy_first_turn_labels_and_never_aim(cached) -> None:
     assert ranges == {(0, 4), (4, 8), (8, 13), (13, 17), (0, 8), (4, 13), (8, 17)}
     with pytest.raises(episodes.CurriculumError):
         episodes.label_range(rng, [3])
+    # with a block: N frames from one label, the last clipped to the pool
+    windows = {episodes.label_range(rng, labels, 8, 20) for _ in range(300)}
+    assert windows == {(0, 7), (4, 11), (8, 15), (13, 19), (17, 19)}
     # In scripted episodes every retrieve spans two overview labels, wherever the needles are.
     hits = 0
     for c in cached:
@@ -142,6 +145,18 @@ def test_label_ranges_copy_first_turn_labels_and_never_aim(cached) -> None:
                 if isinstance(action, protocol.Retrieve):
                     assert {action.start, action.end} <= overview
                     hits += any(action.start <= i <= action.end for i in needles)
+            windows = episodes.plan_trajectory(
+                c.item,
+                c.pool,
+                episodes.MULTI_TURN,
+                random.Random(seed),
+                retrieve_block=8,
+                retrieve_labels=True,
+            )
+            for action in windows.actions:
+                if isinstance(action, protocol.Retrieve):
+                    assert action.start in overview
+                    assert action.end == min(len(c.pool) - 1, action.start + 7)
     assert hits > 0
 
 
