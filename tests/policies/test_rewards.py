@@ -103,6 +103,30 @@ def test_answer_only_ablation():
     assert r.per_turn == pytest.approx([0.1, 1.0])
 
 
+@pytest.mark.parametrize("frame_reward", [True, False])
+def test_code_reward_pays_a_first_retrieve_hit_and_a_second_the_same(frame_reward: bool):
+    """Under the code's reward a turn's format term (0.1) offsets the answer's decay (0.1 a
+    turn), so with turns to spare a right answer pays the same whether the first retrieve showed
+    the needle or a second one did after a miss: only showing it at all is rewarded, which is why
+    RL sharpens the first aim slowly (docs/tiny-model.md)."""
+    settings = RewardSettings(use_frame_reward=frame_reward)
+    miss = FIRST | {30, 31}
+    miss_then_hit = [
+        TurnOutcome(valid=True, action="retrieve", seen_after=miss),
+        TurnOutcome(valid=True, action="retrieve", seen_after=miss | {9, 10, 11}),
+        TurnOutcome(valid=True, action="answer"),
+    ]
+    first = trajectory_reward(
+        RETRIEVE_THEN_ANSWER, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
+    )
+    second = trajectory_reward(
+        miss_then_hit, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
+    )
+    # frames: 0.5 for the retrieve that showed it; format 0.2 vs 0.3; answer 0.9 vs 0.8
+    assert first.total == pytest.approx(second.total)
+    assert first.total == pytest.approx(1.6 if frame_reward else 1.1)
+
+
 def test_retrieve_that_adds_nothing_relevant_earns_no_frame_term():
     turns = [
         TurnOutcome(valid=True, action="retrieve", seen_after=FIRST | {30, 31}),
