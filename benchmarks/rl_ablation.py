@@ -131,10 +131,27 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
     ]
 
 
+def seed_counts(reached: Any) -> str:
+    """How many seeds each stretch of steps averages: "3 seeds", or "2 seeds to step 35, 1 to
+    200" while some runs are behind (``reached``: seeds x steps, whether a run got there)."""
+    counts = reached.sum(0)
+    parts, start = [], 0
+    for i in range(1, len(counts) + 1):
+        if i == len(counts) or counts[i] != counts[start]:
+            parts.append((int(counts[start]), i))
+            start = i
+    if len(parts) == 1:
+        n = parts[0][0]
+        return f"{n} seed{'s' if n > 1 else ''}"
+    first = f"{parts[0][0]} seeds to step {parts[0][1]}"
+    return ", ".join([first] + [f"{n} to {end}" for n, end in parts[1:]])
+
+
 def plot_curves(args: argparse.Namespace, png: Path, window: int = 10) -> None:
     """Accuracy and needles shown (``relevant_seen``) against RL step, one line per arm: the mean
     over RL seeds of each run's moving average (``window`` steps), with the seeds' spread as a
-    band. Read from each run's ``metrics.jsonl``, so it draws whatever has been trained so far."""
+    band. Read from each run's ``metrics.jsonl``, so it draws whatever has been trained so far;
+    each step averages the seeds that reached it, and the legend says how many."""
     import json
 
     import matplotlib
@@ -155,20 +172,32 @@ def plot_curves(args: argparse.Namespace, png: Path, window: int = 10) -> None:
             curves.append(rows)
         if not curves:
             continue
-        steps = min(len(rows) for rows in curves)
+        # runs of one arm may stand at different steps mid-ablation: each step averages the
+        # seeds that reached it, so no run's later steps are hidden by a shorter one
+        steps = max(len(rows) for rows in curves)
+        reached = np.array([[len(rows) > i for i in range(steps)] for rows in curves])
         for ax, (key, title) in zip(axes, keys, strict=True):
-            smooth = []
-            for rows in curves:
-                values = np.array(
-                    [np.nan if r.get(key) is None else r[key] for r in rows[:steps]], float
-                )
-                kernel = np.ones(min(window, steps)) / min(window, steps)
-                smooth.append(np.convolve(np.nan_to_num(values), kernel, mode="valid"))
-            stack = np.vstack(smooth)
-            x = np.arange(stack.shape[1]) + min(window, steps)
-            line = ax.plot(x, stack.mean(0), label=f"{name} ({len(curves)} seeds)")[0]
-            ax.fill_between(x, stack.min(0), stack.max(0), alpha=0.2, color=line.get_color())
-            ax.set_title(f"{title} ({min(window, steps)}-step mean)")
+            smooth = np.full((len(curves), steps), np.nan)
+            for row, rows in enumerate(curves):
+                values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], float)
+                size = min(window, len(values))
+                kernel = np.ones(size) / size
+                averaged = np.convolve(np.nan_to_num(values), kernel, mode="valid")
+                smooth[row, size - 1 : size - 1 + len(averaged)] = averaged
+            x = np.arange(1, steps + 1)
+            shown = ~np.isnan(smooth).all(0)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(smooth[:, shown], 0)
+            line = ax.plot(x[shown], mean, label=f"{name} ({seed_counts(reached)})")[0]
+            band = shown & (np.sum(~np.isnan(smooth), 0) > 1)
+            ax.fill_between(
+                x[band],
+                np.nanmin(smooth[:, band], 0),
+                np.nanmax(smooth[:, band], 0),
+                alpha=0.2,
+                color=line.get_color(),
+            )
+            ax.set_title(f"{title} ({window}-step mean)")
             ax.set_xlabel("RL step")
     axes[0].legend(fontsize=7)
     fig.tight_layout()

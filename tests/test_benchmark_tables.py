@@ -88,3 +88,45 @@ def test_breakdown_line_counts_right_answers_per_kind_and_turns_taken() -> None:
     # without kinds (an old results file), the turns still split
     line = synthetic_table.breakdown_line(synthetic_table.summary_row(rows, "multi"))
     assert line == "- multi: right answers by turns taken 2 1/1, 3 1/2"
+
+
+def test_seed_counts_say_how_many_runs_each_stretch_averages() -> None:
+    import numpy as np
+
+    everyone = np.ones((3, 5), bool)
+    assert rl_ablation.seed_counts(everyone) == "3 seeds"
+    assert rl_ablation.seed_counts(np.ones((1, 5), bool)) == "1 seed"
+    behind = np.array([[True] * 5, [True, True, False, False, False]])
+    assert rl_ablation.seed_counts(behind) == "2 seeds to step 2, 1 to 5"
+
+
+def test_curves_draw_every_step_of_a_run_ahead_of_its_arm_s_other_seeds(tmp_path, monkeypatch):
+    """Mid-ablation one seed stands at step 6, another at 2: the arm's line runs to step 6 (the
+    later steps from the one seed that reached them), and the PNG is written."""
+    import argparse
+    import json
+
+    import matplotlib.axes
+
+    name = "RL, answer reward only"
+    for seed, steps in ((0, 6), (1, 2)):
+        run = rl_ablation.arm_dir(tmp_path, name, seed, several=True)
+        run.mkdir(parents=True)
+        rows = [{"step": i + 1, "accuracy": 0.5, "relevant_seen": 0.1 * seed} for i in range(steps)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn: list = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda self, x, y, **kw: (
+            drawn.append((list(x), list(y), kw)) or real_plot(self, x, y, **kw)
+        ),
+    )
+    args = argparse.Namespace(arms=[name], seed=[0, 1], out=tmp_path)
+    rl_ablation.plot_curves(args, tmp_path / "curves.png", window=2)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    x, needles, kw = drawn[1]
+    assert x == [2, 3, 4, 5, 6]
+    assert needles[0] == 0.05 and needles[1:] == [0.0] * 4  # both seeds at step 2, then seed 0
+    assert kw["label"] == f"{name} (2 seeds to step 2, 1 to 6)"
