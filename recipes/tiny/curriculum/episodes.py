@@ -10,10 +10,11 @@ The labels are honest about what the frames show:
 - the model answers as soon as the evidence the question needs has been shown (the one needle
   for colour and shape questions, every needle for order and count questions);
 - otherwise it retrieves a **random** range (or, with ``retrieve_labels``, the range between
-  two first-turn frame labels picked at random, or the ``retrieve_block`` frames from one): where to look is left for RL to learn, so the
-  warm start does not imitate an oracle. With ``aim`` an episode instead aims from the border
-  frames the reply has just named (`aimed_range`): a fixed rule on what was seen, never on
-  where the needles are, which RL can keep, sharpen or drop;
+  two first-turn frame labels picked at random, or the ``retrieve_block`` frames from one):
+  where to look is left for RL to learn, so the warm start does not imitate an oracle. With
+  ``aim`` an episode instead aims from the border frames the reply has just named
+  (`aimed_range`): a fixed rule on what was seen, never on where the needles are, which RL can
+  keep, sharpen or drop;
 - on the last turn without the evidence it must still answer; that reply says it guesses, and
   the option letter inside ``<answer>`` carries no loss (the format does), so the model is
   never trained to produce an answer it could not have known. With ``needle`` answers the guess
