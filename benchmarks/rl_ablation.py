@@ -329,7 +329,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--train-tokens",
-        choices=["reply", "action"],
+        choices=["reply", "action", "decision"],
         default="reply",
         help="What every arm's policy gradient moves (`vmtr train rl --train-tokens`).",
     )

@@ -71,7 +71,8 @@ def rl(
         str,
         typer.Option(
             help="reply: the policy gradient moves every sampled token (as Video-MTR); action: "
-            "only each reply's <retrieve>/<answer> part, not what its think text says it saw."
+            "only each reply's <retrieve>/<answer> part, not what its think text says it saw; "
+            "decision: the action and the think text's last sentence (where it decides)."
         ),
     ] = "reply",
     micro_batch: Annotated[

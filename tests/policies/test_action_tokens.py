@@ -1,4 +1,5 @@
-"""The action-only update mask: a reply's `<retrieve>`/`<answer>` part, never its think text."""
+"""The action-only update mask: a reply's `<retrieve>`/`<answer>` part, never its think text;
+and the decision mask: the action and the think text's last sentence."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.tiny import build_tokenizer
-from vmtr.policies.action_tokens import action_start, action_token_mask
+from vmtr.policies.action_tokens import action_start, action_token_mask, last_sentence_start
 from vmtr.policies.trainer import RLRecipe, RLSettings
 
 
@@ -42,6 +43,45 @@ def test_a_reply_without_think_is_all_action_and_a_cut_off_think_has_none(tokeni
     assert action_start(ids, tokenizer) == 0
     cut = tokenizer("<think>Border: frames 20 to", add_special_tokens=False)["input_ids"]
     assert action_start(cut, tokenizer) == len(cut)
+
+
+@pytest.mark.parametrize(
+    ("think", "last"),
+    [
+        ("Border: frames 20 to 24. Seen: no shapes. Need more frames.", "Need more frames."),
+        ("Border: frames 20 to 24. Seen: no shapes. Guessing.", "Guessing."),
+        ("Seen: frame 51 cyan square.", "Seen: frame 51 cyan square."),
+        ("It is red! Or is it?  Look again at 0.5 s\n", "Look again at 0.5 s\n"),
+        ("", ""),
+    ],
+)
+def test_last_sentence_is_what_the_think_text_ends_on(think, last):
+    assert think[last_sentence_start(think) :] == last
+
+
+@pytest.mark.parametrize(
+    ("reply", "decision"),
+    [
+        (
+            "<think>Border: frames 20 to 24. Seen: no shapes. Need more frames.</think>"
+            "<retrieve>16, 23</retrieve>",
+            "Need more frames.</think><retrieve>16, 23</retrieve>",
+        ),
+        (
+            "<think>Border: frames 20 to 24. Seen: no shapes. Guessing.</think><answer>A</answer>",
+            "Guessing.</think><answer>A</answer>",
+        ),
+    ],
+)
+def test_decision_starts_at_the_think_texts_last_sentence(tokenizer, reply, decision):
+    ids = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    k = action_start(ids, tokenizer, "decision")
+    trained = tokenizer.decode(ids[k:], skip_special_tokens=False)
+    assert trained.strip().startswith(decision)
+    assert "Seen" not in trained and "Border" not in trained
+    assert action_start(ids, tokenizer, "decision") < action_start(ids, tokenizer)
+    cut = tokenizer("<think>Border: frames 20 to", add_special_tokens=False)["input_ids"]
+    assert action_start(cut, tokenizer, "decision") == len(cut)
 
 
 def test_mask_covers_only_each_replys_action(tokenizer):

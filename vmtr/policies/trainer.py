@@ -80,12 +80,13 @@ class RLSettings(BaseModel):
     top_p: float = 0.95
     max_new_tokens: int = 512
     lora_rank: int = Field(0, ge=0, description="> 0 trains a LoRA adapter instead.")
-    train_tokens: Literal["reply", "action"] = Field(
+    train_tokens: Literal["reply", "action", "decision"] = Field(
         "reply",
         description="Which sampled tokens the policy gradient moves: the whole reply (as "
-        "Video-MTR), or only its action (`<retrieve>`/`<answer>`), keeping what the think "
-        "text says it saw out of RL's reach (vmtr.policies.action_tokens). A decision the think "
-        "text states ('Need more frames.') is then left untrained too, and drifts.",
+        "Video-MTR); only its action (`<retrieve>`/`<answer>`), keeping what the think text "
+        "says it saw out of RL's reach, which leaves a decision the think text states ('Need "
+        "more frames.') untrained; or the decision: the think block's last sentence and the "
+        "action (vmtr.policies.action_tokens).",
     )
     drop_flat_groups: bool = Field(
         True,
@@ -479,9 +480,11 @@ class RLRecipe:
         n = len(trajectories)
         # the tokens the policy gradient and entropy bonus move, found once for every epoch
         moved = [t.action_mask for t in trajectories]
-        if self.s.train_tokens == "action":
-            tokenizer = self.lm.processor.tokenizer
-            moved = [action_token_mask(t.input_ids, t.turn_spans, tokenizer) for t in trajectories]
+        if self.s.train_tokens != "reply":
+            tokenizer, part = self.lm.processor.tokenizer, self.s.train_tokens
+            moved = [
+                action_token_mask(t.input_ids, t.turn_spans, tokenizer, part) for t in trajectories
+            ]
         kept = self.trained(targets, moved)
         totals["trained_share"] = len(kept) / max(1, n)
         # the loss stays divided by all n: a kept trajectory's gradient is what it was with all
