@@ -14,11 +14,9 @@ sentence a reasoning reply ends on before it acts, and what it reports having se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import re
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
