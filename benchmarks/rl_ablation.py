@@ -127,6 +127,8 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         *(["--freeze-vision"] if args.freeze_vision else []),
         "--train-tokens",
         args.train_tokens,
+        "--loss-agg",
+        args.loss_agg,
         *flags,
     ]
 
@@ -332,6 +334,12 @@ def main() -> None:
         choices=["reply", "action", "decision"],
         default="reply",
         help="What every arm's policy gradient moves (`vmtr train rl --train-tokens`).",
+    )
+    parser.add_argument(
+        "--loss-agg",
+        choices=["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
+        default="seq-mean-token-mean",
+        help="How every arm's update weighs its tokens (`vmtr train rl --loss-agg`).",
     )
     parser.add_argument(
         "--plot", type=Path, help="Also draw accuracy and needles shown against RL step (PNG)."

@@ -75,6 +75,14 @@ def rl(
             "decision: the action and the think text's last sentence (where it decides)."
         ),
     ] = "reply",
+    loss_agg: Annotated[
+        str,
+        typer.Option(
+            help="seq-mean-token-mean (GRPO: each trajectory's token mean), token-mean (DAPO: the "
+            "step's token mean) or seq-mean-token-sum-norm (Dr. GRPO: each trajectory's sum over "
+            "max-turns x max-new-tokens)."
+        ),
+    ] = "seq-mean-token-mean",
     micro_batch: Annotated[
         int,
         typer.Option(
@@ -125,6 +133,7 @@ def rl(
             save_merged=save_merged,
             micro_batch=micro_batch,
             train_tokens=train_tokens,
+            loss_agg=loss_agg,
             drop_flat_groups=drop_flat_groups,
             freeze_vision=freeze_vision,
             seed=seed,

@@ -35,6 +35,7 @@ from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapte
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.action_tokens import action_token_mask
 from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
+from vmtr.policies.loss_agg import LossAgg, row_divisors
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
 
@@ -87,6 +88,15 @@ class RLSettings(BaseModel):
         "says it saw out of RL's reach, which leaves a decision the think text states ('Need "
         "more frames.') untrained; or the decision: the think block's last sentence and the "
         "action (vmtr.policies.action_tokens).",
+    )
+    loss_agg: LossAgg = Field(
+        "seq-mean-token-mean",
+        description="How the policy-gradient and entropy terms sum a step's tokens (verl's "
+        "loss_agg_mode): each trajectory's mean over its trained tokens, then the mean over "
+        "trajectories (GRPO's); the mean over every trained token of the step (DAPO's); or each "
+        "trajectory's sum over a fixed horizon, max_turns x max_new_tokens (Dr. GRPO's). The "
+        "first gives every trajectory the same weight, however many turns it took; the last two "
+        "give every token the same weight (vmtr.policies.loss_agg).",
     )
     drop_flat_groups: bool = Field(
         True,
@@ -455,9 +465,15 @@ class RLRecipe:
             out.append((a, ret))
         return out
 
+    @property
+    def horizon(self) -> int:
+        """The most tokens a trajectory can sample: Dr. GRPO's fixed divisor."""
+        return self.s.protocol.max_turns * self.s.max_new_tokens
+
     def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """PPO epochs over the step's trajectories, ``micro_batch`` of them per forward (right
-        padded; each trajectory's loss is its own masked mean, as one at a time)."""
+        padded; each trajectory's loss is its own token sum over its ``loss_agg`` divisor, as one
+        at a time)."""
         targets = self.advantages(trajectories)
         if self.s.algo == "ppo":  # whiten PPO advantages over the batch's response tokens
             masks = torch.cat([t.action_mask for t in trajectories])
@@ -485,6 +501,7 @@ class RLRecipe:
             moved = [
                 action_token_mask(t.input_ids, t.turn_spans, tokenizer, part) for t in trajectories
             ]
+        divisors = row_divisors(moved, self.s.loss_agg, self.horizon)
         kept = self.trained(targets, moved)
         totals["trained_share"] = len(kept) / max(1, n)
         # the loss stays divided by all n: a kept trajectory's gradient is what it was with all
@@ -512,9 +529,11 @@ class RLRecipe:
                 logp, entropy = logp.view(len(chunk), -1), entropy.view(len(chunk), -1)
                 ratio = torch.exp(torch.clamp(logp - old, -20, 20))
                 clipped = torch.clamp(ratio, 1 - self.s.clip, 1 + self.s.clip)
-                pg = masked_mean(-torch.minimum(ratio * adv, clipped * adv), pg_mask)  # per row
+                # per row, each divided by its aggregation divisor (vmtr.policies.loss_agg)
+                divisor = torch.tensor([divisors[i] for i in indices], device=self.acc.device)
+                pg = (-torch.minimum(ratio * adv, clipped * adv) * pg_mask).sum(-1) / divisor
                 ent = masked_mean(entropy, pg_mask)
-                loss = pg - self.s.entropy_coef * ent
+                loss = pg - self.s.entropy_coef * (entropy * pg_mask).sum(-1) / divisor
                 kl = torch.zeros_like(pg)
                 if self.s.kl_coef > 0:
                     ref_logp = self.reference_logprobs(inputs, banned).view(len(chunk), -1)
