@@ -43,7 +43,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from vmtr.policies.loss_agg import LossAgg
+from vmtr.policies.trainer import RLSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -331,13 +334,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--train-tokens",
-        choices=["reply", "action", "decision"],
+        choices=get_args(RLSettings.model_fields["train_tokens"].annotation),
         default="reply",
         help="What every arm's policy gradient moves (`vmtr train rl --train-tokens`).",
     )
     parser.add_argument(
         "--loss-agg",
-        choices=["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
+        choices=get_args(LossAgg),
         default="seq-mean-token-mean",
         help="How every arm's update weighs its tokens (`vmtr train rl --loss-agg`).",
     )

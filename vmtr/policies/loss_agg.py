@@ -31,12 +31,11 @@ def row_divisors(masks: Sequence[torch.Tensor], mode: LossAgg, horizon: int) -> 
     (``seq-mean-token-sum-norm``). Counts are floored at 1 so a reply-less trajectory divides
     safely; the step's count includes trajectories the update leaves out (their gradient is
     zero), so leaving them out changes nothing."""
-    counts = [max(1.0, float(m.sum())) for m in masks]
+    counts = [float(m.sum()) for m in masks]
     if mode == "seq-mean-token-mean":
-        return counts
+        return [max(1.0, c) for c in counts]
     if mode == "token-mean":
-        total = sum(float(m.sum()) for m in masks)
-        return [max(1.0, total) / max(1, len(masks))] * len(masks)
+        return [max(1.0, sum(counts)) / max(1, len(masks))] * len(masks)
     if mode == "seq-mean-token-sum-norm":
         return [float(horizon)] * len(masks)
     raise ValueError(f"unknown loss aggregation {mode!r}")
