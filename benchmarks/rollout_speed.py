@@ -11,11 +11,14 @@ On the bundled tiny model and a fixed generated synthetic set it times
     best of two each, same trajectories);
 (e) the GRPO update leaving out groups whose samples all scored the same (no advantage) against
     running every trajectory (alternating, best of two each, same trajectories; the share of
-    trajectories it trains on is printed: it depends on the policy and the data).
+    trajectories it trains on is printed: it depends on the policy and the data);
+(f) the update with the vision tower fixed running each GRPO group's shared first prompt once
+    against once per sample (alternating, best of two each, same trajectories).
 Each pair runs back to back with the same seeds, so the ratios hold on a loaded machine; the
 absolute times do not. The last line is
 ``rollout_speed: rollout_ratio=R step_ratio=S eval_ratio=E frozen_update_ratio=F
-flat_drop_ratio=D`` (new speed over old; ``--parts`` runs some of them, e.g. ``--parts de``).
+flat_drop_ratio=D shared_prompt_ratio=P`` (new speed over old; ``--parts`` runs some of them,
+e.g. ``--parts de``).
 
     python benchmarks/rollout_speed.py [--threads 1] [--prompts 8] [--samples 4] [--eval-n 16]
 """
@@ -109,7 +112,7 @@ def frozen_update_ratio(root: Path, prompts, args) -> float:
     def replay(recipe: RLRecipe, cached: bool) -> None:
         recipe.cached_vision = cached
 
-    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True)
+    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True, share_prompt=False)
     seconds, _, _ = alternating_updates(root, prompts, args, settings, replay)
     pixels, replayed = seconds[False], seconds[True]
     print(
@@ -133,6 +136,23 @@ def flat_drop_ratio(root: Path, prompts, args) -> float:
         f"(trained on {losses['trained_share']:.0%} of {n})"
     )
     return every / dropped
+
+
+def shared_prompt_ratio(root: Path, prompts, args) -> float:
+    """(f): the vision tower fixed, a group's shared first prompt run once in the update against
+    once per sample; per-sample seconds over shared seconds."""
+
+    def share(recipe: RLRecipe, shared: bool) -> None:
+        recipe.s = recipe.s.model_copy(update={"share_prompt": shared})
+
+    settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True)
+    seconds, losses, n = alternating_updates(root, prompts, args, settings, share)
+    whole, shared = seconds[False], seconds[True]
+    print(
+        f"(f) update, tower fixed: every sample whole {whole:6.1f} s   group prompt once "
+        f"{shared:6.1f} s (trained on {losses['trained_share']:.0%} of {n})"
+    )
+    return whole / shared
 
 
 def timed_eval(items, lm, out: Path, batch: int, args) -> tuple[float, list[dict]]:
@@ -214,7 +234,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--minutes", type=float, default=1.0, help="length of each video")
     parser.add_argument(
-        "--parts", default="abcde", help="Which of the comparisons (a)-(e) to run (default all)."
+        "--parts", default="abcdef", help="Which of the comparisons (a)-(f) to run (default all)."
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -232,6 +252,8 @@ def main() -> None:
             ratios["frozen_update_ratio"] = frozen_update_ratio(root, prompts, args)
         if "e" in args.parts:
             ratios["flat_drop_ratio"] = flat_drop_ratio(root, prompts, args)
+        if "f" in args.parts:
+            ratios["shared_prompt_ratio"] = shared_prompt_ratio(root, prompts, args)
     print("rollout_speed: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
 
 

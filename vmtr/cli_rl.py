@@ -96,6 +96,13 @@ def rl(
             "policy gradient; only their entropy bonus and KL share are lost)."
         ),
     ] = True,
+    share_prompt: Annotated[
+        bool,
+        typer.Option(
+            help="GRPO with --freeze-vision: run a group's shared first prompt once in the update "
+            "(the same log-probs and gradients as once per sample, less compute)."
+        ),
+    ] = True,
     save_merged: Annotated[
         bool,
         typer.Option(help="LoRA: a merged full model in every checkpoint (the final one always)."),
@@ -135,6 +142,7 @@ def rl(
             train_tokens=train_tokens,
             loss_agg=loss_agg,
             drop_flat_groups=drop_flat_groups,
+            share_prompt=share_prompt,
             freeze_vision=freeze_vision,
             seed=seed,
             reward=RewardSettings(

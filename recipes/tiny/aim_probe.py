@@ -13,7 +13,10 @@ per window of steps, over the episodes whose first reply retrieved:
 - **first shows it**: the first retrieve's frames (8 spread over the range) show that needle;
 - **again after a miss**: of the episodes whose first retrieve showed no needle, the share that
   retrieved a second time (the only way to the needle then), and **second shows it**: the share
-  of those second retrieves that showed it.
+  of those second retrieves that showed it;
+- **return after a hit / after a miss**: the mean episode reward when the first retrieve showed
+  the needle and when it did not, and **right after a miss**: how often a miss still ended in
+  the right answer. Their gap is what the reward pays for aiming the first retrieve.
 
 A run that learns where to look raises "copies border" and, as far as its naming is right,
 "needle in range"; random blocks hold the needle in about one first retrieve in eight.
@@ -61,7 +64,7 @@ def window_rows(
         cue_first, cue_last = item["cue_pool_indices"]
         needles = set(item["needle_pool_indices"])
         turns = episode["turns"]
-        row = counts.setdefault((episode["step"] - 1) // window, [0] * 8)
+        row = counts.setdefault((episode["step"] - 1) // window, [0] * 11)
         row[0] += 1
         row[1] += start <= named <= end
         row[2] += cue_first <= named <= cue_last
@@ -69,6 +72,12 @@ def window_rows(
         # turn k's "frames" are the frames that turn's reply saw, so turn 2's are the retrieve's
         first_shows = len(turns) > 1 and bool(needles & set(turns[1]["frames"]))
         row[4] += first_shows
+        returned = float(sum(episode["reward"]))
+        if first_shows:
+            row[8] += returned
+        else:
+            row[9] += returned
+            row[10] += bool(episode["correct"])
         if len(turns) > 1 and not first_shows:
             row[5] += 1
             if turns[1]["action"] == "retrieve" and len(turns) > 2:
@@ -84,8 +93,23 @@ def window_rows(
             "first_shows": shows / n,
             "again_after_miss": again / missed if missed else None,
             "second_shows": second / again if again else None,
+            "return_after_hit": hit_return / shows if shows else None,
+            "return_after_miss": miss_return / (n - shows) if n > shows else None,
+            "right_after_miss": miss_right / (n - shows) if n > shows else None,
         }
-        for w, (n, copied, right, hit, shows, missed, again, second) in sorted(counts.items())
+        for w, (
+            n,
+            copied,
+            right,
+            hit,
+            shows,
+            missed,
+            again,
+            second,
+            hit_return,
+            miss_return,
+            miss_right,
+        ) in sorted(counts.items())
     ]
 
 
@@ -101,20 +125,26 @@ def main() -> None:
         print(f"\n{run}")
         print(
             "| steps | first retrieves | copies border | border named right | needle in range "
-            "| first shows it | again after a miss | second shows it |"
+            "| first shows it | again after a miss | second shows it | return after a hit "
+            "| return after a miss | right after a miss |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in window_rows(run / "rollouts.jsonl", items, args.window):
             print(
                 f"| {r['steps']} | {r['retrieves']} | {r['copies_border']:.0%} "
                 f"| {r['border_named_right']:.0%} | {r['needle_in_range']:.0%} "
                 f"| {r['first_shows']:.0%} | {share(r['again_after_miss'])} "
-                f"| {share(r['second_shows'])} |"
+                f"| {share(r['second_shows'])} | {number(r['return_after_hit'])} "
+                f"| {number(r['return_after_miss'])} | {share(r['right_after_miss'])} |"
             )
 
 
 def share(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from vmtr.cli import app
 from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.adapters import MERGED_DIR
+from vmtr.policies.logprobs import model_inputs, token_logprobs
 from vmtr.policies.rollout import rollout
-from vmtr.policies.trainer import RLRecipe, RLSettings, model_inputs, token_logprobs
+from vmtr.policies.trainer import RLRecipe, RLSettings
 
 pytestmark = pytest.mark.slow
 

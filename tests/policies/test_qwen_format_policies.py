@@ -15,9 +15,10 @@ from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.advantages import bilevel_gae
 from vmtr.policies.conversation import IGNORE, encode_conversation
+from vmtr.policies.logprobs import model_inputs, token_logprobs
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import rollout, score
-from vmtr.policies.trainer import model_inputs, token_logprobs, turn_token_advantages
+from vmtr.policies.trainer import turn_token_advantages
 
 IM_END, NEWLINE = 151645, 198
 RETRIEVE = "<think>I need frames 12 to 20.</think><retrieve>12, 20</retrieve>"

@@ -16,13 +16,8 @@ from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import rollout, score
-from vmtr.policies.trainer import (
-    RLRecipe,
-    RLSettings,
-    model_inputs,
-    token_logprobs,
-    turn_token_advantages,
-)
+from vmtr.policies.logprobs import model_inputs, token_logprobs
+from vmtr.policies.trainer import RLRecipe, RLSettings, turn_token_advantages
 from vmtr.tools.select import relevant_pool_indices
 
 

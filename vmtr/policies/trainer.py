@@ -35,6 +35,13 @@ from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapte
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.action_tokens import action_token_mask
 from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
+from vmtr.policies.logprobs import (
+    batch_inputs,
+    group_token_logprobs,
+    shared_prefix,
+    token_logprobs,
+    vision_replayed,
+)
 from vmtr.policies.loss_agg import LossAgg, row_divisors
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
@@ -98,6 +105,11 @@ class RLSettings(BaseModel):
         "first gives every trajectory the same weight, however many turns it took; the last two "
         "give every token the same weight (vmtr.policies.loss_agg).",
     )
+    share_prompt: bool = Field(
+        True,
+        description="GRPO with the vision tower fixed: the update runs a group's shared first "
+        "prompt once for all its samples (the same log-probs and gradients, less compute).",
+    )
     drop_flat_groups: bool = Field(
         True,
         description="GRPO, one process: leave out of the update every trajectory with no "
@@ -150,105 +162,6 @@ class ValueModel(nn.Module):
     def forward(self, **inputs: Any) -> torch.Tensor:
         hidden = self.backbone(**vision_replayed(self.backbone, inputs)).last_hidden_state
         return self.head(hidden.float()).squeeze(-1)
-
-
-def model_inputs(lm: QwenVideoLM, traj: Trajectory) -> dict[str, Any]:
-    """The forward inputs that reproduce what the model saw while sampling ``traj``."""
-    return batch_inputs(lm, [traj])
-
-
-def batch_inputs(
-    lm: QwenVideoLM, trajectories: Sequence[Trajectory], *, cached_vision: bool = False
-) -> dict[str, Any]:
-    """Several trajectories as one right-padded batch: ids, modality types, each row's own M-RoPE
-    positions (from the model's ``get_rope_index``) and all their images.
-
-    No padding mask: with the padding on the right, causal attention already keeps every real
-    token from seeing it (only the padding's own outputs are garbage, and the losses mask them),
-    and without a mask the attention kernel runs its causal fast path.
-
-    ``cached_vision``: when every trajectory carries the engine's ``image_embeds``, the images
-    travel as those embeddings (``image_embeds`` + ``image_mask``, which `vision_replayed` turns
-    into ``inputs_embeds``) instead of pixels. Only right while the vision tower is fixed: it then
-    maps the same pixels to the same embeddings, and the update skips a forward pass over every
-    frame of every trajectory (frames a group's samples share included)."""
-    lengths = [int(t.input_ids.shape[0]) for t in trajectories]
-    width, rows = max(lengths), len(trajectories)
-    ids = torch.full((rows, width), lm.end_id, dtype=torch.long)
-    mm = torch.zeros((rows, width), dtype=torch.long)
-    positions = torch.zeros((3, rows, width), dtype=torch.long)
-    for row, (traj, length) in enumerate(zip(trajectories, lengths, strict=True)):
-        ids[row, :length] = traj.input_ids
-        mm[row, :length] = traj.mm_token_type_ids
-        one_ids, one_mm = traj.input_ids.unsqueeze(0), traj.mm_token_type_ids.unsqueeze(0)
-        if traj.image_grid_thw is not None:
-            pos, _ = lm.core.get_rope_index(
-                one_ids, mm_token_type_ids=one_mm, image_grid_thw=traj.image_grid_thw
-            )
-        else:
-            pos = torch.arange(length).view(1, 1, -1).expand(3, 1, -1)
-        positions[:, row, :length] = pos[:, 0]
-        if length < width:  # padding continues the row's positions (its outputs are masked)
-            positions[:, row, length:] = pos[:, 0, -1:] + 1 + torch.arange(width - length)
-    device = lm.device
-    inputs = {
-        "input_ids": ids.to(device),
-        "mm_token_type_ids": mm.to(device),
-        "position_ids": positions.to(device),
-    }
-    with_images = [t for t in trajectories if t.pixel_values is not None]
-    if with_images and cached_vision and all(t.image_embeds is not None for t in with_images):
-        inputs["image_embeds"] = torch.cat([t.image_embeds for t in with_images]).to(device)
-        inputs["image_mask"] = inputs["input_ids"] == lm.model.config.image_token_id
-    elif with_images:
-        inputs["pixel_values"] = torch.cat([t.pixel_values for t in with_images]).to(device)
-        inputs["image_grid_thw"] = torch.cat([t.image_grid_thw for t in with_images]).to(device)
-    return inputs
-
-
-def vision_replayed(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-    """``inputs`` as ``model``'s forward takes them: a batch whose images travel as cached
-    embeddings (`batch_inputs` with ``cached_vision``) becomes ``inputs_embeds`` -- ``model``'s
-    own token embeddings with the images' in their placeholders, as the model itself would
-    build them from the pixels -- and any other batch is returned as it is."""
-    if "image_embeds" not in inputs:
-        return inputs
-    forward = {
-        k: v for k, v in inputs.items() if k not in ("input_ids", "image_embeds", "image_mask")
-    }
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    where = inputs["image_mask"].unsqueeze(-1).expand_as(embeds)
-    forward["inputs_embeds"] = embeds.masked_scatter(where, inputs["image_embeds"].to(embeds.dtype))
-    return forward
-
-
-def token_logprobs(
-    model: nn.Module,
-    inputs: dict[str, Any],
-    banned: list[int],
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of every token given the ones before it (position 0 gets 0), and the entropy of
-    the distribution it was drawn from — at the sampling temperature, vision tokens masked, as in
-    the backend's sampler, so the first PPO ratio is exactly 1. Shapes ``[rows, L]``, or ``[L]``
-    for a batch of one."""
-    logits = model(**vision_replayed(model, inputs), use_cache=False).logits[:, :-1].float()
-    logits[..., banned] = float("-inf")
-    if temperature > 0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    target = inputs["input_ids"][:, 1:]
-    chosen = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    # Vision placeholders are banned from sampling, so as targets (environment tokens only) they
-    # score -inf; zero them so masked sums stay finite.
-    chosen = torch.where(torch.isfinite(chosen), chosen, torch.zeros_like(chosen))
-    probs = logp_all.exp()
-    entropy = -(probs * torch.where(probs > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
-    pad = torch.zeros((chosen.shape[0], 1), device=chosen.device)
-    logp, entropy = torch.cat([pad, chosen], 1), torch.cat([pad, entropy], 1)
-    if logp.shape[0] == 1:
-        return logp[0], entropy[0]
-    return logp, entropy
 
 
 def length_chunks(trajectories: Sequence[Trajectory], size: int) -> list[list[int]]:
@@ -505,54 +418,73 @@ class RLRecipe:
         kept = self.trained(targets, moved)
         totals["trained_share"] = len(kept) / max(1, n)
         # the loss stays divided by all n: a kept trajectory's gradient is what it was with all
-        chunks = [
-            [kept[i] for i in c]
-            for c in length_chunks([trajectories[i] for i in kept], self.micro_batch)
-        ]
+        units = self.backward_units(trajectories, kept)
         seen = max(1, len(kept))
+        temperature = self.s.temperature
         for _ in range(self.s.ppo_epochs):
             self.optimizer.zero_grad()
             if self.critic_optimizer is not None:
                 self.critic_optimizer.zero_grad()
             # Under DDP nothing is left out (`trained`), reply-less trajectories included: every
             # process must run the same number of backward passes.
-            for indices in chunks:
-                chunk = [trajectories[i] for i in indices]
-                chunk_targets = [targets[i] for i in indices]
-                width = max(int(t.input_ids.shape[0]) for t in chunk)
-                mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
-                pg_mask = padded([moved[i] for i in indices], width).to(self.acc.device)
-                adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
-                old = padded([t.old_logprobs for t in chunk], width).to(self.acc.device)
-                inputs = batch_inputs(self.lm, chunk, cached_vision=self.cached_vision)
-                logp, entropy = token_logprobs(self.policy, inputs, banned, self.s.temperature)
-                logp, entropy = logp.view(len(chunk), -1), entropy.view(len(chunk), -1)
-                ratio = torch.exp(torch.clamp(logp - old, -20, 20))
-                clipped = torch.clamp(ratio, 1 - self.s.clip, 1 + self.s.clip)
-                # per row, each divided by its aggregation divisor (vmtr.policies.loss_agg)
-                divisor = torch.tensor([divisors[i] for i in indices], device=self.acc.device)
-                pg = (-torch.minimum(ratio * adv, clipped * adv) * pg_mask).sum(-1) / divisor
-                ent = masked_mean(entropy, pg_mask)
-                loss = pg - self.s.entropy_coef * (entropy * pg_mask).sum(-1) / divisor
-                kl = torch.zeros_like(pg)
-                if self.s.kl_coef > 0:
-                    ref_logp = self.reference_logprobs(inputs, banned).view(len(chunk), -1)
-                    log_ratio = torch.where(mask.bool(), ref_logp - logp, torch.zeros_like(logp))
-                    kl = masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask)  # k3 estimator
-                    loss = loss + self.s.kl_coef * kl
-                self.acc.backward(loss.sum() / n)
-                totals["policy_loss"] += float(pg.detach().sum()) / n
-                totals["kl"] += float(kl.detach().sum()) / n
-                totals["entropy"] += float(ent.detach().sum()) / seen
-                outside = ((ratio - 1).abs() > self.s.clip).float()
-                totals["clip_frac"] += float(masked_mean(outside, pg_mask).sum()) / seen
-                totals["ratio_max"] = max(totals["ratio_max"], float((ratio.detach() * mask).max()))
-                if self.critic is not None:
-                    values = self.critic(**inputs).view(len(chunk), -1)
-                    ret = padded([r for _, r in chunk_targets], width).to(values.device)
-                    v_loss = 0.5 * masked_mean((values - ret) ** 2, mask)
-                    self.acc.backward(v_loss.sum() / n)
-                    totals["value_loss"] += float(v_loss.detach().sum()) / n
+            for prefix, unit in units:
+                inputs = [
+                    batch_inputs(
+                        self.lm, [trajectories[i] for i in c], cached_vision=self.cached_vision
+                    )
+                    for c in unit
+                ]
+                if prefix:
+                    first = batch_inputs(self.lm, [trajectories[unit[0][0]]], cached_vision=True)
+                    scores = group_token_logprobs(
+                        self.policy, first, inputs, prefix, banned, temperature
+                    )
+                else:
+                    scores = [token_logprobs(self.policy, x, banned, temperature) for x in inputs]
+                loss = torch.zeros((), device=self.acc.device)
+                for indices, chunk_inputs, (logp, entropy) in zip(
+                    unit, inputs, scores, strict=True
+                ):
+                    chunk = [trajectories[i] for i in indices]
+                    chunk_targets = [targets[i] for i in indices]
+                    width = max(int(t.input_ids.shape[0]) for t in chunk)
+                    mask = padded([t.action_mask for t in chunk], width).to(self.acc.device)
+                    pg_mask = padded([moved[i] for i in indices], width).to(self.acc.device)
+                    adv = padded([a for a, _ in chunk_targets], width).to(self.acc.device)
+                    old = padded([t.old_logprobs for t in chunk], width).to(self.acc.device)
+                    logp, entropy = logp.view(len(chunk), -1), entropy.view(len(chunk), -1)
+                    ratio = torch.exp(torch.clamp(logp - old, -20, 20))
+                    clipped = torch.clamp(ratio, 1 - self.s.clip, 1 + self.s.clip)
+                    # per row, each divided by its aggregation divisor (vmtr.policies.loss_agg)
+                    divisor = torch.tensor([divisors[i] for i in indices], device=self.acc.device)
+                    pg = (-torch.minimum(ratio * adv, clipped * adv) * pg_mask).sum(-1) / divisor
+                    ent = masked_mean(entropy, pg_mask)
+                    rows = pg - self.s.entropy_coef * (entropy * pg_mask).sum(-1) / divisor
+                    kl = torch.zeros_like(pg)
+                    if self.s.kl_coef > 0:
+                        ref_logp = self.reference_logprobs(chunk_inputs, banned)
+                        ref_logp = ref_logp.view(len(chunk), -1)
+                        log_ratio = torch.where(
+                            mask.bool(), ref_logp - logp, torch.zeros_like(logp)
+                        )
+                        kl = masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask)  # k3
+                        rows = rows + self.s.kl_coef * kl
+                    loss = loss + rows.sum() / n
+                    totals["policy_loss"] += float(pg.detach().sum()) / n
+                    totals["kl"] += float(kl.detach().sum()) / n
+                    totals["entropy"] += float(ent.detach().sum()) / seen
+                    outside = ((ratio - 1).abs() > self.s.clip).float()
+                    totals["clip_frac"] += float(masked_mean(outside, pg_mask).sum()) / seen
+                    ratio_max = float((ratio.detach() * mask).max())
+                    totals["ratio_max"] = max(totals["ratio_max"], ratio_max)
+                    if self.critic is not None:
+                        values = self.critic(**chunk_inputs).view(len(chunk), -1)
+                        ret = padded([r for _, r in chunk_targets], width).to(values.device)
+                        v_loss = 0.5 * masked_mean((values - ret) ** 2, mask)
+                        self.acc.backward(v_loss.sum() / n)
+                        totals["value_loss"] += float(v_loss.detach().sum()) / n
+                # one backward per unit: a shared prompt's graph serves all of its rows
+                self.acc.backward(loss)
             totals["grad_norm"] = float(
                 self.acc.clip_grad_norm_(self.policy.parameters(), self.s.grad_clip)
             )
@@ -561,6 +493,36 @@ class RLRecipe:
                 self.acc.clip_grad_norm_(self.critic.parameters(), self.s.grad_clip)
                 self.critic_optimizer.step()
         return totals
+
+    def backward_units(
+        self, trajectories: list[Trajectory], kept: list[int]
+    ) -> list[tuple[int, list[list[int]]]]:
+        """The update's forward plan: ``(prefix, chunks)`` per backward pass, each chunk at most
+        ``micro_batch`` of ``kept``, shortest first. With ``share_prompt`` (GRPO, images replayed
+        from the rollout's embeddings) a unit is one group, whose shared first prompt
+        (`shared_prefix`, ``prefix`` tokens) runs once for all its chunks; otherwise every chunk
+        is its own unit with ``prefix`` 0."""
+        share = self.s.share_prompt and self.s.algo == "grpo" and self.cached_vision
+        if not share:
+            return [
+                (0, [[kept[i] for i in c]])
+                for c in length_chunks([trajectories[i] for i in kept], self.micro_batch)
+            ]
+        groups: dict[int, list[int]] = {}
+        for i in kept:
+            groups.setdefault(trajectories[i].group, []).append(i)
+        units = []
+        for members in groups.values():
+            chunks = [
+                [members[i] for i in c]
+                for c in length_chunks([trajectories[i] for i in members], self.micro_batch)
+            ]
+            prefix = shared_prefix([trajectories[i] for i in members]) if len(members) > 1 else 0
+            if prefix:
+                units.append((prefix, chunks))
+            else:
+                units.extend((0, [c]) for c in chunks)
+        return units
 
     def trained(
         self, targets: list[tuple[torch.Tensor, torch.Tensor]], moved: list[torch.Tensor]

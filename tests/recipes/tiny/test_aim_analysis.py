@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from recipes.tiny.aim_ceiling import named_border, retrieved, shown
 from recipes.tiny.aim_probe import window_rows
 
@@ -24,11 +26,15 @@ def test_a_range_rule_shows_eight_frames_spread_and_a_block_rule_the_whole_block
     assert not shown(ITEM, [("first", 0)])
 
 
-def episode(step: int, turns: list[tuple[str, str, list[int]]]) -> dict:
+def episode(
+    step: int, turns: list[tuple[str, str, list[int]]], reward: list[float], correct: bool
+) -> dict:
     return {
         "step": step,
         "item": "x",
         "turns": [{"action": a, "reply": r, "frames": f} for a, r, f in turns],
+        "reward": reward,
+        "correct": correct,
     }
 
 
@@ -43,6 +49,8 @@ def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
                 ("retrieve", ask + "<retrieve>20, 27</retrieve>", first),
                 ("answer", "<answer>A</answer>", [20, 21, 22, 23, 24, 25, 26, 27]),
             ],
+            [0.6, 1.0],
+            True,
         ),
         # misses, retrieves again and the second shows it
         episode(
@@ -52,6 +60,8 @@ def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
                 ("retrieve", ask + "<retrieve>16, 23</retrieve>", list(range(40, 48))),
                 ("answer", "<answer>A</answer>", list(range(16, 24))),
             ],
+            [0.1, 0.6, 0.9],
+            True,
         ),
         # misses and guesses
         episode(
@@ -60,6 +70,8 @@ def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
                 ("retrieve", ask + "<retrieve>40, 47</retrieve>", first),
                 ("answer", "<answer>B</answer>", list(range(40, 48))),
             ],
+            [0.1, 0.1],
+            False,
         ),
     ]
     path = tmp_path / "rollouts.jsonl"
@@ -71,3 +83,7 @@ def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
     assert row["first_shows"] == 1 / 3
     assert row["again_after_miss"] == 1 / 2
     assert row["second_shows"] == 1.0
+    # what the reward paid the aim: the hit's return against the two misses' mean
+    assert row["return_after_hit"] == pytest.approx(1.6)
+    assert row["return_after_miss"] == pytest.approx((1.6 + 0.2) / 2)
+    assert row["right_after_miss"] == 1 / 2
