@@ -14,9 +14,9 @@ from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.logprobs import model_inputs, token_logprobs
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import rollout, score
-from vmtr.policies.logprobs import model_inputs, token_logprobs
 from vmtr.policies.trainer import RLRecipe, RLSettings, turn_token_advantages
 from vmtr.tools.select import relevant_pool_indices
 
