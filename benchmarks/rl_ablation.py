@@ -155,8 +155,9 @@ def seed_counts(reached: Any) -> str:
 def plot_curves(args: argparse.Namespace, png: Path, window: int = 10) -> None:
     """Accuracy and needles shown (``relevant_seen``) against RL step, one line per arm: the mean
     over RL seeds of each run's moving average (``window`` steps), with the seeds' spread as a
-    band. Read from each run's ``metrics.jsonl``, so it draws whatever has been trained so far;
-    each step averages the seeds that reached it, and the legend says how many."""
+    band. Read from each run's ``metrics.jsonl``, so it draws whatever has been trained so far,
+    up to ``args.steps`` (a run carried on past the ablation's length is cut there); each step
+    averages the seeds that reached it, and the legend says how many."""
     import json
 
     import matplotlib
@@ -174,7 +175,7 @@ def plot_curves(args: argparse.Namespace, png: Path, window: int = 10) -> None:
             if not log.exists():
                 continue
             rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            curves.append(rows)
+            curves.append([r for r in rows if r["step"] <= args.steps])
         if not curves:
             continue
         # runs of one arm may stand at different steps mid-ablation: each step averages the

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import rl_ablation  # noqa: E402
@@ -102,17 +104,19 @@ def test_seed_counts_say_how_many_runs_each_stretch_averages() -> None:
 
 def test_curves_draw_every_step_of_a_run_ahead_of_its_arm_s_other_seeds(tmp_path, monkeypatch):
     """Mid-ablation one seed stands at step 6, another at 2: the arm's line runs to step 6 (the
-    later steps from the one seed that reached them), and the PNG is written."""
+    later steps from the one seed that reached them), and the PNG is written. A third seed
+    carried on past the ablation's 6 steps is drawn only to step 6."""
     import argparse
     import json
 
     import matplotlib.axes
 
     name = "RL, answer reward only"
-    for seed, steps in ((0, 6), (1, 2)):
+    for seed, steps in ((0, 6), (1, 2), (2, 9)):
         run = rl_ablation.arm_dir(tmp_path, name, seed, several=True)
         run.mkdir(parents=True)
-        rows = [{"step": i + 1, "accuracy": 0.5, "relevant_seen": 0.1 * seed} for i in range(steps)]
+        needles = 0.1 * seed if seed < 2 else 0.0
+        rows = [{"step": i + 1, "accuracy": 0.5, "relevant_seen": needles} for i in range(steps)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     drawn: list = []
     real_plot = matplotlib.axes.Axes.plot
@@ -123,10 +127,11 @@ def test_curves_draw_every_step_of_a_run_ahead_of_its_arm_s_other_seeds(tmp_path
             drawn.append((list(x), list(y), kw)) or real_plot(self, x, y, **kw)
         ),
     )
-    args = argparse.Namespace(arms=[name], seed=[0, 1], out=tmp_path)
+    args = argparse.Namespace(arms=[name], seed=[0, 1, 2], out=tmp_path, steps=6)
     rl_ablation.plot_curves(args, tmp_path / "curves.png", window=2)
     assert (tmp_path / "curves.png").stat().st_size > 0
     x, needles, kw = drawn[1]
     assert x == [2, 3, 4, 5, 6]
-    assert needles[0] == 0.05 and needles[1:] == [0.0] * 4  # both seeds at step 2, then seed 0
-    assert kw["label"] == f"{name} (2 seeds to step 2, 1 to 6)"
+    # seeds 0-2 at step 2 (needles 0, 0.1, 0), then seeds 0 and 2
+    assert needles[0] == pytest.approx(0.1 / 3) and needles[1:] == [0.0] * 4
+    assert kw["label"] == f"{name} (3 seeds to step 2, 2 to 6)"
