@@ -83,8 +83,10 @@ def test_group_logprobs_equal_each_sample_run_whole(sampled):
             assert torch.allclose(logp[row, :length], alone, atol=1e-4)
 
 
-@pytest.mark.parametrize("micro_batch", [1, 2])
-def test_update_with_a_shared_prompt_takes_the_same_step(data, tmp_path, sampled, micro_batch):
+@pytest.mark.parametrize(("micro_batch", "lora_rank"), [(1, 0), (2, 0), (1, 4)])
+def test_update_with_a_shared_prompt_takes_the_same_step(
+    data, tmp_path, sampled, micro_batch, lora_rank
+):
     _, trajectories = sampled
     results = {}
     for share in (False, True):
@@ -95,6 +97,7 @@ def test_update_with_a_shared_prompt_takes_the_same_step(data, tmp_path, sampled
             protocol=PROTOCOL,
             share_prompt=share,
             micro_batch=micro_batch,
+            lora_rank=lora_rank,
         )
         recipe = RLRecipe(data, tmp_path / f"share-{share}", "tiny", settings)
         recipe.setup()
