@@ -19,10 +19,13 @@
 # improved but the decision to retrieve again after a miss, which this model states in its think
 # text, drifted untrained (docs/tiny-model.md). GRPO groups whose samples all scored the same are
 # left out of the update (no gradient), which spares a third to two thirds of a step's passes.
-# Usage: recipes/tiny/colour_rl.sh [RUN_DIR] (default runs/colour; the warm start must exist)
+# Usage: [STEPS=N] recipes/tiny/colour_rl.sh [RUN_DIR] (default runs/colour; the warm start must
+# exist). STEPS (default 200) carries every run on from its last checkpoint to N steps; the table
+# is then of checkpoint-N and the curves run to N.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:-runs/colour}
+STEPS=${STEPS:-200}
 D="$RUN/data"
 mkdir -p "${RUN}-rl"
 if [ ! -f "$D/heldout-s7000/annotations.json" ]; then
@@ -31,7 +34,7 @@ fi
 for held in "heldout-s5000 5000" "heldout-s7000 7000"; do
   set -- $held
   python benchmarks/rl_ablation.py --start "$RUN/unaimed-2/final" --train "$D/train-s1000" \
-    --heldout "$D/$1" --heldout-seed "$2" --n 200 --steps 200 --lr 3e-5 --kl-coef 0 \
+    --heldout "$D/$1" --heldout-seed "$2" --n 200 --steps "$STEPS" --lr 3e-5 --kl-coef 0 \
     --temperature 0.6 --seed 0 1 2 --parallel 2 --freeze-vision --out "${RUN}-rl" --plot "${RUN}-rl/curves.png" \
-    | tee "${RUN}-rl/table-$1.md"
+    | tee "${RUN}-rl/table-$1-${STEPS}.md"
 done
