@@ -75,6 +75,13 @@ def rl(
             "decision: the action and the think text's last sentence (where it decides)."
         ),
     ] = "reply",
+    kl_tokens: Annotated[
+        str,
+        typer.Option(
+            help="reply: the KL term anchors every sampled token; untrained: only those "
+            "--train-tokens leaves out of the policy gradient (what the think text reports)."
+        ),
+    ] = "reply",
     loss_agg: Annotated[
         str,
         typer.Option(
@@ -140,6 +147,7 @@ def rl(
             save_merged=save_merged,
             micro_batch=micro_batch,
             train_tokens=train_tokens,
+            kl_tokens=kl_tokens,
             loss_agg=loss_agg,
             drop_flat_groups=drop_flat_groups,
             share_prompt=share_prompt,

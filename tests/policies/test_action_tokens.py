@@ -12,6 +12,7 @@ from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.tiny import build_tokenizer
 from vmtr.policies.action_tokens import action_start, action_token_mask, last_sentence_start
+from vmtr.policies.logprobs import token_logprobs
 from vmtr.policies.trainer import RLRecipe, RLSettings
 
 
@@ -140,3 +141,45 @@ def test_action_only_update_leaves_think_tokens_out(tmp_path, contrasted_rollout
         recipe.policy.named_parameters(), again.policy.named_parameters(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_kl_on_untrained_tokens_leaves_the_action_out(tmp_path, contrasted_rollouts):
+    """A reference that differs from the policy only on the action tokens: anchoring every reply
+    token sees a KL, anchoring only what the policy gradient leaves untrained sees none."""
+    data = generate(tmp_path / "data", SyntheticSettings(n_items=2, seed=31, minutes=0.5))
+    protocol = ProtocolSettings(max_turns=2, first_turn_frames=8, frames_per_retrieve=4)
+    with pytest.raises(ValueError, match="untrained"):
+        RLSettings(kl_coef=0.1, kl_tokens="untrained", protocol=protocol)
+    kl = {}
+    trajectories = None
+    for anchored in ("reply", "untrained"):
+        settings = RLSettings(
+            actor_lr=1e-3,
+            kl_coef=0.1,
+            micro_batch=1,
+            train_tokens="action",
+            kl_tokens=anchored,
+            protocol=protocol,
+        )
+        recipe = RLRecipe(data, tmp_path / anchored, "tiny", settings)
+        recipe.setup()
+        if trajectories is None:
+            trajectories = contrasted_rollouts(
+                recipe, GenerationSettings(temperature=0.7, max_new_tokens=96)
+            )
+        tokenizer = recipe.lm.processor.tokenizer
+        action = {
+            tuple(t.input_ids.tolist()): action_token_mask(t.input_ids, t.turn_spans, tokenizer)
+            for t in trajectories
+        }
+
+        def reference(inputs, banned, recipe=recipe, action=action):
+            with torch.no_grad():
+                logp, _ = token_logprobs(recipe.policy, inputs, banned, recipe.s.temperature)
+            ids = tuple(inputs["input_ids"][0].tolist())
+            return logp + 1.0 * action[ids].to(logp.device)
+
+        recipe.reference_logprobs = reference
+        kl[anchored] = recipe.update(trajectories)["kl"]
+    assert kl["reply"] > 0.01
+    assert kl["untrained"] == pytest.approx(0.0, abs=1e-6)

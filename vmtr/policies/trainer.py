@@ -96,6 +96,13 @@ class RLSettings(BaseModel):
         "more frames.') untrained; or the decision: the think block's last sentence and the "
         "action (vmtr.policies.action_tokens).",
     )
+    kl_tokens: Literal["reply", "untrained"] = Field(
+        "reply",
+        description="Which sampled tokens the KL term anchors to the reference: all of them, or "
+        "those the policy gradient leaves alone (with --train-tokens action or decision: what "
+        "the think text reports seeing), so the shared weights cannot drift that text while "
+        "the action and decision train.",
+    )
     loss_agg: LossAgg = Field(
         "seq-mean-token-mean",
         description="How the policy-gradient and entropy terms sum a step's tokens (verl's "
@@ -143,6 +150,11 @@ class RLSettings(BaseModel):
         if self.algo == "ppo" and not self.group_std:
             raise ValueError(
                 "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
+            )
+        if self.kl_tokens == "untrained" and (self.train_tokens == "reply" or self.kl_coef <= 0):
+            raise ValueError(
+                "--kl-tokens untrained anchors what --train-tokens action or decision leaves "
+                "untrained, with --kl-coef > 0"
             )
         return self
 
@@ -414,6 +426,11 @@ class RLRecipe:
             moved = [
                 action_token_mask(t.input_ids, t.turn_spans, tokenizer, part) for t in trajectories
             ]
+        anchored = [t.action_mask for t in trajectories]
+        if self.s.kl_tokens == "untrained":
+            anchored = [
+                (t.action_mask - m).clamp(min=0) for t, m in zip(trajectories, moved, strict=True)
+            ]
         divisors = row_divisors(moved, self.s.loss_agg, self.horizon)
         kept = self.trained(targets, moved)
         totals["trained_share"] = len(kept) / max(1, n)
@@ -464,10 +481,12 @@ class RLRecipe:
                     if self.s.kl_coef > 0:
                         ref_logp = self.reference_logprobs(chunk_inputs, banned)
                         ref_logp = ref_logp.view(len(chunk), -1)
+                        kl_mask = padded([anchored[i] for i in indices], width)
+                        kl_mask = kl_mask.to(self.acc.device)
                         log_ratio = torch.where(
-                            mask.bool(), ref_logp - logp, torch.zeros_like(logp)
+                            kl_mask.bool(), ref_logp - logp, torch.zeros_like(logp)
                         )
-                        kl = masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask)  # k3
+                        kl = masked_mean(torch.exp(log_ratio) - log_ratio - 1, kl_mask)  # k3
                         rows = rows + self.s.kl_coef * kl
                     loss = loss + rows.sum() / n
                     totals["policy_loss"] += float(pg.detach().sum()) / n
