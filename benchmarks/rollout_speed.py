@@ -105,6 +105,16 @@ def alternating_updates(
     return {new: min(times) for new, times in seconds.items()}, losses, len(trajectories)
 
 
+def toggled(setting: str) -> Callable[[RLRecipe, bool], None]:
+    """An `alternating_updates` variant that turns the boolean RLSettings field ``setting`` off
+    (old way) or on (new way)."""
+
+    def variant(recipe: RLRecipe, new: bool) -> None:
+        recipe.s = recipe.s.model_copy(update={setting: new})
+
+    return variant
+
+
 def frozen_update_ratio(root: Path, prompts, args) -> float:
     """(d): the tower's embeddings replayed against the tower run again; pixels' seconds over
     replayed seconds."""
@@ -124,12 +134,10 @@ def frozen_update_ratio(root: Path, prompts, args) -> float:
 def flat_drop_ratio(root: Path, prompts, args) -> float:
     """(e): every trajectory against the flat groups left out; all-trajectories seconds over
     dropped seconds."""
-
-    def drop(recipe: RLRecipe, flat_left_out: bool) -> None:
-        recipe.s = recipe.s.model_copy(update={"drop_flat_groups": flat_left_out})
-
     settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL)
-    seconds, losses, n = alternating_updates(root, prompts, args, settings, drop)
+    seconds, losses, n = alternating_updates(
+        root, prompts, args, settings, toggled("drop_flat_groups")
+    )
     every, dropped = seconds[False], seconds[True]
     print(
         f"(e) update: every trajectory {every:6.1f} s   flat groups left out {dropped:6.1f} s "
@@ -141,12 +149,8 @@ def flat_drop_ratio(root: Path, prompts, args) -> float:
 def shared_prompt_ratio(root: Path, prompts, args) -> float:
     """(f): the vision tower fixed, a group's shared first prompt run once in the update against
     once per sample; per-sample seconds over shared seconds."""
-
-    def share(recipe: RLRecipe, shared: bool) -> None:
-        recipe.s = recipe.s.model_copy(update={"share_prompt": shared})
-
     settings = RLSettings(actor_lr=1e-5, protocol=PROTOCOL, freeze_vision=True)
-    seconds, losses, n = alternating_updates(root, prompts, args, settings, share)
+    seconds, losses, n = alternating_updates(root, prompts, args, settings, toggled("share_prompt"))
     whole, shared = seconds[False], seconds[True]
     print(
         f"(f) update, tower fixed: every sample whole {whole:6.1f} s   group prompt once "

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from vmtr.config import GenerationSettings
+from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.policies.rollout import Trajectory, rollout, score
 from vmtr.policies.trainer import RLRecipe
 
@@ -27,6 +28,15 @@ def _contrasted(recipe: RLRecipe, generation: GenerationSettings) -> list[Trajec
     for k, traj in enumerate(trajectories):
         traj.reward.per_turn = [0.0] * (len(traj.turns) - 1) + [float(k % 2)]
     return trajectories
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two short generated questions (seed 31), once per test module; a module that needs other
+    items defines its own ``data``."""
+    return generate(
+        tmp_path_factory.mktemp("synthetic"), SyntheticSettings(n_items=2, seed=31, minutes=0.5)
+    )
 
 
 @pytest.fixture

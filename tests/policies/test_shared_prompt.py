@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from vmtr.config import GenerationSettings, ProtocolSettings
-from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.policies.logprobs import (
     batch_inputs,
     group_token_logprobs,
@@ -18,13 +17,6 @@ from vmtr.policies.rollout import rollout, score
 from vmtr.policies.trainer import RLRecipe, RLSettings
 
 PROTOCOL = ProtocolSettings(max_turns=2, first_turn_frames=8, frames_per_retrieve=4)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(
-        tmp_path_factory.mktemp("synthetic"), SyntheticSettings(n_items=2, seed=31, minutes=0.5)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def test_group_logprobs_equal_each_sample_run_whole(sampled):
     model, banned = recipe.policy, recipe.lm.banned_ids
     chunks = [batch_inputs(recipe.lm, [t], cached_vision=True) for t in group]
     with torch.no_grad():
-        together = group_token_logprobs(model, chunks[0], chunks, shared_prefix(group), banned, 1.0)
+        together = group_token_logprobs(model, chunks, shared_prefix(group), banned, 1.0)
         for inputs, (logp, entropy) in zip(chunks, together, strict=True):
             whole_logp, whole_entropy = token_logprobs(model, inputs, banned, 1.0)
             assert torch.allclose(logp, whole_logp, atol=1e-4)
@@ -74,9 +66,7 @@ def test_group_logprobs_equal_each_sample_run_whole(sampled):
     # a padded chunk of two rows as well
     two = batch_inputs(recipe.lm, group[:2], cached_vision=True)
     with torch.no_grad():
-        ((logp, _),) = group_token_logprobs(
-            model, chunks[0], [two], shared_prefix(group), banned, 1.0
-        )
+        ((logp, _),) = group_token_logprobs(model, [two], shared_prefix(group), banned, 1.0)
         for row, traj in enumerate(group[:2]):
             alone, _ = token_logprobs(model, chunks[row], banned, 1.0)
             length = int(traj.input_ids.shape[0])

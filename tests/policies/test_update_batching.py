@@ -9,16 +9,8 @@ import pytest
 import torch
 
 from vmtr.config import GenerationSettings, ProtocolSettings
-from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.policies.rollout import rollout, score
 from vmtr.policies.trainer import RLRecipe, RLSettings, length_chunks
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(
-        tmp_path_factory.mktemp("synthetic"), SyntheticSettings(n_items=2, seed=31, minutes=0.5)
-    )
 
 
 def recipe_after_update(data, out, settings, trajectories=None):

@@ -153,19 +153,19 @@ def shared_prefix(trajectories: Sequence[Trajectory]) -> int:
 
 def group_token_logprobs(
     model: nn.Module,
-    prefix_inputs: dict[str, Any],
     chunks: Sequence[dict[str, Any]],
     prefix: int,
     banned: list[int],
     temperature: float,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`token_logprobs` of each chunk of a group's trajectories, whose first ``prefix`` tokens
-    (`shared_prefix`) run once, from ``prefix_inputs`` (any one row of the group).
+    (`shared_prefix`) run once, taken from the first chunk's first row (every row has them).
 
     Every input must carry its images as cached embeddings (`batch_inputs` with
-    ``cached_vision``): the prompt and the remainders are embedded whole, then cut at ``prefix``.
+    ``cached_vision``): the rows are embedded whole, then cut at ``prefix``.
     Returns ``(logp, entropy)`` per chunk, shaped as `token_logprobs` shapes them."""
-    head = vision_replayed(model, prefix_inputs)
+    forwards = [vision_replayed(model, inputs) for inputs in chunks]
+    head = forwards[0]
     out = model(
         inputs_embeds=head["inputs_embeds"][:1, :prefix],
         position_ids=head["position_ids"][:, :1, :prefix],
@@ -173,9 +173,8 @@ def group_token_logprobs(
     )
     layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
     results = []
-    for inputs in chunks:
+    for inputs, forward in zip(chunks, forwards, strict=True):
         rows, width = inputs["input_ids"].shape
-        forward = vision_replayed(model, inputs)
         cache = DynamicCache(
             [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers]
         )

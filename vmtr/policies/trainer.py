@@ -452,10 +452,7 @@ class RLRecipe:
                     for c in unit
                 ]
                 if prefix:
-                    first = batch_inputs(self.lm, [trajectories[unit[0][0]]], cached_vision=True)
-                    scores = group_token_logprobs(
-                        self.policy, first, inputs, prefix, banned, temperature
-                    )
+                    scores = group_token_logprobs(self.policy, inputs, prefix, banned, temperature)
                 else:
                     scores = [token_logprobs(self.policy, x, banned, temperature) for x in inputs]
                 loss = torch.zeros((), device=self.acc.device)
