@@ -130,6 +130,8 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         *(["--freeze-vision"] if args.freeze_vision else []),
         "--train-tokens",
         args.train_tokens,
+        "--kl-tokens",
+        args.kl_tokens,
         "--loss-agg",
         args.loss_agg,
         *flags,
@@ -338,6 +340,13 @@ def main() -> None:
         choices=get_args(RLSettings.model_fields["train_tokens"].annotation),
         default="reply",
         help="What every arm's policy gradient moves (`vmtr train rl --train-tokens`).",
+    )
+    parser.add_argument(
+        "--kl-tokens",
+        choices=get_args(RLSettings.model_fields["kl_tokens"].annotation),
+        default="reply",
+        help="Which sampled tokens every arm's KL term covers (`vmtr train rl --kl-tokens`; "
+        "`untrained` with --train-tokens action|decision and --kl-coef > 0).",
     )
     parser.add_argument(
         "--loss-agg",

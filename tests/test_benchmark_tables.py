@@ -135,3 +135,45 @@ def test_curves_draw_every_step_of_a_run_ahead_of_its_arm_s_other_seeds(tmp_path
     # seeds 0-2 at step 2 (needles 0, 0.1, 0), then seeds 0 and 2
     assert needles[0] == pytest.approx(0.1 / 3) and needles[1:] == [0.0] * 4
     assert kw["label"] == f"{name} (3 seeds to step 2, 2 to 6)"
+
+
+def test_an_arm_s_command_is_one_the_real_train_rl_accepts(tmp_path, monkeypatch) -> None:
+    """The ablation passes its credit and KL flags through to `vmtr train rl`: the settings the
+    CLI builds from an arm's command carry them (the trainer itself is replaced)."""
+    import argparse
+
+    from typer.testing import CliRunner
+
+    import vmtr.policies.trainer as trainer
+    from vmtr.cli import app
+
+    built: list = []
+
+    class Recipe:
+        step = 0
+
+        def __init__(self, data, out, model, settings) -> None:
+            built.append(settings)
+
+        def setup(self) -> None: ...
+
+        def train(self, progress) -> None: ...
+
+    monkeypatch.setattr(trainer, "RLRecipe", Recipe)
+    args = argparse.Namespace(
+        train=tmp_path, start="tiny", steps=5, prompts=8, samples=4, lr=3e-5, temperature=0.6,
+        kl_coef=0.1, ppo_epochs=2, max_new_tokens=64, save_every=10, max_turns=3,
+        freeze_vision=True, train_tokens="decision", kl_tokens="untrained", loss_agg="token-mean",
+    )  # fmt: skip
+    command = rl_ablation.rl_command(args, tmp_path / "run", ["--no-gate"], seed=2)
+    assert command[1:4] == ["-m", "vmtr.cli", "train"]
+    result = CliRunner().invoke(app, command[3:])
+    assert result.exit_code == 0, result.output
+    (settings,) = built
+    assert (settings.train_tokens, settings.kl_tokens, settings.kl_coef) == (
+        "decision",
+        "untrained",
+        0.1,
+    )
+    assert (settings.loss_agg, settings.seed, settings.reward.gate) == ("token-mean", 2, False)
+    assert settings.freeze_vision and settings.samples_per_prompt == 4
