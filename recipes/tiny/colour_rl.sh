@@ -7,7 +7,8 @@
 # bi-level reward (the released code's), the bi-level reward without the gate -- each with three
 # RL seeds, the vision tower fixed (reading is the warm start's; RL trains where to look and when
 # to answer). Then every arm is asked the held-out colour questions multi-turn and the table and
-# the accuracy / needles-shown curves are written (benchmarks/rl_ablation.py).
+# the accuracy / needles-shown curves are drawn into docs/colour_rl.png, the README's plot
+# (benchmarks/rl_ablation.py).
 # Rollouts sample at temperature 0.6 (at 1.0 a from-scratch warm start wrote 57 % of its first
 # replies invalid, at 0.6 8 %; recipes/tiny/sample_probe.py). Runs resume from their checkpoints
 # (every 10 steps), so re-running continues. lr 3e-5: at 1e-4 the gated arm sharpened its aim
@@ -35,6 +36,6 @@ for held in "heldout-s5000 5000" "heldout-s7000 7000"; do
   set -- $held
   python benchmarks/rl_ablation.py --start "$RUN/unaimed-2/final" --train "$D/train-s1000" \
     --heldout "$D/$1" --heldout-seed "$2" --n 200 --steps "$STEPS" --lr 3e-5 --kl-coef 0 \
-    --temperature 0.6 --seed 0 1 2 --parallel 2 --freeze-vision --out "${RUN}-rl" --plot "${RUN}-rl/curves.png" \
+    --temperature 0.6 --seed 0 1 2 --parallel 2 --freeze-vision --out "${RUN}-rl" --plot docs/colour_rl.png \
     | tee "${RUN}-rl/table-$1-${STEPS}.md"
 done
