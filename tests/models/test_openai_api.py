@@ -168,3 +168,19 @@ def test_check_fails_on_an_unreachable_server_or_a_refused_key_only():
         served(FakeServer([], down=True), max_retries=0).check()
     served(FakeServer([])).check()  # lists its models
     served(FakeServer([], models=None)).check()  # no model list: the first request will tell
+
+
+def test_reasoning_field_is_put_back_closed_only_when_the_reply_went_on() -> None:
+    """A server's reasoning parser moves the think block out of the content. A closed block comes
+    back with its ``</think>``; one the model never closed comes back unclosed, without the
+    end-of-turn text the parser left in it (the in-process backend's reply for the same tokens)."""
+    from types import SimpleNamespace
+
+    from vmtr.models.openai_api import reply_text
+
+    closed = SimpleNamespace(content="<answer>B</answer>", reasoning_content="Seen: red.")
+    assert reply_text(closed) == "<think>Seen: red.</think><answer>B</answer>"
+    unclosed = SimpleNamespace(content="", reasoning_content="Border: frames 3</answer><|im_end|>")
+    assert reply_text(unclosed) == "<think>Border: frames 3</answer>"
+    plain = SimpleNamespace(content="<think>x</think><answer>A</answer>", model_extra={})
+    assert reply_text(plain) == "<think>x</think><answer>A</answer>"

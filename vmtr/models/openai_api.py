@@ -126,14 +126,25 @@ REASONING_FIELDS = ("reasoning_content", "reasoning")
 with --reasoning-parser) put the text they cut out of ``<think>...</think>``."""
 
 
+END_OF_TURN = "<|im_end|>"
+"""Qwen's end-of-turn token as text: a reasoning parser that never saw ``</think>`` leaves it at
+the end of the reasoning it cut out."""
+
+
 def reply_text(message: Any) -> str:
     """The reply as the model wrote it: a server that moved the ``<think>`` block into a reasoning
-    field gets it put back in front, since the protocol's parser reads both tags."""
+    field gets it put back in front, since the protocol's parser reads both tags.
+
+    With no content after it the block is put back unclosed: a reply that never closed its think
+    (cut off, or ended inside it) must not gain a ``</think>`` it did not write; such a reply has
+    no action either way, so the protocol's verdict is the same."""
     content = getattr(message, "content", None) or ""
     extra = getattr(message, "model_extra", None) or {}
     for name in REASONING_FIELDS:
         reasoning = getattr(message, name, None) or extra.get(name)
         if isinstance(reasoning, str) and reasoning:
+            if not content:
+                return f"<think>{reasoning.removesuffix(END_OF_TURN)}"
             return f"<think>{reasoning}</think>{content}"
     return content
 
