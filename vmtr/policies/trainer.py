@@ -426,7 +426,8 @@ class RLRecipe:
             moved = [
                 action_token_mask(t.input_ids, t.turn_spans, tokenizer, part) for t in trajectories
             ]
-        anchored = [t.action_mask for t in trajectories]
+        # what the KL term holds to the reference, where it is not the whole reply
+        anchored = None
         if self.s.kl_tokens == "untrained":
             anchored = [
                 (t.action_mask - m).clamp(min=0) for t, m in zip(trajectories, moved, strict=True)
@@ -478,8 +479,10 @@ class RLRecipe:
                     if self.s.kl_coef > 0:
                         ref_logp = self.reference_logprobs(chunk_inputs, banned)
                         ref_logp = ref_logp.view(len(chunk), -1)
-                        kl_mask = padded([anchored[i] for i in indices], width)
-                        kl_mask = kl_mask.to(self.acc.device)
+                        kl_mask = mask
+                        if anchored is not None:
+                            kl_mask = padded([anchored[i] for i in indices], width)
+                            kl_mask = kl_mask.to(self.acc.device)
                         log_ratio = torch.where(
                             kl_mask.bool(), ref_logp - logp, torch.zeros_like(logp)
                         )
