@@ -134,6 +134,7 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         args.kl_tokens,
         "--loss-agg",
         args.loss_agg,
+        *(["--skip-flat", str(args.skip_flat)] if args.skip_flat else []),
         *flags,
     ]
 
@@ -353,6 +354,13 @@ def main() -> None:
         choices=get_args(LossAgg),
         default="seq-mean-token-mean",
         help="How every arm's update weighs its tokens (`vmtr train rl --loss-agg`).",
+    )
+    parser.add_argument(
+        "--skip-flat",
+        type=float,
+        default=0.0,
+        help="The chance every arm passes over a question whose last group all scored the same "
+        "(`vmtr train rl --skip-flat`).",
     )
     parser.add_argument(
         "--plot", type=Path, help="Also draw accuracy and needles shown against RL step (PNG)."

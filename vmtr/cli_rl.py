@@ -103,6 +103,15 @@ def rl(
             "policy gradient; only their entropy bonus and KL share are lost)."
         ),
     ] = True,
+    skip_flat: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="GRPO: the chance of passing over a question whose last group all scored the "
+            "same (it taught nothing) for the next one, so rollouts go to unsettled questions.",
+        ),
+    ] = 0.0,
     share_prompt: Annotated[
         bool,
         typer.Option(
@@ -150,6 +159,7 @@ def rl(
             kl_tokens=kl_tokens,
             loss_agg=loss_agg,
             drop_flat_groups=drop_flat_groups,
+            skip_flat=skip_flat,
             share_prompt=share_prompt,
             freeze_vision=freeze_vision,
             seed=seed,

@@ -43,6 +43,7 @@ from vmtr.policies.logprobs import (
     vision_replayed,
 )
 from vmtr.policies.loss_agg import LossAgg, row_divisors
+from vmtr.policies.prompt_picker import PromptPicker
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
 
@@ -125,6 +126,15 @@ class RLSettings(BaseModel):
         "only their share of the entropy bonus and KL term, at the cost of a forward and backward "
         "pass each (a third to two thirds of a colour RL step's trajectories).",
     )
+    skip_flat: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="GRPO: the chance of passing over a question whose last group all scored the "
+        "same (no advantage: its episodes taught nothing) and asking the next one instead, so "
+        "more of a step's rollouts land on questions the policy has not settled "
+        "(vmtr.policies.prompt_picker). 0: every question is equally likely.",
+    )
     freeze_vision: bool = Field(
         False,
         description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
@@ -150,6 +160,11 @@ class RLSettings(BaseModel):
         if self.algo == "ppo" and not self.group_std:
             raise ValueError(
                 "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
+            )
+        if self.algo == "ppo" and self.skip_flat > 0:
+            raise ValueError(
+                "--skip-flat is GRPO's: under PPO a group that all scored the same still has "
+                "advantages (against the critic's values)"
             )
         if self.kl_tokens == "untrained" and (self.train_tokens == "reply" or self.kl_coef <= 0):
             raise ValueError(
@@ -234,6 +249,9 @@ class RLRecipe:
         if not self.items:
             raise ValueError(f"{self.data}: no training items")
         self.by_id = {item.id: item for item in self.items}
+        self.picker = PromptPicker(
+            self.items, self.s.prompts_per_step, self.s.seed, self.s.skip_flat
+        )
         resume = self.latest_checkpoint()
         lora = self.s.lora_rank > 0
         # A LoRA checkpoint holds the adapter alone: the base loads from the original spec and
@@ -287,6 +305,7 @@ class RLRecipe:
             trim_log(self.rollouts_path(), self.step)
             if self.acc.is_main_process:
                 trim_log(self.out / "metrics.jsonl", self.step)
+            self.picker.replay(self.rollouts_path())
             random.setstate(state["python_rng"])
             torch.set_rng_state(state["torch_rng"])
 
@@ -311,10 +330,7 @@ class RLRecipe:
     # -- one step -------------------------------------------------------------------------------
 
     def sample_prompts(self) -> list[QAItem]:
-        rng = random.Random(self.s.seed * 7_919 + self.step)
-        share = max(1, self.s.prompts_per_step // self.acc.num_processes)
-        picks = rng.sample(self.items, min(len(self.items), share * self.acc.num_processes))
-        return picks[self.acc.process_index :: self.acc.num_processes][:share]
+        return self.picker.pick(self.step, self.acc.process_index, self.acc.num_processes)
 
     def train_step(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -333,6 +349,7 @@ class RLRecipe:
                 generation=gen,
             )
         stats = score(trajectories, self.by_id, self.s.reward)
+        self.picker.record((t.item_id, t.group, t.reward.total) for t in trajectories)
         self.log_rollouts(trajectories)
         rollout_seconds = time.perf_counter() - started
         self.policy.train()
@@ -342,6 +359,7 @@ class RLRecipe:
             "step": self.step,
             **stats,
             **losses,
+            "prompts_passed_over": self.picker.passed_over,
             "rollout_s": rollout_seconds,
             "step_s": time.perf_counter() - started,
         }
