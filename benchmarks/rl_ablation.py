@@ -134,7 +134,7 @@ def rl_command(args: argparse.Namespace, run_dir: Path, flags: list[str], seed: 
         args.kl_tokens,
         "--loss-agg",
         args.loss_agg,
-        *(["--skip-flat", str(args.skip_flat)] if args.skip_flat else []),
+        *(["--skip-solved", str(args.skip_solved)] if args.skip_solved else []),
         *flags,
     ]
 
@@ -356,11 +356,11 @@ def main() -> None:
         help="How every arm's update weighs its tokens (`vmtr train rl --loss-agg`).",
     )
     parser.add_argument(
-        "--skip-flat",
+        "--skip-solved",
         type=float,
         default=0.0,
-        help="The chance every arm passes over a question whose last group all scored the same "
-        "(`vmtr train rl --skip-flat`).",
+        help="The chance every arm passes over a question its last group solved "
+        "(`vmtr train rl --skip-solved`).",
     )
     parser.add_argument(
         "--plot", type=Path, help="Also draw accuracy and needles shown against RL step (PNG)."

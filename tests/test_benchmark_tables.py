@@ -164,7 +164,7 @@ def test_an_arm_s_command_is_one_the_real_train_rl_accepts(tmp_path, monkeypatch
         train=tmp_path, start="tiny", steps=5, prompts=8, samples=4, lr=3e-5, temperature=0.6,
         kl_coef=0.1, ppo_epochs=2, max_new_tokens=64, save_every=10, max_turns=3,
         freeze_vision=True, train_tokens="decision", kl_tokens="untrained", loss_agg="token-mean",
-        skip_flat=0.8,
+        skip_solved=0.8,
     )  # fmt: skip
     command = rl_ablation.rl_command(args, tmp_path / "run", ["--no-gate"], seed=2)
     assert command[1:4] == ["-m", "vmtr.cli", "train"]
@@ -178,4 +178,4 @@ def test_an_arm_s_command_is_one_the_real_train_rl_accepts(tmp_path, monkeypatch
     )
     assert (settings.loss_agg, settings.seed, settings.reward.gate) == ("token-mean", 2, False)
     assert settings.freeze_vision and settings.samples_per_prompt == 4
-    assert settings.skip_flat == 0.8
+    assert settings.skip_solved == 0.8

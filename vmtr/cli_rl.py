@@ -103,13 +103,13 @@ def rl(
             "policy gradient; only their entropy bonus and KL share are lost)."
         ),
     ] = True,
-    skip_flat: Annotated[
+    skip_solved: Annotated[
         float,
         typer.Option(
             min=0.0,
             max=0.99,
-            help="GRPO: the chance of passing over a question whose last group all scored the "
-            "same (it taught nothing) for the next one, so rollouts go to unsettled questions.",
+            help="The chance of passing over a question whose last group all answered right with "
+            "the same reward (it taught nothing) for the next one: rollouts go to open questions.",
         ),
     ] = 0.0,
     share_prompt: Annotated[
@@ -159,7 +159,7 @@ def rl(
             kl_tokens=kl_tokens,
             loss_agg=loss_agg,
             drop_flat_groups=drop_flat_groups,
-            skip_flat=skip_flat,
+            skip_solved=skip_solved,
             share_prompt=share_prompt,
             freeze_vision=freeze_vision,
             seed=seed,

@@ -138,7 +138,7 @@ def test_recipe_steps_checkpoints_and_resumes(data, tmp_path, algo, credit):
         max_new_tokens=4,
         actor_lr=1e-4,
         save_every=1,
-        skip_flat=0.5 if algo == "grpo" else 0.0,
+        skip_solved=0.5 if algo == "grpo" else 0.0,
         protocol=ProtocolSettings(max_turns=2, first_turn_frames=8, frames_per_retrieve=4),
     )
     recipe = RLRecipe(data, tmp_path, "tiny", settings)
@@ -167,7 +167,7 @@ def test_recipe_steps_checkpoints_and_resumes(data, tmp_path, algo, credit):
     more.setup()
     assert more.step == 1
     # the selective picker's history comes back from the rollouts kept, the stale row left out
-    assert more.picker.flat == recipe.picker.flat and len(more.picker.flat) == 1
+    assert more.picker.solved == recipe.picker.solved and len(more.picker.solved) == 1
     more.train()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and "stale" not in rows[-1]

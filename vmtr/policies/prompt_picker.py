@@ -1,17 +1,19 @@
-"""Which training questions an RL step asks: drawn at random, optionally passing over those whose
-last group taught nothing (a selective rollout).
+"""Which training questions an RL step asks: drawn at random, optionally passing over those the
+policy has solved (a selective rollout).
 
 A GRPO group whose samples all scored the same has no advantage, so its episodes cost a rollout
-and move nothing. Such outcomes persist: over the colour RL runs' rollouts, 82-88 % of the groups
-that followed an all-same one on the same question were all-same again, against 35-43 % after a
-group whose rewards varied. `PromptPicker` therefore passes over a question whose last group was
-flat with probability ``skip_flat`` and draws the next one instead (GRESO's selective rollout in
-its simplest, fixed-probability form). Nothing is passed over for good: a question the policy
-has come to fail again is asked again, sooner or later, and then counts as informative.
+and move nothing. When they all also answered right, that outcome persists: over the colour RL
+runs' rollouts (`recipes/tiny/group_outcomes.py`), 81-88 % of the groups that followed such a
+group on the same question were solved the same way again, while after a group that scored
+alike but answered wrong, 57-67 % of the next groups varied (those questions still teach).
+`PromptPicker` therefore passes over a question whose last group was solved -- every sample
+right, every reward equal -- with probability ``skip_solved`` and draws the next one instead
+(GRESO's selective rollout in a simple, fixed-probability form). Nothing is passed over for good:
+a question the policy has come to fail is asked again sooner or later, and then counts as open.
 
-With ``skip_flat == 0`` the draw is exactly the plain uniform one, so runs without it keep their
-prompt stream. The history is rebuilt from ``rollouts.jsonl`` on resume (`replay`), which the
-trainer has already trimmed to the checkpoint's step, so a resumed run picks what an
+With ``skip_solved == 0`` the draw is exactly the plain uniform one, so runs without it keep
+their prompt stream. The history is rebuilt from ``rollouts.jsonl`` on resume (`replay`), which
+the trainer has already trimmed to the checkpoint's step, so a resumed run picks what an
 uninterrupted one would have.
 """
 
@@ -25,37 +27,36 @@ from pathlib import Path
 
 from vmtr.eval.datasets import QAItem
 
-Outcome = tuple[str, int, float]
-"""(question id, group, total reward) of one episode."""
+Outcome = tuple[str, int, float, bool]
+"""(question id, group, total reward, answered right) of one episode."""
 
 TIE = 1e-9
 """Rewards closer than this count as the same score."""
 
 
-def flat_groups(outcomes: Iterable[Outcome]) -> dict[str, bool]:
-    """Per question: whether its group's episodes all scored the same (a group of one is flat:
-    GRPO has nothing to compare it with either)."""
-    totals: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for item_id, group, total in outcomes:
-        totals[(item_id, group)].append(total)
-    return {item_id: max(t) - min(t) < TIE for (item_id, _), t in totals.items()}
+def solved_groups(outcomes: Iterable[Outcome]) -> dict[str, bool]:
+    """Per question: whether its group's episodes all answered right with the same reward."""
+    groups: dict[tuple[str, int], list[tuple[float, bool]]] = defaultdict(list)
+    for item_id, group, total, correct in outcomes:
+        groups[(item_id, group)].append((total, correct))
+    solved = {}
+    for (item_id, _), episodes in groups.items():
+        totals = [total for total, _ in episodes]
+        solved[item_id] = max(totals) - min(totals) < TIE and all(c for _, c in episodes)
+    return solved
 
 
 class PromptPicker:
     """Draws each step's questions for one process of ``world``."""
 
     def __init__(
-        self, items: Sequence[QAItem], per_step: int, seed: int, skip_flat: float = 0.0
+        self, items: Sequence[QAItem], per_step: int, seed: int, skip_solved: float = 0.0
     ) -> None:
-        if not 0.0 <= skip_flat < 1.0:
-            raise ValueError(f"skip_flat must be in [0, 1), got {skip_flat}")
-        self.items, self.per_step, self.seed, self.skip_flat = (
-            list(items),
-            per_step,
-            seed,
-            skip_flat,
-        )
-        self.flat: dict[str, bool] = {}
+        if not 0.0 <= skip_solved < 1.0:
+            raise ValueError(f"skip_solved must be in [0, 1), got {skip_solved}")
+        self.items, self.per_step, self.seed = list(items), per_step, seed
+        self.skip_solved = skip_solved
+        self.solved: dict[str, bool] = {}
         self.passed_over = 0
         """How many candidates the last `pick` passed over."""
 
@@ -64,7 +65,7 @@ class PromptPicker:
         rng = random.Random(self.seed * 7_919 + step)
         share = max(1, self.per_step // world)
         self.passed_over = 0
-        if self.skip_flat == 0.0:
+        if self.skip_solved == 0.0:
             picks = rng.sample(self.items, min(len(self.items), share * world))
             return picks[rank::world][:share]
         order = rng.sample(self.items, len(self.items))[rank::world]
@@ -74,7 +75,7 @@ class PromptPicker:
         for item in order:
             if len(chosen) == share:
                 break
-            if self.flat.get(item.id, False) and coin.random() < self.skip_flat:
+            if self.solved.get(item.id, False) and coin.random() < self.skip_solved:
                 passed.append(item)
             else:
                 chosen.append(item)
@@ -83,8 +84,8 @@ class PromptPicker:
         return chosen + passed[: share - len(chosen)]
 
     def record(self, outcomes: Iterable[Outcome]) -> None:
-        """Remember which of a step's questions had a flat group."""
-        self.flat.update(flat_groups(outcomes))
+        """Remember which of a step's questions were solved."""
+        self.solved.update(solved_groups(outcomes))
 
     def replay(self, rollouts: Path) -> None:
         """Rebuild the history from a run's ``rollouts.jsonl`` (one line per episode), step by
@@ -97,6 +98,6 @@ class PromptPicker:
                 continue
             row = json.loads(line)
             total = float(sum(row["reward"] or [0.0]))
-            by_step[row["step"]].append((row["item"], row["group"], total))
+            by_step[row["step"]].append((row["item"], row["group"], total, bool(row["correct"])))
         for step in sorted(by_step):
             self.record(by_step[step])

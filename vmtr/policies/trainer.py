@@ -126,14 +126,14 @@ class RLSettings(BaseModel):
         "only their share of the entropy bonus and KL term, at the cost of a forward and backward "
         "pass each (a third to two thirds of a colour RL step's trajectories).",
     )
-    skip_flat: float = Field(
+    skip_solved: float = Field(
         0.0,
         ge=0.0,
         lt=1.0,
-        description="GRPO: the chance of passing over a question whose last group all scored the "
-        "same (no advantage: its episodes taught nothing) and asking the next one instead, so "
-        "more of a step's rollouts land on questions the policy has not settled "
-        "(vmtr.policies.prompt_picker). 0: every question is equally likely.",
+        description="The chance of passing over a question whose last group all answered right "
+        "with the same reward (under GRPO no advantage: its episodes taught nothing) and asking "
+        "the next one instead, so more of a step's rollouts land on questions the policy has "
+        "not solved (vmtr.policies.prompt_picker). 0: every question is equally likely.",
     )
     freeze_vision: bool = Field(
         False,
@@ -160,11 +160,6 @@ class RLSettings(BaseModel):
         if self.algo == "ppo" and not self.group_std:
             raise ValueError(
                 "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
-            )
-        if self.algo == "ppo" and self.skip_flat > 0:
-            raise ValueError(
-                "--skip-flat is GRPO's: under PPO a group that all scored the same still has "
-                "advantages (against the critic's values)"
             )
         if self.kl_tokens == "untrained" and (self.train_tokens == "reply" or self.kl_coef <= 0):
             raise ValueError(
@@ -250,7 +245,7 @@ class RLRecipe:
             raise ValueError(f"{self.data}: no training items")
         self.by_id = {item.id: item for item in self.items}
         self.picker = PromptPicker(
-            self.items, self.s.prompts_per_step, self.s.seed, self.s.skip_flat
+            self.items, self.s.prompts_per_step, self.s.seed, self.s.skip_solved
         )
         resume = self.latest_checkpoint()
         lora = self.s.lora_rank > 0
@@ -349,7 +344,9 @@ class RLRecipe:
                 generation=gen,
             )
         stats = score(trajectories, self.by_id, self.s.reward)
-        self.picker.record((t.item_id, t.group, t.reward.total) for t in trajectories)
+        self.picker.record(
+            (t.item_id, t.group, t.reward.total, bool(t.correct)) for t in trajectories
+        )
         self.log_rollouts(trajectories)
         rollout_seconds = time.perf_counter() - started
         self.policy.train()
