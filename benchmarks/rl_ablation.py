@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from vmtr.policies.loss_agg import LossAgg
-from vmtr.policies.trainer import RLSettings
+from vmtr.policies.rl_settings import RLSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

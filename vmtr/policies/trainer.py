@@ -5,9 +5,8 @@ One recipe class, read top to bottom: `setup` (policy, frozen reference, critic,
 clipped policy loss + value loss + KL to the reference - entropy bonus), `save` / `resume`.
 Batch means go to ``metrics.jsonl``, every episode (replies, actions, reward terms per turn) to
 ``rollouts.jsonl``; a resumed run drops the rows of steps it repeats.
-Settings default to Video-MTR's released run script (clip 0.2, entropy 0.001, KL 0.001, grad
-clip 1.0, actor lr 1e-6, critic lr 1e-5, rollout temperature 0.7, top-p 0.95, 512 new tokens,
-16 prompts x 2 samples); the tiny model needs a far larger learning rate.
+Settings (`vmtr.policies.rl_settings`) default to Video-MTR's released run script; the tiny model
+needs a far larger learning rate.
 
 Under `accelerate launch` each process rolls out its own share of the step's prompts and DDP
 averages gradients. Full fine-tuning for small models; LoRA (peft) or QLoRA (4-bit) for big ones,
@@ -18,18 +17,16 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.config import GenerationSettings, ModelSettings
 from vmtr.eval.datasets import QAItem, load_video_mtr_json
 from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapter, save_merged
 from vmtr.models.qwen import QwenVideoLM
@@ -42,131 +39,11 @@ from vmtr.policies.logprobs import (
     token_logprobs,
     vision_replayed,
 )
-from vmtr.policies.loss_agg import LossAgg, row_divisors
+from vmtr.policies.loss_agg import row_divisors
 from vmtr.policies.prompt_picker import PromptPicker
-from vmtr.policies.rewards import RewardSettings
+from vmtr.policies.rl_settings import RLSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
-
-
-class RLSettings(BaseModel):
-    """Everything `vmtr train rl` can change."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    algo: Literal["ppo", "grpo"] = "grpo"
-    credit: Literal["trajectory", "turn"] = Field(
-        "trajectory",
-        description="GRPO only: one advantage per episode, or per turn (reward-to-go normalised "
-        "among the group's episodes at the same turn).",
-    )
-    group_std: bool = Field(
-        True,
-        description="GRPO: divide by the group's standard deviation (False: only centre, as "
-        "Dr. GRPO does, so small reward gaps stay small).",
-    )
-    steps: int = Field(500, ge=1)
-    prompts_per_step: int = Field(16, ge=1)
-    samples_per_prompt: int = Field(2, ge=1)
-    actor_lr: float = 1e-6
-    critic_lr: float = 1e-5
-    clip: float = 0.2
-    entropy_coef: float = 0.001
-    kl_coef: float = 0.001
-    grad_clip: float = 1.0
-    ppo_epochs: int = Field(1, ge=1)
-    micro_batch: int = Field(
-        0,
-        ge=0,
-        description="Trajectories per forward in the update (padded to the longest); 0: 8 on a "
-        "GPU, 1 on the CPU (one thread gains nothing from rows side by side: a colour RL step's "
-        "32 trajectories updated in 20-22 s one at a time against 24-26 s in eights).",
-    )
-    gamma_turn: float = 1.0
-    lam_turn: float = 1.0
-    gamma: float = 1.0
-    lam: float = 1.0
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    lora_rank: int = Field(0, ge=0, description="> 0 trains a LoRA adapter instead.")
-    train_tokens: Literal["reply", "action", "decision"] = Field(
-        "reply",
-        description="Which sampled tokens the policy gradient moves: the whole reply (as "
-        "Video-MTR); only its action (`<retrieve>`/`<answer>`), keeping what the think text "
-        "says it saw out of RL's reach, which leaves a decision the think text states ('Need "
-        "more frames.') untrained; or the decision: the think block's last sentence and the "
-        "action (vmtr.policies.action_tokens).",
-    )
-    kl_tokens: Literal["reply", "untrained"] = Field(
-        "reply",
-        description="Which sampled tokens the KL term anchors to the reference: all of them, or "
-        "those the policy gradient leaves alone (with --train-tokens action or decision: what "
-        "the think text reports seeing), so the shared weights cannot drift that text while "
-        "the action and decision train.",
-    )
-    loss_agg: LossAgg = Field(
-        "seq-mean-token-mean",
-        description="How the policy-gradient and entropy terms sum a step's tokens (verl's "
-        "loss_agg_mode): each trajectory's mean over its trained tokens, then the mean over "
-        "trajectories (GRPO's); the mean over every trained token of the step (DAPO's); or each "
-        "trajectory's sum over a fixed horizon, max_turns x max_new_tokens (Dr. GRPO's). The "
-        "first gives every trajectory the same weight, however many turns it took; the last two "
-        "give every token the same weight (vmtr.policies.loss_agg).",
-    )
-    share_prompt: bool = Field(
-        True,
-        description="GRPO with the vision tower fixed: the update runs a group's shared first "
-        "prompt once for all its samples (the same log-probs and gradients, less compute).",
-    )
-    drop_flat_groups: bool = Field(
-        True,
-        description="GRPO, one process: leave out of the update every trajectory with no "
-        "advantage on the tokens it trains (a group whose samples all scored the same), as "
-        "DAPO's dynamic sampling drops such groups. Their policy gradient is zero; they would add "
-        "only their share of the entropy bonus and KL term, at the cost of a forward and backward "
-        "pass each (a third to two thirds of a colour RL step's trajectories).",
-    )
-    skip_solved: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="The chance of passing over a question whose last group all answered right "
-        "with the same reward (under GRPO no advantage: its episodes taught nothing) and asking "
-        "the next one instead, so more of a step's rollouts land on questions the policy has "
-        "not solved (vmtr.policies.prompt_picker). 0: every question is equally likely.",
-    )
-    freeze_vision: bool = Field(
-        False,
-        description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
-        "and the update skips the tower's backward pass.",
-    )
-    save_merged: bool = Field(
-        False,
-        description="LoRA: a merged full model in every checkpoint's merged/ (the final one "
-        "always gets it).",
-    )
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    save_every: int = Field(50, ge=1)
-    seed: int = 0
-    reward: RewardSettings = RewardSettings()
-    protocol: ProtocolSettings = ProtocolSettings()
-
-    @model_validator(mode="after")
-    def _grpo_options_need_grpo(self) -> RLSettings:
-        if self.algo == "ppo" and self.credit != "trajectory":
-            raise ValueError(
-                "--credit is GRPO's; PPO's bi-level GAE already gives each turn its own"
-            )
-        if self.algo == "ppo" and not self.group_std:
-            raise ValueError(
-                "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
-            )
-        if self.kl_tokens == "untrained" and (self.train_tokens == "reply" or self.kl_coef <= 0):
-            raise ValueError(
-                "--kl-tokens untrained anchors what --train-tokens action or decision leaves "
-                "untrained, with --kl-coef > 0"
-            )
-        return self
+from vmtr.policies.run_log import plot_metrics, rollout_record, trim_log
 
 
 class ValueModel(nn.Module):
@@ -635,64 +512,3 @@ class RLRecipe:
 
             shutil.rmtree(folder)
         tmp.rename(folder)
-
-
-def rollout_record(step: int, traj: Trajectory) -> dict[str, Any]:
-    """An episode as `rollouts.jsonl` keeps it (no tensors)."""
-    reward = traj.reward
-    return {
-        "step": step,
-        "item": traj.item_id,
-        "group": traj.group,
-        "answer": traj.answer,
-        "correct": traj.correct,
-        "turns": [
-            {"action": t["action"], "reply": t["raw"], "frames": t["frames"]} for t in traj.turns
-        ],
-        "reward": reward.per_turn if reward else None,
-        "reward_answer": reward.answer if reward else None,
-        "reward_format": reward.format if reward else None,
-        "reward_frames": reward.frames if reward else None,
-        "reward_bonus": reward.bonus if reward else None,
-    }
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Drop the JSONL rows of steps after ``step`` (a run that stopped between checkpoints
-    logged steps the resumed run repeats); the file is replaced whole, never left half written."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) == len(lines):
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
-
-
-def plot_metrics(log_path: Path, png: Path) -> None:
-    """Reward, accuracy, turns and KL curves from the JSONL log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    keys = ["reward", "accuracy", "turns", "retrieve_rate", "relevant_seen", "kl", "entropy"]
-    cols = 3
-    rows_n = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3 * rows_n))
-    steps = [r["step"] for r in rows]
-    for ax, key in zip(axes.flat, keys, strict=False):
-        values = [r.get(key) for r in rows]
-        ax.plot(steps, [float("nan") if v is None else v for v in values])
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    for ax in axes.flat[len(keys) :]:  # the grid's spare panels
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
