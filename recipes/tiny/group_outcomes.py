@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from vmtr.policies.prompt_picker import TIE
+
 OUTCOMES = ("varied", "flat right", "flat wrong")
 
 
@@ -33,8 +35,9 @@ def groups_of(rollouts: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
 
 
 def outcome(episodes: list[dict[str, Any]]) -> str:
-    totals = [round(sum(e["reward"]), 6) for e in episodes]
-    if len(set(totals)) > 1:
+    """Varied, flat right or flat wrong, with the tie `vmtr train rl --skip-solved` uses."""
+    totals = [sum(e["reward"]) for e in episodes]
+    if max(totals) - min(totals) >= TIE:
         return "varied"
     return "flat right" if episodes[0]["correct"] else "flat wrong"
 
