@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the bundled tiny model (vmtr/assets/tiny) from scratch, end to end:
+# The four-kind tiny model from scratch, the first stage of recipes/tiny/colour.sh (which turns it
+# into the bundled colour model) and the harder tier's model (all four question kinds):
 #   1. generate the training splits with `vmtr synth`: "drill" sets of short videos (16 s and
 #      32 s, so the 16 first-turn frames show all or half of the pool; one with larger needles)
 #      and sets of 1- and 2-minute videos (the benchmark's own shape);
@@ -16,8 +17,7 @@
 #      repeats the needle the reading named, which the parser maps to its option);
 #   5. three more with aimed retrieves (from the border frames the reply named), then GRPO with
 #      the answer reward only at lr 3e-5 (30 steps);
-#   6. the README's held-out table for the result, then the model, with vmtr_tiny.json saying
-#      how it was made and what it scored, copied into vmtr/assets/tiny.
+#   6. the four-kind held-out table for the result, kept beside it (heldout.json).
 # Until stage 14 retrieves are scripted as random aligned 8-frame blocks (never the oracle's
 # range): free random ranges left greedy decoding writing malformed ranges ("2, 4, 4").
 # Data, checkpoints and logs stay under RUN (git-ignored). Re-running skips finished stages; an
@@ -159,14 +159,11 @@ stage 16-aim 15-aim/checkpoints/step-000400 400 400 "${AIM[@]}" --caption-share 
 WARM="$RUN/16-aim/final"
 
 # 17. RL from the aimed warm start: the answer reward only at lr 3e-5, the arm highest pooled
-# over both held-out sets in the README's three-seed ablation from it (`--start "$WARM"`), where
+# over both held-out sets in docs/tiny-model.md's three-seed ablation from it (`--start "$WARM"`), where
 # every arm but the ungated one is within noise of the warm start.
 rl_stage 17-rl "$WARM" --no-frame-reward --actor-lr 3e-5
 FINAL="$RUN/17-rl/checkpoint-$RL_STEPS"
 
-# 18. The README's held-out table and reading check for the final model, kept beside it.
+# 18. The four-kind held-out table and reading check for the final model, kept beside it.
 python benchmarks/synthetic_table.py --model "$FINAL" --workers 2 --json-out "$FINAL/heldout.json" \
   --answer-form needle
-
-python recipes/tiny/bundle_tiny.py "$FINAL" "$WARM" --aimed
-du -sh "$(python -c 'from vmtr.models.tiny import TINY_DIR; print(TINY_DIR)')"

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Past 200 steps: does RL keep lifting the best gated policy, and under which credit?
+#
+# colour_rl.sh stops every arm at 200 GRPO steps, while its curves still rise; its best gated run
+# is the bundled `--model tiny`. This carries that policy on under the gated bi-level reward, two
+# ways from the same start and RL seed, side by side (one thread each):
+#   recipe     -- colour_rl.sh's flags unchanged (whole-reply credit, no KL term);
+#   anchored   -- the policy gradient on the action and the decision sentence only, a KL term to
+#                 the start on the rest of the reply (what it names and saw), and questions whose
+#                 last group all answered right alike passed over with chance 0.8
+#                 (`--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8`).
+# After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
+# colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
+# tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
+# per held-out set, the start's row first, into OUT/table-heldout-s*.md.
+# Resumable: runs continue from their last checkpoint, finished evaluations are kept.
+# Run time on the 2-core development machine: 15-20 s a step for each of the two runs, so about
+# 1.5 h for the default 300 steps, then 3-4 min for each evaluation, two at a time.
+# Usage: [STEPS=N] [EVAL_EVERY=K] recipes/tiny/colour_rl_on.sh [START [OUT]]
+#   START: a checkpoint or model folder (default the bundled model, vmtr/assets/tiny)
+#   OUT: where runs and evaluations go (default runs/colour-rl-on); data: runs/colour/data.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+START=${1:-vmtr/assets/tiny}
+OUT=${2:-runs/colour-rl-on}
+STEPS=${STEPS:-300}
+EVAL_EVERY=${EVAL_EVERY:-50}
+D=runs/colour/data
+for split in "train-s1000 1000 510" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
+  set -- $split
+  [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
+done
+declare -A CREDIT=(
+  [recipe]="--train-tokens reply --kl-tokens reply --kl-coef 0"
+  [anchored]="--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8"
+)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# evaluate NAME MODEL HELDOUT: one greedy multi-turn run, kept once finished
+evaluate() {
+  local dir="$OUT/eval/$3/$1"
+  [ -f "$dir/results.json" ] || vmtr eval synthetic --data "$D/$3" -o "$dir" --model "$2" \
+    --temperature 0 --max-new-tokens 96 --batch-size 8 >/dev/null
+}
+# arm NAME: train it to STEPS (checkpoints every 25 steps), then evaluate its checkpoints
+arm() {
+  mkdir -p "$OUT/$1"
+  # shellcheck disable=SC2086
+  python -m vmtr.cli train rl --data "$D/train-s1000/annotations.json" --out "$OUT/$1" \
+    --model "$START" --algo grpo --steps "$STEPS" --prompts-per-step 8 --samples-per-prompt 4 \
+    --actor-lr 3e-5 --temperature 0.6 --top-p 1.0 --ppo-epochs 2 --max-new-tokens 64 \
+    --save-every 25 --seed 3 --max-turns 3 --freeze-vision --loss-agg seq-mean-token-mean \
+    ${CREDIT[$1]} >> "$OUT/$1.log" 2>&1
+  for ((step = EVAL_EVERY; step <= STEPS; step += EVAL_EVERY)); do
+    evaluate "$1-$step" "$OUT/$1/checkpoint-$step" heldout-s5000
+  done
+  evaluate "$1-$STEPS" "$OUT/$1/checkpoint-$STEPS" heldout-s7000
+}
+arm recipe &
+arm anchored &
+wait
+for held in heldout-s5000 heldout-s7000; do
+  evaluate start "$START" "$held"
+  rows=("start=$OUT/eval/$held/start")
+  for name in recipe anchored; do
+    for ((step = EVAL_EVERY; step <= STEPS; step += EVAL_EVERY)); do
+      if [ "$held" = heldout-s5000 ] || [ "$step" = "$STEPS" ]; then
+        rows+=("$name-$step=$OUT/eval/$held/$name-$step")
+      fi
+    done
+  done
+  python recipes/tiny/warm_start_report.py --data "$D/$held" "${rows[@]}" | tee "$OUT/table-$held.md"
+done
