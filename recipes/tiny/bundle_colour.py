@@ -1,9 +1,12 @@
 """Bundle a colour RL checkpoint as `--model tiny`, with a model card written from what it scored.
 
     python recipes/tiny/bundle_colour.py CHECKPOINT --heldout DIR [DIR ...] [--evals DIR]
+        [--continues EARLIER/checkpoint-K --arm NAME]
 
 CHECKPOINT is a `vmtr train rl` checkpoint folder (recipes/tiny/colour_rl.sh writes them under
-``runs/colour-rl/seed-S/rl-ARM/checkpoint-N``). Each ``--heldout`` folder is a colour split of
+``runs/colour-rl/seed-S/rl-ARM/checkpoint-N``; recipes/tiny/colour_rl_on.sh, which carries one on
+from its checkpoint-K, under ``runs/colour-rl-on/ARM/checkpoint-N``: the card then counts K + N
+steps). Each ``--heldout`` folder is a colour split of
 `vmtr synth --kinds colour` (seeds 5000 and 7000 in the recipe); the checkpoint is asked every
 question there multi-turn and from 16 uniform frames in one turn (greedy, 96 new tokens a
 reply, as the recipe's tables), each run kept under ``--evals`` and reused when present. Then
@@ -89,6 +92,15 @@ def main() -> None:
         default="runs/colour/unaimed-2/final",
         help="The warm start the RL run began from, for the card's provenance.",
     )
+    parser.add_argument(
+        "--continues",
+        type=Path,
+        help="The `vmtr train rl` checkpoint-K the run was carried on from "
+        "(recipes/tiny/colour_rl_on.sh): its K steps count in, its path goes in the provenance.",
+    )
+    parser.add_argument(
+        "--arm", help="The reward arm's name on the card (default: from the run's folder)."
+    )
     parser.add_argument("--target", type=Path, default=TINY_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args()
     checkpoint = args.checkpoint.resolve()
@@ -96,7 +108,13 @@ def main() -> None:
     if match is None or not (checkpoint / "config.json").exists():
         raise SystemExit(f"error: {checkpoint} is not a `vmtr train rl` checkpoint folder")
     step, arm_slug = int(match.group(1)), checkpoint.parent.name.removeprefix("rl-")
-    arm = arm_slug.replace("-", " ").replace("bi level", "bi-level")
+    arm = args.arm or arm_slug.replace("-", " ").replace("bi level", "bi-level")
+    before = 0
+    if args.continues is not None:
+        earlier = re.fullmatch(r"checkpoint-(\d+)", args.continues.name)
+        if earlier is None:
+            raise SystemExit(f"error: --continues {args.continues} is not a checkpoint-K folder")
+        before = int(earlier.group(1))
     evals = args.evals or checkpoint.parent / f"bundle-{checkpoint.name}"
     scores = {
         seed_of(heldout): evaluate(checkpoint, heldout, evals / heldout.name)
@@ -116,13 +134,14 @@ def main() -> None:
     }
     card = {
         "trained": True,
-        "description": description(step, arm, scores),
+        "description": description(before + step, arm, scores),
         "recipe": "recipes/tiny/colour.sh",
         "answer_form": "needle",
         "provenance": {
             "start": args.start,
+            **({"continues": str(args.continues)} if args.continues else {}),
             "checkpoint": os.path.relpath(checkpoint),
-            "step": step,
+            "step": before + step,
         },
         "heldout": figures,
     }

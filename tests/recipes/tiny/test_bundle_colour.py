@@ -52,6 +52,29 @@ def test_card_from_existing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (target / "config.json").exists() and not (target / "trainer_state.pt").exists()
 
 
+def test_a_carried_on_run_counts_the_earlier_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "colour-rl-on" / "anchored" / "checkpoint-150"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    evals = tmp_path / "evals"
+    heldout = fake_heldout(tmp_path / "data", 5000)
+    fake_results(evals / heldout.name / "multi-turn", 0.9, 2.1, 0.85)
+    fake_results(evals / heldout.name / "single-16", 0.45, 1.0, 0.3)
+    earlier = "runs/colour-rl/seed-1/rl-gated-bi-level-reward/checkpoint-200"
+    argv = ["bundle_colour.py", str(checkpoint), "--heldout", str(heldout), "--evals", str(evals)]
+    argv += ["--target", str(tmp_path / "tiny"), "--continues", earlier, "--arm", "gated"]
+    monkeypatch.setattr(sys, "argv", argv)
+
+    bundle_colour.main()
+
+    card = json.loads((tmp_path / "tiny" / "vmtr_tiny.json").read_text())
+    assert "350 GRPO steps (gated)" in card["description"].splitlines()[1]
+    assert card["provenance"]["step"] == 350
+    assert card["provenance"]["continues"] == earlier
+
+
 def test_refuses_a_folder_that_is_no_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
