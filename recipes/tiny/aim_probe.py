@@ -1,7 +1,7 @@
 """Is an RL run learning to aim? Its first retrieves against the border its own replies named.
 
     python recipes/tiny/aim_probe.py RUN_DIR [RUN_DIR ...] --data runs/colour/data/train-s1000 \\
-        [--window 10]
+        [--window 10] [--second]
 
 Reads each `vmtr train rl` run's ``rollouts.jsonl`` (every sampled episode of every step) and,
 per window of steps, over the episodes whose first reply retrieved:
@@ -18,6 +18,10 @@ per window of steps, over the episodes whose first reply retrieved:
   the needle and when it did not, and **right after a miss**: how often a miss still ended in
   the right answer. Their gap is what the reward pays for aiming the first retrieve.
 
+With ``--second``, a second table splits the second retrieves that followed a first retrieve
+showing no needle by where they went (the same range, next to or over the first, elsewhere;
+`miss_anatomy.py` does the same for held-out runs), with how often each showed the needle.
+
 A run that learns where to look raises "copies border" and, as far as its naming is right,
 "needle in range"; random blocks hold the needle in about one first retrieve in eight.
 """
@@ -27,8 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `recipes`
+
+from recipes.tiny.miss_anatomy import SECOND_PLACES, where_second  # noqa: E402
 
 BORDER = re.compile(r"Border: frames? (\d+)")
 RANGE = re.compile(r"<retrieve>\s*(\d+)\s*,\s*(\d+)\s*</retrieve>")
@@ -113,11 +122,53 @@ def window_rows(
     ]
 
 
+def second_rows(
+    rollouts: Path, items: dict[str, dict[str, Any]], window: int
+) -> list[dict[str, Any]]:
+    """Per window, the second retrieves that followed a first retrieve whose frames showed no
+    needle: how many, and per place (`miss_anatomy.where_second`) their share and how often
+    they showed the needle."""
+    counts: dict[int, dict[str, list[int]]] = {}
+    for line in rollouts.read_text().splitlines():
+        episode = json.loads(line)
+        turns = episode["turns"]
+        item = items.get(episode["item"])
+        if item is None or len(turns) < 3 or turns[1]["action"] != "retrieve":
+            continue
+        needles = set(item["needle_pool_indices"])
+        first, second = RANGE.search(turns[0]["reply"]), RANGE.search(turns[1]["reply"])
+        if first is None or second is None or needles & set(turns[1]["frames"]):
+            continue
+        place = where_second(
+            [int(first.group(1)), int(first.group(2))],
+            [int(second.group(1)), int(second.group(2))],
+        )
+        row = counts.setdefault((episode["step"] - 1) // window, {p: [0, 0] for p in SECOND_PLACES})
+        row[place][0] += 1
+        row[place][1] += bool(needles & set(turns[2]["frames"]))
+    rows = []
+    for w, places in sorted(counts.items()):
+        n = sum(count for count, _ in places.values())
+        rows.append(
+            {"steps": f"{w * window + 1}-{(w + 1) * window}", "seconds": n}
+            | {
+                p: (count / n, shown / count if count else None)
+                for p, (count, shown) in places.items()
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--data", type=Path, required=True, help="The RL training split.")
     parser.add_argument("--window", type=int, default=10)
+    parser.add_argument(
+        "--second",
+        action="store_true",
+        help="Also where second retrieves went after a first that showed nothing.",
+    )
     args = parser.parse_args()
     annotations = json.loads((args.data / "annotations.json").read_text())
     items = {a["problem_id"]: a for a in annotations}
@@ -137,6 +188,16 @@ def main() -> None:
                 f"| {share(r['second_shows'])} | {number(r['return_after_hit'])} "
                 f"| {number(r['return_after_miss'])} | {share(r['right_after_miss'])} |"
             )
+        if args.second:
+            print(
+                "\n| steps | second retrieves after a miss | "
+                + " | ".join(f"{p} (shows it)" for p in SECOND_PLACES)
+                + " |"
+            )
+            print("|---|---:|" + "---:|" * len(SECOND_PLACES))
+            for r in second_rows(run / "rollouts.jsonl", items, args.window):
+                cells = [f"{share(r[p][0])} ({share(r[p][1])})" for p in SECOND_PLACES]
+                print(f"| {r['steps']} | {r['seconds']} | " + " | ".join(cells) + " |")
 
 
 def share(value: float | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recipes.tiny.aim_ceiling import named_border, retrieved, shown
-from recipes.tiny.aim_probe import window_rows
+from recipes.tiny.aim_probe import second_rows, window_rows
 
 # cue on pool frames 22-29: the first turn's frames 25 and 29 fall inside it
 ITEM = {"cue_pool_indices": [22, 29], "needle_pool_indices": [23], "kind": "colour"}
@@ -87,3 +87,40 @@ def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
     assert row["return_after_hit"] == pytest.approx(1.6)
     assert row["return_after_miss"] == pytest.approx((1.6 + 0.2) / 2)
     assert row["right_after_miss"] == 1 / 2
+
+
+def test_probe_places_second_retrieves_after_a_miss(tmp_path: Path):
+    first = list(range(0, 64, 4))
+    ask = "<think>Border: frames 25 to 29. Seen: no shapes. Need more frames.</think>"
+    miss = ("retrieve", ask + "<retrieve>40, 47</retrieve>", first)
+    rollouts = [
+        # next door, misses again
+        episode(
+            1,
+            [
+                miss,
+                ("retrieve", ask + "<retrieve>32, 39</retrieve>", list(range(40, 48))),
+                ("answer", "<answer>B</answer>", list(range(32, 40))),
+            ],
+            [0.1, 0.1, 0.1],
+            False,
+        ),
+        # far from the first, shows it
+        episode(
+            1,
+            [
+                miss,
+                ("retrieve", ask + "<retrieve>16, 23</retrieve>", list(range(40, 48))),
+                ("answer", "<answer>A</answer>", list(range(16, 24))),
+            ],
+            [0.1, 0.6, 0.9],
+            True,
+        ),
+    ]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rollouts))
+    (row,) = second_rows(path, {"x": ITEM}, window=10)
+    assert row["seconds"] == 2
+    assert row["same range"] == (0.0, None)
+    assert row["next to or over the first"] == (0.5, 0.0)
+    assert row["elsewhere"] == (0.5, 1.0)
