@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
 # Past 200 steps: does RL keep lifting the best gated policy, and under which credit?
 #
-# colour_rl.sh stops every arm at 200 GRPO steps, while its curves still rise; its best gated run
-# is the bundled `--model tiny`. This carries that policy on under the gated bi-level reward, two
-# ways from the same start and RL seed, side by side (one thread each):
-#   recipe     -- colour_rl.sh's flags unchanged (whole-reply credit, no KL term);
-#   anchored   -- the policy gradient on the action and the decision sentence only, a KL term to
-#                 the start on the rest of the reply (what it names and saw), and questions whose
-#                 last group all answered right alike passed over with chance 0.8
-#                 (`--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8`).
+# colour_rl.sh stops every arm at 200 GRPO steps; its best gated run is the bundled
+# `--model tiny`. This carries that policy on under the gated bi-level reward, from the same start
+# and RL seed, in up to three ways run side by side (one thread each):
+#   recipe    -- colour_rl.sh's flags unchanged (whole-reply credit, no KL term);
+#   anchored  -- the policy gradient on the action and the decision sentence only, a KL term to
+#                the start on the rest of the reply (what it names and saw), and questions whose
+#                last group all answered right alike passed over with chance 0.8
+#                (`--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8`);
+#   turn      -- turn-level GRPO credit (`--credit turn`): a second retrieve is judged against the
+#                group's other second turns, most of which followed the same first retrieve, so
+#                where it went after a miss gets credit of its own.
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
-# per held-out set, the start's row first, into OUT/table-heldout-s*.md.
+# per held-out set, the start's row first, into OUT/table-heldout-s*.md, and
+# recipes/tiny/miss_anatomy.py says which turn first showed the needle.
 # Resumable: runs continue from their last checkpoint, finished evaluations are kept.
-# Run time on the 2-core development machine: 15-20 s a step for each of the two runs, so about
-# 1.5 h for the default 300 steps, then 3-4 min for each evaluation, two at a time.
-# Usage: [STEPS=N] [EVAL_EVERY=K] recipes/tiny/colour_rl_on.sh [START [OUT]]
+# Run time on the 2-core development machine: 15-25 s a step for each of two runs side by side
+# (about 1 h for 200 steps), then 3-4 min for each evaluation.
+# Usage: [STEPS=N] [EVAL_EVERY=K] [ARMS="recipe turn"] recipes/tiny/colour_rl_on.sh [START [OUT]]
 #   START: a checkpoint or model folder (default the bundled model, vmtr/assets/tiny)
 #   OUT: where runs and evaluations go (default runs/colour-rl-on); data: runs/colour/data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 START=${1:-vmtr/assets/tiny}
 OUT=${2:-runs/colour-rl-on}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-200}
+read -r -a ARMS <<< "${ARMS:-recipe anchored turn}"
 EVAL_EVERY=${EVAL_EVERY:-50}
 D=runs/colour/data
 for split in "train-s1000 1000 510" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
@@ -33,6 +38,7 @@ done
 declare -A CREDIT=(
   [recipe]="--train-tokens reply --kl-tokens reply --kl-coef 0"
   [anchored]="--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8"
+  [turn]="--train-tokens reply --kl-tokens reply --kl-coef 0 --credit turn"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # evaluate NAME MODEL HELDOUT: one greedy multi-turn run, kept once finished
@@ -55,13 +61,14 @@ arm() {
   done
   evaluate "$1-$STEPS" "$OUT/$1/checkpoint-$STEPS" heldout-s7000
 }
-arm recipe &
-arm anchored &
+for name in "${ARMS[@]}"; do
+  arm "$name" &
+done
 wait
 for held in heldout-s5000 heldout-s7000; do
   evaluate start "$START" "$held"
   rows=("start=$OUT/eval/$held/start")
-  for name in recipe anchored; do
+  for name in "${ARMS[@]}"; do
     for ((step = EVAL_EVERY; step <= STEPS; step += EVAL_EVERY)); do
       if [ "$held" = heldout-s5000 ] || [ "$step" = "$STEPS" ]; then
         rows+=("$name-$step=$OUT/eval/$held/$name-$step")
@@ -69,4 +76,5 @@ for held in heldout-s5000 heldout-s7000; do
     done
   done
   python recipes/tiny/warm_start_report.py --data "$D/$held" "${rows[@]}" | tee "$OUT/table-$held.md"
+  python recipes/tiny/miss_anatomy.py --data "$D/$held" "${rows[@]}" > "$OUT/misses-$held.md"
 done
