@@ -6,11 +6,14 @@
 #      to aim);
 #   2. recipes/tiny/unaimed_start.sh: that model's aim trained away on colour items (25 min);
 #   3. recipes/tiny/colour_rl.sh: the three reward arms x three RL seeds from it, 200 GRPO steps
-#      each, and the table and curves on two held-out colour sets (about 35 s a step with two
-#      runs sharing two cores: about 9 h for the nine runs, and 1 h of evaluation);
-#   4. recipes/tiny/bundle_colour.py: the gated arm's run whose last checkpoint answers the most
-#      seed-5000 questions multi-turn becomes `--model tiny`, its card written from its
-#      held-out runs on both sets.
+#      each, and the table and curves on two held-out colour sets (15-35 s a step with two
+#      runs sharing two cores, by how busy the machine is: 4-9 h for the nine runs, and 1 h of
+#      evaluation);
+#   4. recipes/tiny/colour_rl_on.sh: the gated arm's best run carried on for 300 more steps with
+#      the same flags (about 1.5 h), its checkpoints asked the seed-5000 questions every 50;
+#   5. recipes/tiny/bundle_colour.py: the carried-on checkpoint that answers the most seed-5000
+#      questions multi-turn becomes `--model tiny`, its card written from its held-out runs on
+#      both sets (seed 7000 chose nothing).
 # Usage: recipes/tiny/colour.sh   (runs/tiny and runs/colour; git-ignored)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,5 +22,7 @@ START=runs/tiny/17-rl/checkpoint-30
 recipes/tiny/unaimed_start.sh runs/colour "$START"
 recipes/tiny/colour_rl.sh runs/colour
 BEST=$(cat runs/colour-rl/best-gated-bi-level-reward-heldout-s5000.txt)
-python recipes/tiny/bundle_colour.py "$BEST" \
+ARMS=recipe STEPS=300 recipes/tiny/colour_rl_on.sh "$BEST" runs/colour-rl-on
+python recipes/tiny/bundle_colour.py "$(cat runs/colour-rl-on/best-recipe-heldout-s5000.txt)" \
+  --continues "$BEST" --arm "gated bi-level reward" \
   --heldout runs/colour/data/heldout-s5000 runs/colour/data/heldout-s7000

@@ -16,7 +16,8 @@
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
 # per held-out set, the start's row first, into OUT/table-heldout-s*.md, and
-# recipes/tiny/miss_anatomy.py says which turn first showed the needle.
+# recipes/tiny/miss_anatomy.py says which turn first showed the needle; each arm's checkpoint with
+# the most seed-5000 answers is named in OUT/best-ARM-heldout-s5000.txt.
 # Resumable: runs continue from their last checkpoint, finished evaluations are kept.
 # Run time on the 2-core development machine: 15-25 s a step for each of two runs side by side
 # (about 1 h for 200 steps), then 3-4 min for each evaluation.
@@ -77,4 +78,19 @@ for held in heldout-s5000 heldout-s7000; do
   done
   python recipes/tiny/warm_start_report.py --data "$D/$held" "${rows[@]}" | tee "$OUT/table-$held.md"
   python recipes/tiny/miss_anatomy.py --data "$D/$held" "${rows[@]}" > "$OUT/misses-$held.md"
+done
+# each arm's checkpoint that answers the most seed-5000 questions, the earliest on a tie (what
+# recipes/tiny/colour.sh bundles), into OUT/best-ARM-heldout-s5000.txt
+for name in "${ARMS[@]}"; do
+  python -c "
+import json, sys
+from pathlib import Path
+out, name, steps, every = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+scores = {
+    step: json.loads((out / 'eval/heldout-s5000' / f'{name}-{step}/results.json').read_text())['accuracy']
+    for step in range(every, steps + 1, every)
+}
+best = max(scores, key=lambda step: (scores[step], -step))
+(out / f'best-{name}-heldout-s5000.txt').write_text(f'{out}/{name}/checkpoint-{best}\\n')
+" "$OUT" "$name" "$STEPS" "$EVAL_EVERY"
 done
