@@ -14,7 +14,10 @@ can reach with one retrieve and with two -- the bar the RL arms are measured aga
 
 The same for a policy whose retrieves are aligned 8-frame blocks (``[8k, 8k+7]``, all eight
 frames shown), the repertoire the un-aimed warm start was trained on (`recipes/tiny/unaimed_start.sh`,
-``--retrieve-block 8``): rules "the block holding the first (or last) named frame, shifted by d".
+``--retrieve-block 8``): rules "the block holding the first (or last) named frame, shifted by d";
+for 8-frame windows from a named frame + d; and for ranges between first-turn labels (the label
+before the first named frame, or that frame, to the last named frame or the label after it), whose
+numbers a reply can copy from its prompt.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ BLOCK = 8
 BLOCK_RULES = [(end, d) for end in ("first", "last") for d in (-1, 0, 1)]
 """Candidate block rules: which named frame's block, shifted by d blocks."""
 
+WINDOW_RULES = [(f"window-{end}", d) for end in ("first", "last") for d in range(-8, 5)]
+"""Candidate window rules: the 8 frames from a named frame + d (all shown)."""
+
+LABEL_RULES = [("labels", a, b) for a in (-1, 0) for b in (0, 1)]
+"""Candidate label rules: from the first-turn label a places before (or at) the first named
+frame to the one b places after (or at) the last, 8 frames spread over it: every number copied
+from the prompt."""
+
 
 def named_border(item: dict[str, Any]) -> tuple[int, int]:
     """The first and last first-turn frames inside the item's cue (what a right reply names)."""
@@ -48,6 +59,13 @@ def retrieved(item: dict[str, Any], rule: tuple[Any, int]) -> set[int]:
     """The frames a rule's retrieve shows: a range of offsets from the named border (8 frames
     spread over it), or an aligned block."""
     first, last = named_border(item)
+    if rule[0] == "labels":
+        start = FIRST_TURN[max(0, FIRST_TURN.index(first) + rule[1])]
+        end = FIRST_TURN[min(len(FIRST_TURN) - 1, FIRST_TURN.index(last) + rule[2])]
+        return set(uniform_indices(start, end, 8))
+    if isinstance(rule[0], str) and rule[0].startswith("window-"):
+        start = min(63 - 7, max(0, (first if rule[0] == "window-first" else last) + rule[1]))
+        return set(range(start, start + 8))
     if isinstance(rule[0], str):
         k = (first if rule[0] == "first" else last) // BLOCK + rule[1]
         return set(range(k * BLOCK, (k + 1) * BLOCK))
@@ -82,7 +100,13 @@ def main() -> None:
     names = " | ".join(folder.name for folder in args.heldout)
     print(f"| retrieves | rule | train | {names} |")
     print("|---|---|---:|" + "---:|" * len(args.heldout))
-    for kind, candidates in (("range", OFFSETS), ("block", BLOCK_RULES)):
+    kinds = (
+        ("range", OFFSETS),
+        ("block", BLOCK_RULES),
+        ("window", WINDOW_RULES),
+        ("labels", LABEL_RULES),
+    )
+    for kind, candidates in kinds:
         rules: list[tuple[Any, int]] = []
         for k in (1, 2):
             best = max(candidates, key=lambda rule: rate(train, [*rules, rule]))

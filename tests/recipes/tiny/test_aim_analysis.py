@@ -124,3 +124,15 @@ def test_probe_places_second_retrieves_after_a_miss(tmp_path: Path):
     assert row["same range"] == (0.0, None)
     assert row["next to or over the first"] == (0.5, 0.0)
     assert row["elsewhere"] == (0.5, 1.0)
+
+
+def test_window_and_label_rules():
+    # named border 24 and 28 (the first turn's frames inside the cue 22-29)
+    item = {"cue_pool_indices": [22, 29], "needle_pool_indices": [23]}
+    assert named_border(item) == (25, 29) or named_border(item) == (24, 28)
+    first, last = named_border(item)
+    assert retrieved(item, ("window-first", -2)) == set(range(first - 2, first + 6))
+    assert retrieved(item, ("window-last", 40)) == set(range(56, 64))  # clipped to the pool
+    # the label before the first named frame to the last named one: 8 frames spread over it
+    frames = retrieved(item, ("labels", -1, 0))
+    assert min(frames) < first and max(frames) == last and len(frames) == 8
