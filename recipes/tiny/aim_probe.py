@@ -137,7 +137,11 @@ def second_rows(
             continue
         needles = set(item["needle_pool_indices"])
         first, second = RANGE.search(turns[0]["reply"]), RANGE.search(turns[1]["reply"])
-        if first is None or second is None or needles & set(turns[1]["frames"]):
+        if (
+            first is None
+            or second is None
+            or needles & set(turns[0]["frames"] + turns[1]["frames"])
+        ):
             continue
         place = where_second(
             [int(first.group(1)), int(first.group(2))],
