@@ -237,12 +237,14 @@ def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
     The needles are on none of the first turn's frames, so the reward turns on where the model
     retrieves (the bundled model answers right whenever it sees the needle). Eight samples of
     each question per step give each group a clear best episode to move towards, so the rise
-    shows within ten steps at a large learning rate (measured: 1.12 -> 1.37, the means of three
-    steps at each end, which keep it from resting on one lucky batch)."""
+    shows within ten steps at a large learning rate (measured: 1.01 -> 1.47, the means of three
+    steps at each end, which keep it from resting on one lucky batch). The two questions are ones
+    the bundled model often misses at temperature 1 (on those of seed 4242 it starts at 1.44,
+    near the most it can gain, and lr 3e-4 there broke its replies within four steps)."""
     data = generate(
         tmp_path / "data",
         SyntheticSettings(
-            n_items=2, seed=4242, minutes=2.0, kinds=("colour",), avoid_first_turn=True
+            n_items=2, seed=4244, minutes=2.0, kinds=("colour",), avoid_first_turn=True
         ),
     )
     settings = RLSettings(
@@ -251,7 +253,7 @@ def test_short_seeded_grpo_run_raises_mean_reward(tmp_path):
         prompts_per_step=2,
         samples_per_prompt=8,
         max_new_tokens=48,
-        actor_lr=3e-4,
+        actor_lr=1e-4,
         kl_coef=0.0,
         entropy_coef=0.0,
         temperature=1.0,
