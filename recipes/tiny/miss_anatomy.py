@@ -100,7 +100,7 @@ def anatomy(samples: list[dict[str, Any]], items: dict[str, dict[str, Any]]) -> 
             continue
         firsts += 1
         held_cue += span[0] <= said[1] <= span[1]
-        if row in (ROWS[2], ROWS[5]) and turns[1].get("retrieve"):
+        if row in (ROWS[2], ROWS[5]) and len(turns) > 2 and turns[1].get("retrieve"):
             place = where_second(span, turns[1]["retrieve"])
             second[place][0] += 1
             second[place][1] += bool(needles & set(turns[2]["frames"]))
