@@ -31,7 +31,9 @@ from vmtr.policies.rewards import RewardSettings  # noqa: E402
 from vmtr.policies.rollout import run_episode, score  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "verl"
-SEED = 0  # on these two items the tiny model breaks the format, retrieves twice and answers
+# on these two items the bundled model retrieves and answers in one episode, and in the other
+# retrieves twice and then breaks the format on its last turn, so the budget runs out unanswered
+SEED = 1
 
 
 def _config():
@@ -87,7 +89,7 @@ def test_verl_worker_output_equals_vmtr_rollout(tmp_path) -> None:
         for g, item in enumerate(items)
     ]
     actions = [[t["action"] for t in traj.turns] for traj in trajectories]
-    assert actions == [["invalid", "invalid", "answer"], ["retrieve", "retrieve", "answer"]]
+    assert actions == [["retrieve", "answer"], ["retrieve", "retrieve", "invalid"]]
     prompt_width = output.batch["prompts"].shape[1]
     for row, traj in enumerate(trajectories):
         valid = output.batch["attention_mask"][row].bool()
