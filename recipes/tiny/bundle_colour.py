@@ -57,6 +57,12 @@ def evaluate(checkpoint: Path, heldout: Path, folder: Path) -> dict[str, dict[st
     return results
 
 
+def checkpoint_step(folder: Path) -> int | None:
+    """K of a `vmtr train rl` ``checkpoint-K`` folder; None for any other name."""
+    match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+    return int(match.group(1)) if match else None
+
+
 def seed_of(heldout: Path) -> str:
     """The generator seed of a `vmtr synth` split (its items' ``seed`` field)."""
     items = json.loads((heldout / "annotations.json").read_text())
@@ -104,17 +110,17 @@ def main() -> None:
     parser.add_argument("--target", type=Path, default=TINY_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args()
     checkpoint = args.checkpoint.resolve()
-    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
-    if match is None or not (checkpoint / "config.json").exists():
+    step = checkpoint_step(checkpoint)
+    if step is None or not (checkpoint / "config.json").exists():
         raise SystemExit(f"error: {checkpoint} is not a `vmtr train rl` checkpoint folder")
-    step, arm_slug = int(match.group(1)), checkpoint.parent.name.removeprefix("rl-")
+    arm_slug = checkpoint.parent.name.removeprefix("rl-")
     arm = args.arm or arm_slug.replace("-", " ").replace("bi level", "bi-level")
     before = 0
     if args.continues is not None:
-        earlier = re.fullmatch(r"checkpoint-(\d+)", args.continues.name)
+        earlier = checkpoint_step(args.continues)
         if earlier is None:
             raise SystemExit(f"error: --continues {args.continues} is not a checkpoint-K folder")
-        before = int(earlier.group(1))
+        before = earlier
     evals = args.evals or checkpoint.parent / f"bundle-{checkpoint.name}"
     scores = {
         seed_of(heldout): evaluate(checkpoint, heldout, evals / heldout.name)

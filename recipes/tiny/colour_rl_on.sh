@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Past 200 steps: does RL keep lifting the best gated policy, and under which credit?
 #
-# colour_rl.sh stops every arm at 200 GRPO steps; its best gated run is the bundled
-# `--model tiny`. This carries that policy on under the gated bi-level reward, from the same start
-# and RL seed, in up to three ways run side by side (one thread each):
+# colour_rl.sh stops every arm at 200 GRPO steps. This carries a gated policy (colour.sh passes
+# that script's best run) on under the gated bi-level reward, from the same start and RL seed, in
+# up to three ways run side by side (one thread each):
 #   recipe    -- colour_rl.sh's flags unchanged (whole-reply credit, no KL term);
 #   anchored  -- the policy gradient on the action and the decision sentence only, a KL term to
 #                the start on the rest of the reply (what it names and saw), and questions whose
 #                last group all answered right alike passed over with chance 0.8
 #                (`--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8`);
 #   turn      -- turn-level GRPO credit (`--credit turn`): a second retrieve is judged against the
-#                group's other second turns, most of which followed the same first retrieve, so
-#                where it went after a miss gets credit of its own.
+#                group's other second turns (whatever first retrieves they followed) rather than
+#                taking its whole episode's standing.
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
@@ -22,7 +22,7 @@
 # Run time on the 2-core development machine: 15-25 s a step for each of two runs side by side
 # (about 1 h for 200 steps), then 3-4 min for each evaluation.
 # Usage: [STEPS=N] [EVAL_EVERY=K] [ARMS="recipe turn"] recipes/tiny/colour_rl_on.sh [START [OUT]]
-#   START: a checkpoint or model folder (default the bundled model, vmtr/assets/tiny)
+#   START: a checkpoint or model folder (default vmtr/assets/tiny, the bundled model)
 #   OUT: where runs and evaluations go (default runs/colour-rl-on); data: runs/colour/data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

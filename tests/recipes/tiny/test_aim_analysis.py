@@ -92,31 +92,26 @@ def test_probe_counts_first_aims_and_what_follows_a_miss(tmp_path: Path):
 def test_probe_places_second_retrieves_after_a_miss(tmp_path: Path):
     first = list(range(0, 64, 4))
     ask = "<think>Border: frames 25 to 29. Seen: no shapes. Need more frames.</think>"
-    miss = ("retrieve", ask + "<retrieve>40, 47</retrieve>", first)
-    rollouts = [
-        # next door, misses again
-        episode(
+
+    def after_a_miss(second: tuple[int, int], answer: str, correct: bool) -> dict:
+        """A first retrieve of 40-47 that shows nothing, then ``second``, then ``answer``."""
+        return episode(
             1,
             [
-                miss,
-                ("retrieve", ask + "<retrieve>32, 39</retrieve>", list(range(40, 48))),
-                ("answer", "<answer>B</answer>", list(range(32, 40))),
+                ("retrieve", ask + "<retrieve>40, 47</retrieve>", first),
+                (
+                    "retrieve",
+                    ask + f"<retrieve>{second[0]}, {second[1]}</retrieve>",
+                    list(range(40, 48)),
+                ),
+                ("answer", f"<answer>{answer}</answer>", list(range(second[0], second[1] + 1))),
             ],
-            [0.1, 0.1, 0.1],
-            False,
-        ),
-        # far from the first, shows it
-        episode(
-            1,
-            [
-                miss,
-                ("retrieve", ask + "<retrieve>16, 23</retrieve>", list(range(40, 48))),
-                ("answer", "<answer>A</answer>", list(range(16, 24))),
-            ],
-            [0.1, 0.6, 0.9],
-            True,
-        ),
-    ]
+            [0.1, 0.6 if correct else 0.1, 0.9 if correct else 0.1],
+            correct,
+        )
+
+    # next door, misses again; far from the first, shows the needle (23)
+    rollouts = [after_a_miss((32, 39), "B", False), after_a_miss((16, 23), "A", True)]
     path = tmp_path / "rollouts.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rollouts))
     (row,) = second_rows(path, {"x": ITEM}, window=10)
