@@ -112,6 +112,15 @@ def rl(
             "the same reward (it taught nothing) for the next one: rollouts go to open questions.",
         ),
     ] = 0.0,
+    branch: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="GRPO: per group, replay one episode whose first retrieve missed evidence up to "
+            "that retrieve and sample this many continuations from there, as a group of their "
+            "own (the search after a miss gets its own credit). 0: off.",
+        ),
+    ] = 0,
     share_prompt: Annotated[
         bool,
         typer.Option(
@@ -160,6 +169,7 @@ def rl(
             loss_agg=loss_agg,
             drop_flat_groups=drop_flat_groups,
             skip_solved=skip_solved,
+            branch=branch,
             share_prompt=share_prompt,
             freeze_vision=freeze_vision,
             seed=seed,

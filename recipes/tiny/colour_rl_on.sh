@@ -3,7 +3,7 @@
 #
 # colour_rl.sh stops every arm at 200 GRPO steps. This carries a gated policy (colour.sh passes
 # that script's best run) on under the gated bi-level reward, from the same start and RL seed, in
-# up to three ways run side by side (one thread each):
+# up to four ways run side by side (one thread each):
 #   recipe    -- colour_rl.sh's flags unchanged (whole-reply credit, no KL term);
 #   anchored  -- the policy gradient on the action and the decision sentence only, a KL term to
 #                the start on the rest of the reply (what it names and saw), and questions whose
@@ -11,7 +11,11 @@
 #                (`--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8`);
 #   turn      -- turn-level GRPO credit (`--credit turn`): a second retrieve is judged against the
 #                group's other second turns (whatever first retrieves they followed) rather than
-#                taking its whole episode's standing.
+#                taking its whole episode's standing;
+#   branch    -- the recipe plus branching at the decision (`--branch 4`): per group, one episode
+#                whose first retrieve missed the needle is replayed up to that retrieve and
+#                continued four times, a GRPO group of its own, so the search after a miss is
+#                judged against searches from the same place (vmtr.policies.branching).
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
@@ -40,6 +44,7 @@ declare -A CREDIT=(
   [recipe]="--train-tokens reply --kl-tokens reply --kl-coef 0"
   [anchored]="--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8"
   [turn]="--train-tokens reply --kl-tokens reply --kl-coef 0 --credit turn"
+  [branch]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # evaluate NAME MODEL HELDOUT: one greedy multi-turn run, kept once finished

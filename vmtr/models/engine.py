@@ -76,6 +76,7 @@ class _Turn:
     started: float
     future: Future = field(default_factory=Future)
     prompt_key: tuple[Any, ...] | None = None  # set on a fresh episode's first turn
+    forced: Sequence[int] | None = None  # a replayed reply's tokens, fed instead of sampled
     generator: torch.Generator | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -172,8 +173,10 @@ class EpisodeEngine:
         *,
         settings: GenerationSettings,
         session: str | None = None,
+        forced: Sequence[int] | None = None,
     ) -> Generation:
-        """Encode this turn's new message here, then wait for the worker to answer it."""
+        """Encode this turn's new message here, then wait for the worker to answer it
+        (``forced``: a reply to feed instead of sampling, as `QwenVideoLM.generate` takes it)."""
         started = time.perf_counter()
         lm = self.lm
         text = lm.processor.apply_chat_template(
@@ -189,7 +192,7 @@ class EpisodeEngine:
         state.text = text
         if episode.slot is None:
             episode.slot = self._take_slot()
-        turn = _Turn(episode, settings, session, started)
+        turn = _Turn(episode, settings, session, started, forced=forced)
         if episode.in_cache == 0 and not state.replies:
             digest = hashlib.blake2b(state.ids.numpy().tobytes(), digest_size=16).hexdigest()
             turn.prompt_key = (digest, tuple(encoded.get("image_keys", ())))
@@ -504,11 +507,17 @@ class EpisodeEngine:
         """Sample each turn's next token; finished replies go back to their callers, the rest
         stay in the batch."""
         for row, turn in enumerate(turns):
-            token, logprob = self.lm._pick(logits[row : row + 1], turn.settings, turn.generator)
+            if turn.forced is not None:
+                token = turn.forced[len(turn.tokens)]
+                logprob = self.lm.logprob_of(logits[row : row + 1], turn.settings, token)
+                stop = len(turn.tokens) + 1 >= len(turn.forced)
+            else:
+                token, logprob = self.lm._pick(logits[row : row + 1], turn.settings, turn.generator)
+                stop = token in self.lm.stop_ids
+                stop = stop or len(turn.tokens) + 1 >= turn.settings.max_new_tokens
             turn.tokens.append(token)
             turn.logprobs.append(logprob)
-            limit = len(turn.tokens) >= turn.settings.max_new_tokens
-            if token in self.lm.stop_ids or limit:
+            if stop:
                 self._finish(turn)
             else:
                 self._active.append(turn)

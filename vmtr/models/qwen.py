@@ -259,8 +259,13 @@ class QwenVideoLM:
         *,
         settings: GenerationSettings,
         session: str | None = None,
+        forced: Sequence[int] | None = None,
     ) -> Generation:
-        """Reply to ``messages``, prefilling only what the session has not seen yet."""
+        """Reply to ``messages``, prefilling only what the session has not seen yet.
+
+        ``forced``: the reply's token ids, fed instead of sampled (RL replays an episode's reply
+        to branch from the turn after it); each gets the log-prob the policy gives it, so the
+        reply is recorded exactly as if it had been sampled."""
         started = time.perf_counter()
         text = self.processor.apply_chat_template(
             list(messages), add_generation_prompt=True, tokenize=False
@@ -276,7 +281,7 @@ class QwenVideoLM:
         state.text = text
         new_prompt = state.length - (state.cache.get_seq_length() if state.cache else 0)
         prompt_tokens = state.length
-        generated, logprobs = self._decode(state, settings)
+        generated, logprobs = self._decode(state, settings, forced)
         reply = self.close_reply(state, generated, logprobs)
         if session is not None and self.settings.reuse_kv_cache:
             self._sessions[session] = state
@@ -345,9 +350,10 @@ class QwenVideoLM:
 
     @torch.inference_mode()
     def _decode(
-        self, state: _Session, settings: GenerationSettings
+        self, state: _Session, settings: GenerationSettings, forced: Sequence[int] | None = None
     ) -> tuple[list[int], list[float]]:
-        """Prefill what the cache lacks, then sample until a stop token or the length limit."""
+        """Prefill what the cache lacks, then sample until a stop token or the length limit
+        (or feed ``forced`` whole)."""
         reuse = self.settings.reuse_kv_cache and state.cache is not None
         cache = state.cache if reuse else DynamicCache(config=self.model.config)
         start = cache.get_seq_length() if reuse else 0
@@ -373,11 +379,16 @@ class QwenVideoLM:
         tokens: list[int] = []
         logprobs: list[float] = []
         logits = out.logits[:, -1, :]
-        for step in range(settings.max_new_tokens):
-            token, logprob = self._pick(logits, settings, generator)
+        limit = len(forced) if forced is not None else settings.max_new_tokens
+        for step in range(limit):
+            if forced is not None:
+                token = forced[step]
+                logprob = self.logprob_of(logits, settings, token)
+            else:
+                token, logprob = self._pick(logits, settings, generator)
             tokens.append(token)
             logprobs.append(logprob)
-            if token in self.stop_ids or step == settings.max_new_tokens - 1:
+            if step == limit - 1 or (forced is None and token in self.stop_ids):
                 break
             pos = torch.full((3, 1, 1), next_pos + step, dtype=torch.long, device=self.device)
             out = self.model(
@@ -413,6 +424,14 @@ class QwenVideoLM:
             pixels[patch_offsets[first] :].to(self.device, dtype),
             torch.stack(state.grids[first:]).to(self.device),
         )
+
+    def logprob_of(self, logits: torch.Tensor, settings: GenerationSettings, token: int) -> float:
+        """The log-prob `_pick` would record for ``token`` (a forced reply's)."""
+        logits = logits[0].float()
+        logits[self.banned_ids] = float("-inf")
+        if settings.temperature > 0:
+            logits = logits / settings.temperature
+        return float(torch.log_softmax(logits, -1)[token])
 
     def _pick(
         self, logits: torch.Tensor, settings: GenerationSettings, generator: Any

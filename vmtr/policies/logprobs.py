@@ -132,10 +132,12 @@ def scored(
 
 def shared_prefix(trajectories: Sequence[Trajectory]) -> int:
     """How many leading tokens every trajectory has in common, images included, up to the first
-    sampled token of each (0 when they differ: then nothing is shared)."""
-    if not trajectories or any(not t.turn_spans for t in trajectories):
+    trained token of each (0 when they differ: then nothing is shared). A branch's replayed
+    reply and the frames it brought back are part of its group's shared prefix."""
+    firsts = [torch.nonzero(t.action_mask).flatten() for t in trajectories]
+    if not trajectories or any(f.numel() == 0 for f in firsts):
         return 0
-    length = min(t.turn_spans[0][0] for t in trajectories)
+    length = min(int(f[0]) for f in firsts)
     first = trajectories[0]
     for other in trajectories[1:]:
         if not torch.equal(other.input_ids[:length], first.input_ids[:length]):

@@ -104,6 +104,15 @@ class RLSettings(BaseModel):
         "the next one instead, so more of a step's rollouts land on questions the policy has "
         "not solved (vmtr.policies.prompt_picker). 0: every question is equally likely.",
     )
+    branch: int = Field(
+        0,
+        ge=0,
+        description="GRPO: after each step's rollouts, replay one episode per group whose first "
+        "retrieve left evidence unseen up to that retrieve, and sample this many continuations "
+        "from there; they form a group of their own with the replayed reply untrained, so the "
+        "search after a missed first look is judged against searches from the same place "
+        "(vmtr.policies.branching). 0: no branches.",
+    )
     freeze_vision: bool = Field(
         False,
         description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
@@ -130,6 +139,8 @@ class RLSettings(BaseModel):
             raise ValueError(
                 "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
             )
+        if self.algo == "ppo" and self.branch:
+            raise ValueError("--branch is GRPO's: it forms groups of continuations")
         if self.kl_tokens == "untrained" and (self.train_tokens == "reply" or self.kl_coef <= 0):
             raise ValueError(
                 "--kl-tokens untrained anchors what --train-tokens action or decision leaves "

@@ -56,6 +56,9 @@ class Trajectory:
     # the vision tower's merged embeddings of pixel_values, as the episode engine computed them
     # while sampling (None on the one-at-a-time path)
     image_embeds: torch.Tensor | None = None
+    # leading replies fed from another episode rather than sampled (a branch: `branching`); they
+    # keep their span and reward but leave the action mask, so nothing trains them
+    replayed: int = 0
 
     @property
     def retrieved(self) -> bool:
@@ -63,16 +66,24 @@ class Trajectory:
 
 
 class _Recorder:
-    """Wraps the backend; keeps each session's tokens when the graph ends it."""
+    """Wraps the backend; keeps each session's tokens when the graph ends it, and the token ids
+    of every reply (what a branch replays). Its first ``len(replay)`` replies are fed from
+    ``replay`` instead of sampled."""
 
-    def __init__(self, lm: QwenVideoLM | EpisodeEngine) -> None:
+    def __init__(self, lm: QwenVideoLM | EpisodeEngine, replay: Sequence[Sequence[int]] = ()):
         self.lm = lm
         self.name = lm.name
         self.pixel_budget = lm.pixel_budget
         self.records: dict[str, dict[str, Any]] = {}
+        self.replies: list[list[int]] = []
+        self.replay = list(replay)
 
     def generate(self, *args: Any, **kwargs: Any):
-        return self.lm.generate(*args, **kwargs)
+        if len(self.replies) < len(self.replay):
+            kwargs["forced"] = self.replay[len(self.replies)]
+        generation = self.lm.generate(*args, **kwargs)
+        self.replies.append(list(generation.token_ids))
+        return generation
 
     def end_session(self, session: str) -> None:
         record = self.lm.session_tokens(session)
@@ -122,9 +133,11 @@ def run_episode(
     protocol_settings: ProtocolSettings,
     generation: GenerationSettings,
     frame_cache: FrameCache | None = None,
+    replay: Sequence[Sequence[int]] = (),
 ) -> Trajectory:
-    """One sampled episode on ``item`` through the agent graph."""
-    recorder = _Recorder(lm)
+    """One sampled episode on ``item`` through the agent graph; its first replies are
+    ``replay``'s token ids, fed rather than sampled, when given (then untrained: `replayed`)."""
+    recorder = _Recorder(lm, replay)
     gen = generation.model_copy(update={"seed": seed})
     graph = build_graph(
         recorder, protocol_settings=protocol_settings, generation=gen, frame_cache=frame_cache
@@ -135,6 +148,10 @@ def run_episode(
     )
     record = recorder.records[state["run_id"]]
     answer = state.get("answer")
+    tensors = _tensors(record)
+    replayed = min(len(replay), len(recorder.replies))
+    for first, last in tensors["turn_spans"][:replayed]:
+        tensors["action_mask"][first : last + 1] = 0.0
     return Trajectory(
         item_id=item.id,
         group=group,
@@ -146,9 +163,10 @@ def run_episode(
         messages=list(state["messages"]),
         answer=answer,
         correct=answer is not None and answer == item.answer,
-        extra={"pool": state["pool"]},
+        extra={"pool": state["pool"], "reply_ids": recorder.replies},
         image_embeds=record.get("image_embeds"),
-        **_tensors(record),
+        replayed=replayed,
+        **tensors,
     )
 
 
@@ -192,6 +210,16 @@ def score(
     }
 
 
+@dataclass(frozen=True)
+class EpisodeJob:
+    """One episode to run: its item, GRPO group, sampling seed and any replies to replay."""
+
+    item: QAItem
+    group: int
+    seed: int
+    replay: tuple[tuple[int, ...], ...] = ()
+
+
 def rollout(
     lm: QwenVideoLM,
     items: Sequence[QAItem],
@@ -213,22 +241,44 @@ def rollout(
     seconds by phase (prefill, vision, decode).
     """
     jobs = [
-        (item, g, seed * 1_000_003 + g * 7919 + k)
+        EpisodeJob(item, g, seed * 1_000_003 + g * 7919 + k)
         for g, item in enumerate(items)
         for k in range(group_size)
     ]
-    frames = FrameCache(max_frames=max(256, 64 * len(items)))
+    return run_jobs(
+        lm,
+        jobs,
+        protocol_settings=protocol_settings,
+        generation=generation,
+        batched=batched,
+        engine_stats=engine_stats,
+    )
 
-    def one(model: QwenVideoLM | EpisodeEngine, job: tuple[QAItem, int, int]) -> Trajectory:
-        item, group, job_seed = job
+
+def run_jobs(
+    lm: QwenVideoLM,
+    jobs: Sequence[EpisodeJob],
+    *,
+    protocol_settings: ProtocolSettings,
+    generation: GenerationSettings,
+    batched: bool = True,
+    engine_stats: dict[str, float] | None = None,
+) -> list[Trajectory]:
+    """The jobs' episodes, in order: all at once on one `EpisodeEngine` (``batched``), else one
+    at a time on ``lm``; the same tokens either way (see `rollout`)."""
+    videos = len({job.item.video for job in jobs})
+    frames = FrameCache(max_frames=max(256, 64 * videos))
+
+    def one(model: QwenVideoLM | EpisodeEngine, job: EpisodeJob) -> Trajectory:
         return run_episode(
             model,
-            item,
-            group=group,
-            seed=job_seed,
+            job.item,
+            group=job.group,
+            seed=job.seed,
             protocol_settings=protocol_settings,
             generation=generation,
             frame_cache=frames,
+            replay=job.replay,
         )
 
     if not batched or len(jobs) <= 1:

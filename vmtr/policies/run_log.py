@@ -18,6 +18,7 @@ def rollout_record(step: int, traj: Trajectory) -> dict[str, Any]:
         "step": step,
         "item": traj.item_id,
         "group": traj.group,
+        "replayed": traj.replayed,
         "answer": traj.answer,
         "correct": traj.correct,
         "turns": [

@@ -32,6 +32,7 @@ from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapte
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.action_tokens import action_token_mask
 from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
+from vmtr.policies.branching import branch, branch_stats
 from vmtr.policies.logprobs import (
     batch_inputs,
     group_token_logprobs,
@@ -216,7 +217,7 @@ class RLRecipe:
                 self.lm,
                 self.sample_prompts(),
                 group_size=self.s.samples_per_prompt,
-                seed=self.s.seed * 100_003 + self.step * 101 + self.acc.process_index,
+                seed=self.rollout_seed,
                 protocol_settings=self.s.protocol,
                 generation=gen,
             )
@@ -224,6 +225,10 @@ class RLRecipe:
         self.picker.record(
             (t.item_id, t.group, t.reward.total, bool(t.correct)) for t in trajectories
         )
+        if self.s.branch:
+            branches = self.branches(trajectories, gen)
+            stats.update(branch_stats(branches, self.by_id, self.s.reward))
+            trajectories = trajectories + branches
         self.log_rollouts(trajectories)
         rollout_seconds = time.perf_counter() - started
         self.policy.train()
@@ -238,6 +243,24 @@ class RLRecipe:
             "step_s": time.perf_counter() - started,
         }
         return metrics
+
+    @property
+    def rollout_seed(self) -> int:
+        """This step's sampling seed on this process."""
+        return self.s.seed * 100_003 + self.step * 101 + self.acc.process_index
+
+    def branches(self, trajectories: list[Trajectory], gen: GenerationSettings) -> list[Trajectory]:
+        """This step's continuations from its branch points (`vmtr.policies.branching`)."""
+        with torch.no_grad():
+            return branch(
+                self.lm,
+                trajectories,
+                self.by_id,
+                k=self.s.branch,
+                seed=self.rollout_seed,
+                protocol_settings=self.s.protocol,
+                generation=gen,
+            )
 
     def advantages(self, trajectories: list[Trajectory]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per trajectory: (token advantages [L], value targets [L] or empty)."""
@@ -315,8 +338,9 @@ class RLRecipe:
         moved = [t.action_mask for t in trajectories]
         if self.s.train_tokens != "reply":
             tokenizer, part = self.lm.processor.tokenizer, self.s.train_tokens
-            moved = [
-                action_token_mask(t.input_ids, t.turn_spans, tokenizer, part) for t in trajectories
+            moved = [  # within the action mask: a branch's replayed reply stays untrained
+                action_token_mask(t.input_ids, t.turn_spans, tokenizer, part) * t.action_mask
+                for t in trajectories
             ]
         # what the KL term holds to the reference, where it is not the whole reply
         anchored = None

@@ -1,0 +1,139 @@
+"""Branching at the decision: a replayed first reply is fed token for token (one at a time and
+on the episode engine), its continuations form their own group with the replay untrained, and
+the update runs that group's shared prefix, replay included, once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
+from vmtr.eval.datasets import load_video_mtr_json
+from vmtr.eval.synthetic import SyntheticSettings, generate
+from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.branching import branch, branch_points, branch_stats, needs_branch
+from vmtr.policies.logprobs import batch_inputs, group_token_logprobs, shared_prefix, token_logprobs
+from vmtr.policies.rewards import RewardSettings
+from vmtr.policies.rollout import EpisodeJob, rollout, run_jobs, score
+from vmtr.policies.trainer import RLRecipe, RLSettings
+
+PROTOCOL = ProtocolSettings()
+GEN = GenerationSettings(temperature=0.6, top_p=1.0, max_new_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def colour(tmp_path_factory):
+    """Two colour questions of the recipe's length (seed 32): on the first the bundled model
+    retrieves twice in all three samples (rollout seed 0), so its group has a branch point; on
+    the second it retrieves once and answers."""
+    folder = generate(
+        tmp_path_factory.mktemp("colour"),
+        SyntheticSettings(n_items=2, seed=32, minutes=2.0, kinds=("colour",)),
+    )
+    items = load_video_mtr_json(folder)
+    lm = QwenVideoLM.load(ModelSettings(model="tiny", device="cpu"))
+    with torch.no_grad():
+        trajectories = rollout(
+            lm, items, group_size=3, seed=0, protocol_settings=PROTOCOL, generation=GEN
+        )
+    by_id = {item.id: item for item in items}
+    score(trajectories, by_id, RewardSettings())
+    return folder, lm, by_id, trajectories
+
+
+def test_a_replayed_reply_is_fed_token_for_token_and_left_untrained(colour):
+    _, lm, by_id, trajectories = colour
+    [point] = branch_points(trajectories, by_id)
+    source = trajectories[point]
+    replay = (tuple(source.extra["reply_ids"][0]),)
+    job = EpisodeJob(by_id[source.item_id], 9, 12345, replay=replay)
+    settings = {"protocol_settings": PROTOCOL, "generation": GEN}
+    with torch.no_grad():  # one at a time on the backend, then twice together on the engine
+        runs = run_jobs(lm, [job], batched=False, **settings)
+        runs += run_jobs(lm, [job, job], batched=True, **settings)
+    for traj in runs:
+        assert traj.replayed == 1 and traj.group == 9
+        assert traj.turns[0]["raw"] == source.turns[0]["raw"]
+        assert traj.turns[0]["frames"] == source.turns[0]["frames"]
+        # identical tokens up to the first reply sampled afresh: replay and the frames it fetched
+        second = traj.turn_spans[1][0]
+        assert torch.equal(traj.input_ids[:second], source.input_ids[:second])
+        # the replayed reply is recorded with the log-probs the policy gives it, but not trained
+        first, last = traj.turn_spans[0]
+        assert (first, last) == source.turn_spans[0]
+        assert torch.allclose(
+            traj.old_logprobs[first : last + 1], source.old_logprobs[first : last + 1], atol=1e-4
+        )
+        assert int(traj.action_mask[: last + 1].sum()) == 0
+        assert int(traj.action_mask.sum()) == sum(b - a + 1 for a, b in traj.turn_spans[1:])
+        # what was sampled after it carries the sampling log-probs a whole forward gives
+        logp, _ = token_logprobs(lm.model, batch_inputs(lm, [traj]), lm.banned_ids, 0.6)
+        mask = traj.action_mask.bool()
+        assert torch.allclose(logp[mask], traj.old_logprobs[mask], atol=1e-4)
+    # the same seed on either path: the same continuation
+    assert len({tuple(t["raw"] for t in traj.turns) for traj in runs}) == 1
+
+
+def test_branches_are_new_groups_from_first_retrieves_that_missed(colour):
+    _, lm, by_id, trajectories = colour
+    points = branch_points(trajectories, by_id)
+    assert points == [0]  # one per group, the first that qualifies; the other group showed it
+    assert all(needs_branch(trajectories[i], by_id[trajectories[i].item_id]) for i in range(3))
+    assert not any(needs_branch(t, by_id[t.item_id]) for t in trajectories[3:])
+    with torch.no_grad():
+        branches = branch(
+            lm, trajectories, by_id, k=3, seed=0, protocol_settings=PROTOCOL, generation=GEN
+        )
+    assert len(branches) == 3
+    assert {t.group for t in branches} == {max(t.group for t in trajectories) + 1}
+    assert all(t.turns[0]["raw"] == trajectories[0].turns[0]["raw"] for t in branches)
+    assert not any(needs_branch(t, by_id[t.item_id]) for t in branches)  # never a branch's branch
+    # their own draws: not the sampled episodes' (the seeds are offset) nor each other's alone
+    assert len({tuple(t.input_ids.tolist()) for t in branches}) > 1
+    stats = branch_stats(branches, by_id, RewardSettings())
+    assert stats["branch_episodes"] == 3 and all(t.reward is not None for t in branches)
+    assert branch_stats([], by_id, RewardSettings())["branch_accuracy"] is None
+    assert (
+        branch(lm, trajectories, by_id, k=0, seed=0, protocol_settings=PROTOCOL, generation=GEN)
+        == []
+    )
+
+    # the update's shared prefix runs through the replayed reply and the frames it fetched
+    prefix = shared_prefix(branches)
+    assert prefix == min(t.turn_spans[1][0] for t in branches) > branches[0].turn_spans[0][1]
+    chunks = [batch_inputs(lm, [t], cached_vision=True) for t in branches]
+    with torch.no_grad():
+        together = group_token_logprobs(lm.model, chunks, prefix, lm.banned_ids, 0.6)
+        for inputs, (logp, _) in zip(chunks, together, strict=True):
+            whole, _ = token_logprobs(lm.model, inputs, lm.banned_ids, 0.6)
+            assert torch.allclose(logp, whole, atol=1e-4)
+
+
+def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
+    folder, *_ = colour
+    settings = RLSettings(
+        steps=1,
+        prompts_per_step=2,
+        samples_per_prompt=3,
+        actor_lr=1e-5,
+        kl_coef=0.0,
+        temperature=0.6,
+        top_p=1.0,
+        max_new_tokens=64,
+        freeze_vision=True,
+        branch=2,
+        protocol=PROTOCOL,
+    )
+    recipe = RLRecipe(folder, tmp_path, "tiny", settings)
+    recipe.setup()
+    recipe.train()
+    [metrics] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    branched = [r for r in rows if r["replayed"]]
+    assert metrics["branch_episodes"] == len(branched) == 2 * len({r["group"] for r in branched})
+    assert len(rows) - len(branched) == 6  # the step's own episodes, scored apart from branches
+    assert {r["replayed"] for r in branched} == {1}
+    with pytest.raises(ValueError, match="branch"):
+        RLSettings(algo="ppo", branch=2)

@@ -1,0 +1,102 @@
+"""Branching at the decision: more continuations of an episode from the turn after its first
+retrieve, so what the policy does next gets a group of its own to be judged against.
+
+Why: under GRPO every sample of a group starts from the same question, so a second retrieve is
+credited through its whole episode's reward, against episodes whose first retrieve went
+elsewhere. Where to look after a first look that missed is then a couple of tokens among many
+that differ, and its credit is weak. A branch replays one episode's first reply token for token
+(the same frames come back), samples ``k`` continuations from there, and makes them a GRPO group:
+their rewards differ only by what they did after that first retrieve. The replayed reply keeps
+its span and reward but is left out of the loss (`Trajectory.replayed`).
+
+A branch point is the first episode of each group whose first turn retrieved and went on, and,
+where the item says where its evidence is, whose first retrieve left some of it unseen (a
+continuation of a first look that already showed everything has little to learn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vmtr.config import GenerationSettings, ProtocolSettings
+from vmtr.eval.datasets import QAItem
+from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.rewards import RewardSettings
+from vmtr.policies.rollout import EpisodeJob, Trajectory, run_jobs, score, turn_outcomes
+from vmtr.tools.select import relevant_pool_indices
+
+BRANCH_SEEDS = 500_009
+"""Offset of the branches' episode seeds from `rollout`'s for the same step seed (which use
+``group * 7919 + sample``), so a continuation never repeats a sampled episode's draws."""
+
+
+def needs_branch(traj: Trajectory, item: QAItem) -> bool:
+    """Whether ``traj`` is worth branching after its first reply."""
+    if len(traj.turns) < 2 or traj.turns[0]["action"] != "retrieve" or traj.replayed:
+        return False
+    relevant = relevant_pool_indices(traj.extra["pool"], item.relevant_windows)
+    if not relevant:
+        return True
+    outcomes, _ = turn_outcomes(traj.turns)
+    return not relevant <= outcomes[0].seen_after
+
+
+def branch_points(trajectories: Sequence[Trajectory], items: dict[str, QAItem]) -> list[int]:
+    """Indices of the trajectories to branch from: at most one per group, the first that
+    `needs_branch`."""
+    chosen: dict[int, int] = {}
+    for i, traj in enumerate(trajectories):
+        if traj.group not in chosen and needs_branch(traj, items[traj.item_id]):
+            chosen[traj.group] = i
+    return sorted(chosen.values())
+
+
+def branch(
+    lm: QwenVideoLM,
+    trajectories: Sequence[Trajectory],
+    items: dict[str, QAItem],
+    *,
+    k: int,
+    seed: int,
+    protocol_settings: ProtocolSettings,
+    generation: GenerationSettings,
+    batched: bool = True,
+) -> list[Trajectory]:
+    """``k`` continuations of each branch point after its first reply. Each branch is a new
+    group, numbered after the groups of ``trajectories``; ``seed`` is the step's, as `rollout`
+    took it."""
+    points = branch_points(trajectories, items)
+    if k < 1 or not points:
+        return []
+    next_group = max(t.group for t in trajectories) + 1
+    jobs = [
+        EpisodeJob(
+            items[trajectories[i].item_id],
+            next_group + b,
+            seed * 1_000_003 + BRANCH_SEEDS + b * 7919 + j,
+            replay=(tuple(trajectories[i].extra["reply_ids"][0]),),
+        )
+        for b, i in enumerate(points)
+        for j in range(k)
+    ]
+    return run_jobs(
+        lm, jobs, protocol_settings=protocol_settings, generation=generation, batched=batched
+    )
+
+
+def branch_stats(
+    branches: Sequence[Trajectory], items: dict[str, QAItem], settings: RewardSettings
+) -> dict[str, float | None]:
+    """Score the branches (rewards attached in place, their own batch for the exploration bonus)
+    and return their figures for the step's metrics, apart from the sampled episodes' own."""
+    if not branches:
+        keys = ("reward", "accuracy", "relevant_seen", "turns")
+        return {"branch_episodes": 0, **{f"branch_{key}": None for key in keys}}
+    stats = score(branches, items, settings)
+    return {
+        "branch_episodes": len(branches),
+        "branch_reward": stats["reward"],
+        "branch_accuracy": stats["accuracy"],
+        "branch_relevant_seen": stats["relevant_seen"],
+        "branch_turns": stats["turns"],
+    }
