@@ -22,6 +22,8 @@ With ``--second``, a second table splits the second retrieves that followed a fi
 showing no needle by where they went (the same range, next to or over the first, elsewhere;
 `miss_anatomy.py` does the same for held-out runs), with how often each showed the needle.
 
+Continuations a branching run (`--branch`) replays from an episode are left out of both tables.
+
 A run that learns where to look raises "copies border" and, as far as its naming is right,
 "needle in range"; random blocks hold the needle in about one first retrieve in eight.
 """
@@ -41,6 +43,13 @@ from recipes.tiny.miss_anatomy import SECOND_PLACES, where_second  # noqa: E402
 
 BORDER = re.compile(r"Border: frames? (\d+)")
 RANGE = re.compile(r"<retrieve>\s*(\d+)\s*,\s*(\d+)\s*</retrieve>")
+
+
+def sampled_episodes(rollouts: Path) -> list[dict[str, Any]]:
+    """The run's sampled episodes, without the continuations `--branch` replays from one of them
+    (so a branching run's figures count the same episodes as any other run's)."""
+    episodes = [json.loads(line) for line in rollouts.read_text().splitlines() if line.strip()]
+    return [e for e in episodes if not e.get("replayed")]
 
 
 def named_and_range(reply: str) -> tuple[int, int, int] | None:
@@ -63,8 +72,7 @@ def window_rows(
 ) -> list[dict[str, Any]]:
     """The shares per window of ``window`` steps."""
     counts: dict[int, list[int]] = {}
-    for line in rollouts.read_text().splitlines():
-        episode = json.loads(line)
+    for episode in sampled_episodes(rollouts):
         got = first_retrieve(episode)
         item = items.get(episode["item"])
         if got is None or item is None:
@@ -129,8 +137,7 @@ def second_rows(
     needle: how many, and per place (`miss_anatomy.where_second`) their share and how often
     they showed the needle."""
     counts: dict[int, dict[str, list[int]]] = {}
-    for line in rollouts.read_text().splitlines():
-        episode = json.loads(line)
+    for episode in sampled_episodes(rollouts):
         turns = episode["turns"]
         item = items.get(episode["item"])
         if item is None or len(turns) < 3 or turns[1]["action"] != "retrieve":
