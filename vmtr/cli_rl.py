@@ -182,10 +182,16 @@ def rl(
         recipe.setup()
 
         def progress(step: int, total: int, m: dict) -> None:
+            branches = ""
+            if m.get("branch_episodes"):
+                branches = (
+                    f"  branches {m['branch_episodes']} "
+                    f"seen {_fraction(m.get('branch_relevant_seen'))}"
+                )
             err.print(
                 f"step {step}/{total}  reward {m['reward']:.3f}  acc {m['accuracy']:.2f}  "
                 f"turns {m['turns']:.2f}  retrieve {m['retrieve_rate']:.2f}  "
-                f"seen {_fraction(m.get('relevant_seen'))}  kl {m['kl']:.4f}  "
+                f"seen {_fraction(m.get('relevant_seen'))}{branches}  kl {m['kl']:.4f}  "
                 f"({m['step_s']:.1f}s)",
                 highlight=False,
             )

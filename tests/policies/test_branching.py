@@ -17,6 +17,7 @@ from vmtr.policies.branching import branch, branch_points, branch_stats, needs_b
 from vmtr.policies.logprobs import batch_inputs, group_token_logprobs, shared_prefix, token_logprobs
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import EpisodeJob, rollout, run_jobs, score
+from vmtr.policies.run_log import plot_metrics
 from vmtr.policies.trainer import RLRecipe, RLSettings
 
 PROTOCOL = ProtocolSettings()
@@ -135,5 +136,7 @@ def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
     assert metrics["branch_episodes"] == len(branched) == 2 * len({r["group"] for r in branched})
     assert len(rows) - len(branched) == 6  # the step's own episodes, scored apart from branches
     assert {r["replayed"] for r in branched} == {1}
+    plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "metrics.png")  # with the branch panels
+    assert (tmp_path / "metrics.png").stat().st_size > 0
     with pytest.raises(ValueError, match="branch"):
         RLSettings(algo="ppo", branch=2)

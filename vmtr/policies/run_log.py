@@ -57,6 +57,8 @@ def plot_metrics(log_path: Path, png: Path) -> None:
     if not rows:
         return
     keys = ["reward", "accuracy", "turns", "retrieve_rate", "relevant_seen", "kl", "entropy"]
+    if any(r.get("branch_episodes") for r in rows):  # `--branch`: how the searches after a miss do
+        keys += ["branch_relevant_seen", "branch_accuracy"]
     cols = 3
     rows_n = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3 * rows_n))
