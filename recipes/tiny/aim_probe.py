@@ -1,7 +1,7 @@
 """Is an RL run learning to aim? Its first retrieves against the border its own replies named.
 
     python recipes/tiny/aim_probe.py RUN_DIR [RUN_DIR ...] --data runs/colour/data/train-s1000 \\
-        [--window 10] [--second]
+        [--window 10] [--second [--branches]]
 
 Reads each `vmtr train rl` run's ``rollouts.jsonl`` (every sampled episode of every step) and,
 per window of steps, over the episodes whose first reply retrieved:
@@ -22,7 +22,8 @@ With ``--second``, a second table splits the second retrieves that followed a fi
 showing no needle by where they went (the same range, next to or over the first, elsewhere;
 `miss_anatomy.py` does the same for held-out runs), with how often each showed the needle.
 
-Continuations a branching run (`--branch`) replays from an episode are left out of both tables.
+Continuations a branching run (`--branch`) replays from an episode are left out of both tables;
+``--second --branches`` adds the second table over those continuations alone.
 
 A run that learns where to look raises "copies border" and, as far as its naming is right,
 "needle in range"; random blocks hold the needle in about one first retrieve in eight.
@@ -45,11 +46,12 @@ BORDER = re.compile(r"Border: frames? (\d+)")
 RANGE = re.compile(r"<retrieve>\s*(\d+)\s*,\s*(\d+)\s*</retrieve>")
 
 
-def sampled_episodes(rollouts: Path) -> list[dict[str, Any]]:
+def sampled_episodes(rollouts: Path, branches: bool = False) -> list[dict[str, Any]]:
     """The run's sampled episodes, without the continuations `--branch` replays from one of them
-    (so a branching run's figures count the same episodes as any other run's)."""
+    (so a branching run's figures count the same episodes as any other run's); with
+    ``branches``, those continuations alone."""
     episodes = [json.loads(line) for line in rollouts.read_text().splitlines() if line.strip()]
-    return [e for e in episodes if not e.get("replayed")]
+    return [e for e in episodes if bool(e.get("replayed")) == branches]
 
 
 def named_and_range(reply: str) -> tuple[int, int, int] | None:
@@ -131,13 +133,13 @@ def window_rows(
 
 
 def second_rows(
-    rollouts: Path, items: dict[str, dict[str, Any]], window: int
+    rollouts: Path, items: dict[str, dict[str, Any]], window: int, branches: bool = False
 ) -> list[dict[str, Any]]:
     """Per window, the second retrieves that followed a first retrieve whose frames showed no
     needle: how many, and per place (`miss_anatomy.where_second`) their share and how often
-    they showed the needle."""
+    they showed the needle. ``branches``: over a branching run's continuations instead."""
     counts: dict[int, dict[str, list[int]]] = {}
-    for episode in sampled_episodes(rollouts):
+    for episode in sampled_episodes(rollouts, branches):
         turns = episode["turns"]
         item = items.get(episode["item"])
         if item is None or len(turns) < 3 or turns[1]["action"] != "retrieve":
@@ -180,6 +182,11 @@ def main() -> None:
         action="store_true",
         help="Also where second retrieves went after a first that showed nothing.",
     )
+    parser.add_argument(
+        "--branches",
+        action="store_true",
+        help="With --second: one more such table over the continuations a --branch run replayed.",
+    )
     args = parser.parse_args()
     annotations = json.loads((args.data / "annotations.json").read_text())
     items = {a["problem_id"]: a for a in annotations}
@@ -199,14 +206,16 @@ def main() -> None:
                 f"| {share(r['second_shows'])} | {number(r['return_after_hit'])} "
                 f"| {number(r['return_after_miss'])} | {share(r['right_after_miss'])} |"
             )
-        if args.second:
+        tables = [False, True] if args.branches else [False]
+        for branches in tables if args.second else []:
+            what = "branches' second retrieves" if branches else "second retrieves after a miss"
             print(
-                "\n| steps | second retrieves after a miss | "
+                f"\n| steps | {what} | "
                 + " | ".join(f"{p} (shows it)" for p in SECOND_PLACES)
                 + " |"
             )
             print("|---|---:|" + "---:|" * len(SECOND_PLACES))
-            for r in second_rows(run / "rollouts.jsonl", items, args.window):
+            for r in second_rows(run / "rollouts.jsonl", items, args.window, branches):
                 cells = [f"{share(r[p][0])} ({share(r[p][1])})" for p in SECOND_PLACES]
                 print(f"| {r['steps']} | {r['seconds']} | " + " | ".join(cells) + " |")
 

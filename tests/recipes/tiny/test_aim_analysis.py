@@ -121,6 +121,9 @@ def test_probe_places_second_retrieves_after_a_miss(tmp_path: Path):
     assert row["same range"] == (0.0, None)
     assert row["next to or over the first"] == (0.5, 0.0)
     assert row["elsewhere"] == (0.5, 1.0)
+    # the branches alone: the replayed continuation, which went elsewhere and showed it
+    (row,) = second_rows(path, {"x": ITEM}, window=10, branches=True)
+    assert row["seconds"] == 1 and row["elsewhere"] == (1.0, 1.0)
 
 
 def test_window_and_label_rules():
