@@ -140,3 +140,13 @@ def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
     assert (tmp_path / "metrics.png").stat().st_size > 0
     with pytest.raises(ValueError, match="branch"):
         RLSettings(algo="ppo", branch=2)
+
+
+def test_branching_refuses_more_than_one_process(colour, tmp_path, monkeypatch):
+    """Branch counts differ between processes, and DDP needs the same backward passes on each."""
+    import accelerate
+
+    monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 2))
+    recipe = RLRecipe(colour[0], tmp_path, "tiny", RLSettings(branch=2))
+    with pytest.raises(ValueError, match="one process"):
+        recipe.setup()

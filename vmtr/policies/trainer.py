@@ -46,6 +46,11 @@ from vmtr.policies.rl_settings import RLSettings
 from vmtr.policies.rollout import Trajectory, rollout, score
 from vmtr.policies.run_log import plot_metrics, rollout_record, trim_log
 
+BRANCH_ON_ONE_PROCESS = (
+    "--branch runs on one process: how many continuations a step branches differs between "
+    "processes, and under DDP every process must run the same backward passes"
+)
+
 
 class ValueModel(nn.Module):
     """The critic: a copy of the policy's backbone with a scalar head (zero-initialised, so
@@ -116,6 +121,8 @@ class RLRecipe:
         from accelerate import Accelerator
 
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        if self.s.branch and self.acc.num_processes > 1:
+            raise ValueError(BRANCH_ON_ONE_PROCESS)
         random.seed(self.s.seed + self.acc.process_index)
         torch.manual_seed(self.s.seed)
         self.items = load_video_mtr_json(self.data)
