@@ -1,7 +1,7 @@
 """Is an RL run learning to aim? Its first retrieves against the border its own replies named.
 
     python recipes/tiny/aim_probe.py RUN_DIR [RUN_DIR ...] --data runs/colour/data/train-s1000 \\
-        [--window 10] [--second [--branches]]
+        [--window 10] [--second] [--sides] [--branches]
 
 Reads each `vmtr train rl` run's ``rollouts.jsonl`` (every sampled episode of every step) and,
 per window of steps, over the episodes whose first reply retrieved:
@@ -24,6 +24,11 @@ showing no needle by where they went (the same range, next to or over the first,
 
 Continuations a branching run (`--branch`) replays from an episode are left out of both tables;
 ``--second --branches`` adds the second table over those continuations alone.
+
+With ``--sides``, over the whole run, the second retrieves after a miss split by where the needle
+lay against the first range (before it, inside it but between its spread frames, after it) and
+which way the second range went, with how often it held and showed the needle: whether a policy
+that misses searches on the right side, and whether its first range was simply too wide.
 
 A run that learns where to look raises "copies border" and, as far as its naming is right,
 "needle in range"; random blocks hold the needle in about one first retrieve in eight.
@@ -172,6 +177,57 @@ def second_rows(
     return rows
 
 
+NEEDLE_SIDES = ("before", "inside", "after")
+"""Where the needle lay against a first retrieve's range that did not show it."""
+
+SECOND_MOVES = ("earlier", "within", "later", "both ways")
+"""Which way a second retrieve's range went from the first's: it starts earlier and ends no
+later; it lies inside the first; it ends later and starts no earlier; it starts earlier and ends
+later."""
+
+
+def side_of(value: int, start: int, end: int) -> str:
+    """`NEEDLE_SIDES` of ``value`` against the range ``start``-``end``."""
+    return NEEDLE_SIDES[0] if value < start else NEEDLE_SIDES[2] if value > end else NEEDLE_SIDES[1]
+
+
+def move_of(first: tuple[int, int], second: tuple[int, int]) -> str:
+    """`SECOND_MOVES` of the range ``second`` against ``first``."""
+    earlier, later = second[0] < first[0], second[1] > first[1]
+    return SECOND_MOVES[3 if earlier and later else 0 if earlier else 2 if later else 1]
+
+
+def side_rows(
+    rollouts: Path, items: dict[str, dict[str, Any]], branches: bool = False
+) -> dict[tuple[str, str], list[int]]:
+    """Over the second retrieves that followed a first retrieve whose frames showed no needle
+    (``branches``: a branching run's continuations): per (where the needle lay against the first
+    range, which way the second went), [how many, how many ranges held it, how many showed it].
+    A needle inside the first range was missed by its spread frames: the range was too wide."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for episode in sampled_episodes(rollouts, branches):
+        turns = episode["turns"]
+        item = items.get(episode["item"])
+        if item is None or len(turns) < 3 or turns[1]["action"] != "retrieve":
+            continue
+        needles = set(item["needle_pool_indices"])
+        first, second = RANGE.search(turns[0]["reply"]), RANGE.search(turns[1]["reply"])
+        if (
+            first is None
+            or second is None
+            or needles & set(turns[0]["frames"] + turns[1]["frames"])
+        ):
+            continue
+        a = (int(first.group(1)), int(first.group(2)))
+        b = (int(second.group(1)), int(second.group(2)))
+        needle = min(needles)
+        row = counts.setdefault((side_of(needle, *a), move_of(a, b)), [0, 0, 0])
+        row[0] += 1
+        row[1] += b[0] <= needle <= b[1]
+        row[2] += bool(needles & set(turns[2]["frames"]))
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
@@ -181,6 +237,12 @@ def main() -> None:
         "--second",
         action="store_true",
         help="Also where second retrieves went after a first that showed nothing.",
+    )
+    parser.add_argument(
+        "--sides",
+        action="store_true",
+        help="Also, over the whole run, where the needle lay against a first retrieve that missed "
+        "it and which way the second went (with --branches, the continuations too).",
     )
     parser.add_argument(
         "--branches",
@@ -218,6 +280,18 @@ def main() -> None:
             for r in second_rows(run / "rollouts.jsonl", items, args.window, branches):
                 cells = [f"{share(r[p][0])} ({share(r[p][1])})" for p in SECOND_PLACES]
                 print(f"| {r['steps']} | {r['seconds']} | " + " | ".join(cells) + " |")
+        for branches in tables if args.sides else []:
+            what = "branches" if branches else "sampled episodes"
+            print(
+                f"\n| needle vs first range ({what}) | second went | count | holds it | shows it |"
+            )
+            print("|---|---|---:|---:|---:|")
+            counts = side_rows(run / "rollouts.jsonl", items, branches)
+            for side in NEEDLE_SIDES:
+                for move in SECOND_MOVES:
+                    n, held, shown = counts.get((side, move), [0, 0, 0])
+                    if n:
+                        print(f"| {side} | {move} | {n} | {held / n:.0%} | {shown / n:.0%} |")
 
 
 def share(value: float | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recipes.tiny.aim_ceiling import named_border, retrieved, shown
-from recipes.tiny.aim_probe import second_rows, window_rows
+from recipes.tiny.aim_probe import move_of, second_rows, side_of, side_rows, window_rows
 
 # cue on pool frames 22-29: the first turn's frames 25 and 29 fall inside it
 ITEM = {"cue_pool_indices": [22, 29], "needle_pool_indices": [23], "kind": "colour"}
@@ -136,3 +136,39 @@ def test_window_and_label_rules():
     # the label before the first named frame to the last named one: 8 frames spread over it
     frames = retrieved(item, ("labels", -1, 0))
     assert min(frames) < first and max(frames) == last and len(frames) == 8
+
+
+def test_sides_split_second_retrieves_by_needle_side_and_move(tmp_path: Path):
+    assert [side_of(v, 10, 20) for v in (9, 10, 20, 21)] == ["before", "inside", "inside", "after"]
+    assert move_of((10, 20), (2, 9)) == "earlier" and move_of((10, 20), (12, 18)) == "within"
+    assert move_of((10, 20), (15, 27)) == "later" and move_of((10, 20), (5, 25)) == "both ways"
+    first = list(range(0, 64, 4))
+    ask = "<think>Border: frames 25 to 29. Seen: no shapes. Need more frames.</think>"
+
+    def missed_then(second: tuple[int, int], frames: list[int]) -> dict:
+        """A first retrieve of 24-31 (past the needle, 23) and then ``second``."""
+        return episode(
+            1,
+            [
+                ("retrieve", ask + "<retrieve>24, 31</retrieve>", first),
+                ("retrieve", ask + f"<retrieve>{second[0]}, {second[1]}</retrieve>", [24, 31]),
+                ("answer", "<answer>A</answer>", frames),
+            ],
+            [0.1, 0.1, 0.1],
+            False,
+        )
+
+    rollouts = [
+        missed_then((16, 23), list(range(16, 24))),  # earlier, narrow: shows it
+        missed_then((0, 47), [0, 7, 13, 20, 27, 34, 40, 47]),  # both ways, wide: holds it only
+        missed_then((26, 30), [26, 27, 28, 29, 30]),  # within: neither
+    ]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rollouts))
+    counts = side_rows(path, {"x": ITEM})
+    assert counts == {
+        ("before", "earlier"): [1, 1, 1],
+        ("before", "both ways"): [1, 1, 0],
+        ("before", "within"): [1, 0, 0],
+    }
+    assert side_rows(path, {"x": ITEM}, branches=True) == {}
