@@ -25,9 +25,13 @@
 # Resumable: runs continue from their last checkpoint, finished evaluations are kept.
 # Run time on the 2-core development machine: 15-25 s a step for each of two runs side by side
 # (about 1 h for 200 steps), then 3-4 min for each evaluation.
-# Usage: [STEPS=N] [EVAL_EVERY=K] [ARMS="recipe turn"] recipes/tiny/colour_rl_on.sh [START [OUT]]
+# Usage: [STEPS=N] [EVAL_EVERY=K] [ARMS="recipe turn"] [TRAIN_SEED=S TRAIN_N=N]
+#        recipes/tiny/colour_rl_on.sh [START [OUT]]
 #   START: a checkpoint or model folder (default vmtr/assets/tiny, the bundled model)
 #   OUT: where runs and evaluations go (default runs/colour-rl-on); data: runs/colour/data.
+#   TRAIN_SEED, TRAIN_N: the training split, train-sSEED of N colour questions (default 1000 and
+#   510, colour_rl.sh's); 8 prompts a step draw 1,600 in 200 steps (each step at random), so
+#   1,600 asks a question once on average, 510 about three times.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 START=${1:-vmtr/assets/tiny}
@@ -36,7 +40,9 @@ STEPS=${STEPS:-200}
 read -r -a ARMS <<< "${ARMS:-recipe anchored turn}"
 EVAL_EVERY=${EVAL_EVERY:-50}
 D=runs/colour/data
-for split in "train-s1000 1000 510" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
+TRAIN_SEED=${TRAIN_SEED:-1000}
+TRAIN_N=${TRAIN_N:-510}
+for split in "train-s$TRAIN_SEED $TRAIN_SEED $TRAIN_N" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
   set -- $split
   [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
 done
@@ -57,7 +63,7 @@ evaluate() {
 arm() {
   mkdir -p "$OUT/$1"
   # shellcheck disable=SC2086
-  python -m vmtr.cli train rl --data "$D/train-s1000/annotations.json" --out "$OUT/$1" \
+  python -m vmtr.cli train rl --data "$D/train-s$TRAIN_SEED/annotations.json" --out "$OUT/$1" \
     --model "$START" --algo grpo --steps "$STEPS" --prompts-per-step 8 --samples-per-prompt 4 \
     --actor-lr 3e-5 --temperature 0.6 --top-p 1.0 --ppo-epochs 2 --max-new-tokens 64 \
     --save-every 25 --seed 3 --max-turns 3 --freeze-vision --loss-agg seq-mean-token-mean \
