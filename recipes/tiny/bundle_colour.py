@@ -1,12 +1,12 @@
 """Bundle a colour RL checkpoint as `--model tiny`, with a model card written from what it scored.
 
     python recipes/tiny/bundle_colour.py CHECKPOINT --heldout DIR [DIR ...] [--evals DIR]
-        [--continues EARLIER/checkpoint-K --arm NAME]
+        [--continues EARLIER/checkpoint-K [LATER/checkpoint-K ...]] [--arm NAME]
 
 CHECKPOINT is a `vmtr train rl` checkpoint folder (recipes/tiny/colour_rl.sh writes them under
 ``runs/colour-rl/seed-S/rl-ARM/checkpoint-N``; recipes/tiny/colour_rl_on.sh, which carries one on
 from its checkpoint-K, under ``runs/colour-rl-on/ARM/checkpoint-N``: the card then counts K + N
-steps). Each ``--heldout`` folder is a colour split of
+steps, and the K of every checkpoint in a longer chain). Each ``--heldout`` folder is a colour split of
 `vmtr synth --kinds colour` (seeds 5000 and 7000 in the recipe); the checkpoint is asked every
 question there multi-turn and from 16 uniform frames in one turn (greedy, 96 new tokens a
 reply, as the recipe's tables), each run kept under ``--evals`` and reused when present. Then
@@ -101,8 +101,11 @@ def main() -> None:
     parser.add_argument(
         "--continues",
         type=Path,
-        help="The `vmtr train rl` checkpoint-K the run was carried on from "
-        "(recipes/tiny/colour_rl_on.sh): its K steps count in, its path goes in the provenance.",
+        nargs="+",
+        default=[],
+        help="The `vmtr train rl` checkpoint-K folders the run was carried on from, earliest "
+        "first (recipes/tiny/colour_rl_on.sh, once or more): their K steps count in, their paths "
+        "go in the provenance.",
     )
     parser.add_argument(
         "--arm", help="The reward arm's name on the card (default: from the run's folder)."
@@ -116,11 +119,11 @@ def main() -> None:
     arm_slug = checkpoint.parent.name.removeprefix("rl-")
     arm = args.arm or arm_slug.replace("-", " ").replace("bi level", "bi-level")
     before = 0
-    if args.continues is not None:
-        earlier = checkpoint_step(args.continues)
-        if earlier is None:
-            raise SystemExit(f"error: --continues {args.continues} is not a checkpoint-K folder")
-        before = earlier
+    for earlier in args.continues:
+        k = checkpoint_step(earlier)
+        if k is None:
+            raise SystemExit(f"error: --continues {earlier} is not a checkpoint-K folder")
+        before += k
     evals = args.evals or checkpoint.parent / f"bundle-{checkpoint.name}"
     scores = {
         seed_of(heldout): evaluate(checkpoint, heldout, evals / heldout.name)
@@ -145,7 +148,7 @@ def main() -> None:
         "answer_form": "needle",
         "provenance": {
             "start": args.start,
-            **({"continues": str(args.continues)} if args.continues else {}),
+            **({"continues": [str(p) for p in args.continues]} if args.continues else {}),
             "checkpoint": os.path.relpath(checkpoint),
             "step": before + step,
         },

@@ -19,6 +19,7 @@ from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import EpisodeJob, rollout, run_jobs, score
 from vmtr.policies.run_log import plot_metrics
 from vmtr.policies.trainer import RLRecipe, RLSettings
+from vmtr.tools.select import relevant_pool_indices
 
 PROTOCOL = ProtocolSettings()
 GEN = GenerationSettings(temperature=0.6, top_p=1.0, max_new_tokens=64)
@@ -26,9 +27,9 @@ GEN = GenerationSettings(temperature=0.6, top_p=1.0, max_new_tokens=64)
 
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory):
-    """Two colour questions of the recipe's length (seed 32): on the first the bundled model
-    retrieves twice in all three samples (rollout seed 0), so its group has a branch point; on
-    the second it retrieves once and answers."""
+    """Two colour questions of the recipe's length (seed 32), three sampled episodes each from
+    the bundled model (rollout seed 0): on the first its first retrieve misses in some of them,
+    so there is a branch point to replay."""
     folder = generate(
         tmp_path_factory.mktemp("colour"),
         SyntheticSettings(n_items=2, seed=32, minutes=2.0, kinds=("colour",)),
@@ -46,8 +47,9 @@ def colour(tmp_path_factory):
 
 def test_a_replayed_reply_is_fed_token_for_token_and_left_untrained(colour):
     _, lm, by_id, trajectories = colour
-    [point] = branch_points(trajectories, by_id)
-    source = trajectories[point]
+    points = branch_points(trajectories, by_id)
+    assert points, "the fixture needs an episode whose first retrieve missed"
+    source = trajectories[points[0]]
     replay = (tuple(source.extra["reply_ids"][0]),)
     job = EpisodeJob(by_id[source.item_id], 9, 12345, replay=replay)
     settings = {"protocol_settings": PROTOCOL, "generation": GEN}
@@ -80,21 +82,34 @@ def test_a_replayed_reply_is_fed_token_for_token_and_left_untrained(colour):
 def test_branches_are_new_groups_from_first_retrieves_that_missed(colour):
     _, lm, by_id, trajectories = colour
     points = branch_points(trajectories, by_id)
-    assert points == [0]  # one per group, the first that qualifies; the other group showed it
-    assert all(needs_branch(trajectories[i], by_id[trajectories[i].item_id]) for i in range(3))
-    assert not any(needs_branch(t, by_id[t.item_id]) for t in trajectories[3:])
+    qualifies = [needs_branch(t, by_id[t.item_id]) for t in trajectories]
+    # one per group that has any: the first episode of that group that qualifies
+    groups = {t.group for t, q in zip(trajectories, qualifies, strict=True) if q}
+    assert len(points) == len(groups) >= 1
+    for i in points:
+        group = [j for j, t in enumerate(trajectories) if t.group == trajectories[i].group]
+        assert qualifies[i] and not any(qualifies[j] for j in group if j < i)
+    # what qualifies: a first retrieve, a turn after it, and the needle not yet shown
+    for traj, q in zip(trajectories, qualifies, strict=True):
+        if len(traj.turns) < 2 or traj.turns[0]["action"] != "retrieve":
+            assert not q
+            continue
+        seen = set(traj.turns[0]["frames"]) | set(traj.turns[1]["frames"])
+        relevant = relevant_pool_indices(traj.extra["pool"], by_id[traj.item_id].relevant_windows)
+        assert relevant and q == (not relevant <= seen)
     with torch.no_grad():
         branches = branch(
             lm, trajectories, by_id, k=3, seed=0, protocol_settings=PROTOCOL, generation=GEN
         )
-    assert len(branches) == 3
-    assert {t.group for t in branches} == {max(t.group for t in trajectories) + 1}
-    assert all(t.turns[0]["raw"] == trajectories[0].turns[0]["raw"] for t in branches)
+    assert len(branches) == 3 * len(points)
+    first_new = max(t.group for t in trajectories) + 1
+    assert {t.group for t in branches} == set(range(first_new, first_new + len(points)))
+    for b, i in enumerate(points):
+        group = [t for t in branches if t.group == first_new + b]
+        assert all(t.turns[0]["raw"] == trajectories[i].turns[0]["raw"] for t in group)
     assert not any(needs_branch(t, by_id[t.item_id]) for t in branches)  # never a branch's branch
-    # their own draws: not the sampled episodes' (the seeds are offset) nor each other's alone
-    assert len({tuple(t.input_ids.tolist()) for t in branches}) > 1
     stats = branch_stats(branches, by_id, RewardSettings())
-    assert stats["branch_episodes"] == 3 and all(t.reward is not None for t in branches)
+    assert stats["branch_episodes"] == len(branches) and all(t.reward is not None for t in branches)
     assert branch_stats([], by_id, RewardSettings())["branch_accuracy"] is None
     assert (
         branch(lm, trajectories, by_id, k=0, seed=0, protocol_settings=PROTOCOL, generation=GEN)
@@ -102,9 +117,10 @@ def test_branches_are_new_groups_from_first_retrieves_that_missed(colour):
     )
 
     # the update's shared prefix runs through the replayed reply and the frames it fetched
-    prefix = shared_prefix(branches)
-    assert prefix == min(t.turn_spans[1][0] for t in branches) > branches[0].turn_spans[0][1]
-    chunks = [batch_inputs(lm, [t], cached_vision=True) for t in branches]
+    group = [t for t in branches if t.group == first_new]
+    prefix = shared_prefix(group)
+    assert prefix == min(t.turn_spans[1][0] for t in group) > group[0].turn_spans[0][1]
+    chunks = [batch_inputs(lm, [t], cached_vision=True) for t in group]
     with torch.no_grad():
         together = group_token_logprobs(lm.model, chunks, prefix, lm.banned_ids, 0.6)
         for inputs, (logp, _) in zip(chunks, together, strict=True):
@@ -133,6 +149,7 @@ def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
     [metrics] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     branched = [r for r in rows if r["replayed"]]
+    assert branched, "this step's rollouts need a first retrieve that missed"
     assert metrics["branch_episodes"] == len(branched) == 2 * len({r["group"] for r in branched})
     assert len(rows) - len(branched) == 6  # the step's own episodes, scored apart from branches
     assert {r["replayed"] for r in branched} == {1}

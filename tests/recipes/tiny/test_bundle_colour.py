@@ -62,17 +62,21 @@ def test_a_carried_on_run_counts_the_earlier_steps(
     heldout = fake_heldout(tmp_path / "data", 5000)
     fake_results(evals / heldout.name / "multi-turn", 0.9, 2.1, 0.85)
     fake_results(evals / heldout.name / "single-16", 0.45, 1.0, 0.3)
-    earlier = "runs/colour-rl/seed-1/rl-gated-bi-level-reward/checkpoint-200"
+    # a chain: the arm's run, carried on once before this run carried it on again
+    chain = [
+        "runs/colour-rl/seed-1/rl-gated-bi-level-reward/checkpoint-200",
+        "runs/colour-rl-on/recipe/checkpoint-100",
+    ]
     argv = ["bundle_colour.py", str(checkpoint), "--heldout", str(heldout), "--evals", str(evals)]
-    argv += ["--target", str(tmp_path / "tiny"), "--continues", earlier, "--arm", "gated"]
+    argv += ["--target", str(tmp_path / "tiny"), "--continues", *chain, "--arm", "gated"]
     monkeypatch.setattr(sys, "argv", argv)
 
     bundle_colour.main()
 
     card = json.loads((tmp_path / "tiny" / "vmtr_tiny.json").read_text())
-    assert "350 GRPO steps (gated)" in card["description"].splitlines()[1]
-    assert card["provenance"]["step"] == 350
-    assert card["provenance"]["continues"] == earlier
+    assert "450 GRPO steps (gated)" in card["description"].splitlines()[1]
+    assert card["provenance"]["step"] == 450
+    assert card["provenance"]["continues"] == chain
 
 
 def test_refuses_a_folder_that_is_no_checkpoint(
