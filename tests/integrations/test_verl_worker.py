@@ -31,8 +31,9 @@ from vmtr.policies.rewards import RewardSettings  # noqa: E402
 from vmtr.policies.rollout import run_episode, score  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "verl"
-# on these two items the bundled model retrieves and answers in one episode, and in the other
-# retrieves twice and then breaks the format on its last turn, so the budget runs out unanswered
+# on these two items the bundled model breaks the format on its first turn, then retrieves and
+# answers in one episode, and retrieves twice and then answers in the other: every turn count and
+# an invalid reply the environment answers
 SEED = 1
 
 
@@ -89,7 +90,7 @@ def test_verl_worker_output_equals_vmtr_rollout(tmp_path) -> None:
         for g, item in enumerate(items)
     ]
     actions = [[t["action"] for t in traj.turns] for traj in trajectories]
-    assert actions == [["retrieve", "answer"], ["retrieve", "retrieve", "invalid"]]
+    assert actions == [["invalid", "retrieve", "answer"], ["retrieve", "retrieve", "answer"]]
     prompt_width = output.batch["prompts"].shape[1]
     for row, traj in enumerate(trajectories):
         valid = output.batch["attention_mask"][row].bool()
