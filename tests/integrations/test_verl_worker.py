@@ -32,8 +32,8 @@ from vmtr.policies.rollout import run_episode, score  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "verl"
 # on these two items the bundled model breaks the format on its first turn, then retrieves and
-# answers in one episode, and retrieves twice and then answers in the other: every turn count and
-# an invalid reply the environment answers
+# answers in one episode, and retrieves twice and then answers in the other: three turns each, one
+# of them an invalid reply the environment answers
 SEED = 1
 
 
