@@ -40,6 +40,8 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +139,22 @@ def window_rows(
     ]
 
 
-def second_rows(
-    rollouts: Path, items: dict[str, dict[str, Any]], window: int, branches: bool = False
-) -> list[dict[str, Any]]:
-    """Per window, the second retrieves that followed a first retrieve whose frames showed no
-    needle: how many, and per place (`miss_anatomy.where_second`) their share and how often
-    they showed the needle. ``branches``: over a branching run's continuations instead."""
-    counts: dict[int, dict[str, list[int]]] = {}
+@dataclass(frozen=True)
+class SecondAfterMiss:
+    """A second retrieve that followed a first retrieve whose frames showed no needle."""
+
+    step: int
+    first: tuple[int, int]  # the first retrieve's range
+    second: tuple[int, int]  # the second's
+    needle: int  # the first needle's pool index
+    shown: bool  # whether the second retrieve's frames showed a needle
+
+
+def seconds_after_a_miss(
+    rollouts: Path, items: dict[str, dict[str, Any]], branches: bool = False
+) -> Iterator[SecondAfterMiss]:
+    """The run's episodes (``branches``: its branches) whose first two replies retrieved ranges
+    and whose first retrieve showed no needle, as `SecondAfterMiss` records."""
     for episode in sampled_episodes(rollouts, branches):
         turns = episode["turns"]
         item = items.get(episode["item"])
@@ -157,13 +168,27 @@ def second_rows(
             or needles & set(turns[0]["frames"] + turns[1]["frames"])
         ):
             continue
-        place = where_second(
-            [int(first.group(1)), int(first.group(2))],
-            [int(second.group(1)), int(second.group(2))],
+        yield SecondAfterMiss(
+            step=episode["step"],
+            first=(int(first.group(1)), int(first.group(2))),
+            second=(int(second.group(1)), int(second.group(2))),
+            needle=min(needles),
+            shown=bool(needles & set(turns[2]["frames"])),
         )
-        row = counts.setdefault((episode["step"] - 1) // window, {p: [0, 0] for p in SECOND_PLACES})
+
+
+def second_rows(
+    rollouts: Path, items: dict[str, dict[str, Any]], window: int, branches: bool = False
+) -> list[dict[str, Any]]:
+    """Per window, the second retrieves that followed a first retrieve whose frames showed no
+    needle: how many, and per place (`miss_anatomy.where_second`) their share and how often
+    they showed the needle. ``branches``: over a branching run's continuations instead."""
+    counts: dict[int, dict[str, list[int]]] = {}
+    for miss in seconds_after_a_miss(rollouts, items, branches):
+        place = where_second(list(miss.first), list(miss.second))
+        row = counts.setdefault((miss.step - 1) // window, {p: [0, 0] for p in SECOND_PLACES})
         row[place][0] += 1
-        row[place][1] += bool(needles & set(turns[2]["frames"]))
+        row[place][1] += miss.shown
     rows = []
     for w, places in sorted(counts.items()):
         n = sum(count for count, _ in places.values())
@@ -205,26 +230,12 @@ def side_rows(
     range, which way the second went), [how many, how many ranges held it, how many showed it].
     A needle inside the first range was missed by its spread frames: the range was too wide."""
     counts: dict[tuple[str, str], list[int]] = {}
-    for episode in sampled_episodes(rollouts, branches):
-        turns = episode["turns"]
-        item = items.get(episode["item"])
-        if item is None or len(turns) < 3 or turns[1]["action"] != "retrieve":
-            continue
-        needles = set(item["needle_pool_indices"])
-        first, second = RANGE.search(turns[0]["reply"]), RANGE.search(turns[1]["reply"])
-        if (
-            first is None
-            or second is None
-            or needles & set(turns[0]["frames"] + turns[1]["frames"])
-        ):
-            continue
-        a = (int(first.group(1)), int(first.group(2)))
-        b = (int(second.group(1)), int(second.group(2)))
-        needle = min(needles)
-        row = counts.setdefault((side_of(needle, *a), move_of(a, b)), [0, 0, 0])
+    for miss in seconds_after_a_miss(rollouts, items, branches):
+        a, b = miss.first, miss.second
+        row = counts.setdefault((side_of(miss.needle, *a), move_of(a, b)), [0, 0, 0])
         row[0] += 1
-        row[1] += b[0] <= needle <= b[1]
-        row[2] += bool(needles & set(turns[2]["frames"]))
+        row[1] += b[0] <= miss.needle <= b[1]
+        row[2] += miss.shown
     return counts
 
 
