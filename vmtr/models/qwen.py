@@ -425,25 +425,26 @@ class QwenVideoLM:
             torch.stack(state.grids[first:]).to(self.device),
         )
 
-    def logprob_of(self, logits: torch.Tensor, settings: GenerationSettings, token: int) -> float:
-        """The log-prob `_pick` would record for ``token`` (a forced reply's)."""
+    def _scaled(self, logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+        """Logits as sampling sees them: banned tokens out, divided by the temperature (not at
+        temperature 0, where the pick is greedy)."""
         logits = logits[0].float()
         logits[self.banned_ids] = float("-inf")
-        if settings.temperature > 0:
-            logits = logits / settings.temperature
-        return float(torch.log_softmax(logits, -1)[token])
+        return logits / settings.temperature if settings.temperature > 0 else logits
+
+    def logprob_of(self, logits: torch.Tensor, settings: GenerationSettings, token: int) -> float:
+        """The log-prob `_pick` would record for ``token`` (a forced reply's)."""
+        return float(torch.log_softmax(self._scaled(logits, settings), -1)[token])
 
     def _pick(
         self, logits: torch.Tensor, settings: GenerationSettings, generator: Any
     ) -> tuple[int, float]:
         """Greedy at temperature 0, else temperature + top-p sampling; returns the log-prob."""
-        logits = logits[0].float()
-        logits[self.banned_ids] = float("-inf")
-        if settings.temperature <= 0:
-            token = int(torch.argmax(logits))
-            return token, float(torch.log_softmax(logits, -1)[token])
-        scaled = logits / settings.temperature
+        scaled = self._scaled(logits, settings)
         logp = torch.log_softmax(scaled, -1)
+        if settings.temperature <= 0:
+            token = int(torch.argmax(scaled))
+            return token, float(logp[token])
         probs = logp.exp()
         if settings.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
