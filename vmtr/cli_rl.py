@@ -52,6 +52,15 @@ def rl(
     reward: Annotated[str, typer.Option(help="code or paper reward variant.")] = "code",
     frame_reward: Annotated[bool, typer.Option(help="Turn-level frame term (ablation).")] = True,
     gate: Annotated[bool, typer.Option(help="Gate turn rewards on a right answer.")] = True,
+    turn_decay: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Code reward: answer reward lost per extra turn. At the released 0.1 it cancels "
+            "the extra turn's format term, so a right answer pays the same whether the first or "
+            "the second retrieve found the evidence; above 0.1 finding it sooner pays more.",
+        ),
+    ] = 0.1,
     gate_format: Annotated[
         bool | None,
         typer.Option(
@@ -174,7 +183,11 @@ def rl(
             freeze_vision=freeze_vision,
             seed=seed,
             reward=RewardSettings(
-                variant=reward, use_frame_reward=frame_reward, gate=gate, gate_format=gate_format
+                variant=reward,
+                use_frame_reward=frame_reward,
+                gate=gate,
+                gate_format=gate_format,
+                turn_decay=turn_decay,
             ),
             protocol=ProtocolSettings(max_turns=max_turns),
         )

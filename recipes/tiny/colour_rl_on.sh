@@ -15,7 +15,13 @@
 #   branch    -- the recipe plus branching at the decision (`--branch 4`): per group, one episode
 #                whose first retrieve missed the needle is replayed up to that retrieve and
 #                continued four times, a GRPO group of its own, so the search after a miss is
-#                judged against searches from the same place (vmtr.policies.branching).
+#                judged against searches from the same place (vmtr.policies.branching);
+#   sooner    -- branch, with the code reward's turn decay at 0.2 (`--turn-decay 0.2`): at the
+#                released 0.1 an extra turn's format term cancels the decay, so a right answer
+#                pays the same whether the first retrieve or a second found the needle and the
+#                first aim is credited only through the risk of never finding it; at 0.2 a first
+#                retrieve that shows it outranks a miss made good, also in groups that all answer
+#                right (which the released reward leaves flat).
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
@@ -51,6 +57,7 @@ declare -A CREDIT=(
   [anchored]="--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8"
   [turn]="--train-tokens reply --kl-tokens reply --kl-coef 0 --credit turn"
   [branch]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4"
+  [sooner]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --turn-decay 0.2"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # evaluate NAME MODEL HELDOUT: one greedy multi-turn run, kept once finished

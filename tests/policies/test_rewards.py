@@ -127,6 +127,29 @@ def test_code_reward_pays_a_first_retrieve_hit_and_a_second_the_same(frame_rewar
     assert first.total == pytest.approx(1.6 if frame_reward else 1.1)
 
 
+def test_a_turn_decay_above_the_format_term_pays_the_first_retrieve_hit_more():
+    """With ``turn_decay`` 0.2 each extra turn costs a right answer 0.1 net of its format term,
+    so a group whose episodes are all right still ranks a first-retrieve hit above a miss that a
+    second retrieve made good, and answering at once above retrieving after the needle was seen."""
+    settings = RewardSettings(turn_decay=0.2)
+    miss = FIRST | {30, 31}
+    miss_then_hit = [
+        TurnOutcome(valid=True, action="retrieve", seen_after=miss),
+        TurnOutcome(valid=True, action="retrieve", seen_after=miss | {9, 10, 11}),
+        TurnOutcome(valid=True, action="answer"),
+    ]
+    first = trajectory_reward(
+        RETRIEVE_THEN_ANSWER, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
+    )
+    second = trajectory_reward(
+        miss_then_hit, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
+    )
+    assert first.total == pytest.approx(1.5)  # 0.2 format + 0.5 frames + 0.8 answer
+    assert second.total == pytest.approx(1.4)  # 0.3 format + 0.5 frames + 0.6 answer
+    with pytest.raises(ValueError):
+        RewardSettings(turn_decay=-0.1)
+
+
 def test_retrieve_that_adds_nothing_relevant_earns_no_frame_term():
     turns = [
         TurnOutcome(valid=True, action="retrieve", seen_after=FIRST | {30, 31}),

@@ -39,7 +39,7 @@ class RewardSettings(BaseModel):
     format_reward: float = 0.1
     frame_bonus: float = 0.5
     iou_epsilon: float = 0.001
-    turn_decay: float = Field(0.1, description="Answer reward lost per extra turn (code).")
+    turn_decay: float = Field(0.1, ge=0, description="Answer reward lost per extra turn (code).")
     use_frame_reward: bool = Field(True, description="False: the 'answer only' ablation.")
     gate: bool = Field(True, description="False: the 'no gate' ablation.")
     gate_format: bool | None = Field(
