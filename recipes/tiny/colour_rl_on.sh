@@ -21,7 +21,10 @@
 #                pays the same whether the first retrieve or a second found the needle and the
 #                first aim is credited only through the risk of never finding it; at 0.2 a first
 #                retrieve that shows it outranks a miss made good, also in groups that all answer
-#                right (which the released reward leaves flat).
+#                right (which the released reward leaves flat);
+#   explore   -- branch, its rollouts sampled at temperature 1.0 instead of 0.6 (the flag given
+#                last wins): at 0.6 a group's four samples of a carried-on policy take one first
+#                retrieve between them in most groups, so GRPO has no other first aim to compare.
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
@@ -57,6 +60,7 @@ declare -A CREDIT=(
   [anchored]="--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8"
   [turn]="--train-tokens reply --kl-tokens reply --kl-coef 0 --credit turn"
   [branch]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4"
+  [explore]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --temperature 1.0"
   [sooner]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --turn-decay 0.2"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1

@@ -6,7 +6,11 @@ persist from one visit of a question to the next.
 Reads each `vmtr train rl` run's ``rollouts.jsonl``. A group (one question's samples in one step)
 is **varied** when its episodes' rewards differ (only then does GRPO have an advantage), **flat
 right** or **flat wrong** when they all scored the same. Per window of steps: the share of each,
-and how many distinct first two actions (with the frames they showed) a group's samples took.
+the share of groups that were flat although their episodes took different numbers of turns (a
+tie the reward makes, e.g. a first retrieve that showed the needle beside a miss a second retrieve
+made good, under the released code's reward), and how many distinct first two actions (with the
+frames they showed) a group's samples took. Only sampled groups count: a `--branch` run's
+continuations (episodes marked ``replayed``) are left out.
 Then, over the visits after step ``--after``: given a question's group was flat or varied, what
 its next group was. That persistence is what `vmtr train rl --skip-solved` bets on.
 """
@@ -25,12 +29,13 @@ OUTCOMES = ("varied", "flat right", "flat wrong")
 
 
 def groups_of(rollouts: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
-    """The run's episodes by (step, group)."""
+    """The run's sampled episodes by (step, group); branch continuations are left out."""
     groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for line in rollouts.read_text().splitlines():
         if line.strip():
             episode = json.loads(line)
-            groups[(episode["step"], episode["group"])].append(episode)
+            if not episode.get("replayed"):
+                groups[(episode["step"], episode["group"])].append(episode)
     return groups
 
 
@@ -53,14 +58,17 @@ def window_table(groups: dict[tuple[int, int], list[dict[str, Any]]], window: in
         row = rows[(step - 1) // window]
         row["groups"] += 1
         row[outcome(episodes)] += 1
+        if outcome(episodes) != "varied" and len({len(e["turns"]) for e in episodes}) > 1:
+            row["flat, turns differ"] += 1
         row["openings"] += len({opening(e) for e in episodes})
     lines = [
-        "| steps | groups | varied | flat right | flat wrong | distinct openings a group |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| steps | groups | varied | flat right | flat wrong | flat, turns differ "
+        "| distinct openings a group |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for w, row in sorted(rows.items()):
         n = row["groups"]
-        shares = " | ".join(f"{row[o] / n:.0%}" for o in OUTCOMES)
+        shares = " | ".join(f"{row[o] / n:.0%}" for o in (*OUTCOMES, "flat, turns differ"))
         lines.append(
             f"| {w * window + 1}-{(w + 1) * window} | {n} | {shares} | {row['openings'] / n:.2f} |"
         )
