@@ -8,8 +8,10 @@ is **varied** when its episodes' rewards differ (only then does GRPO have an adv
 right** or **flat wrong** when they all scored the same. Per window of steps: the share of each,
 the share of groups that were flat although their episodes took different numbers of turns (a
 tie the reward makes, e.g. a first retrieve that showed the needle beside a miss a second retrieve
-made good, under the released code's reward), and how many distinct first two actions (with the
-frames they showed) a group's samples took. Only sampled groups count: a `--branch` run's
+made good, under the released code's reward), how many distinct first two actions (with the
+frames they showed) a group's samples took, and how many distinct first retrieves (by the frames
+they showed; a group whose samples all answered at once has none): GRPO can only compare first
+aims a group actually tried. Only sampled groups count: a `--branch` run's
 continuations (episodes marked ``replayed``) are left out.
 Then, over the visits after step ``--after``: given a question's group was flat or varied, what
 its next group was. That persistence is what `vmtr train rl --skip-solved` bets on.
@@ -52,6 +54,14 @@ def opening(episode: dict[str, Any]) -> tuple[Any, ...]:
     return tuple((t["action"], tuple(t["frames"])) for t in episode["turns"][:2])
 
 
+def first_retrieve(episode: dict[str, Any]) -> tuple[int, ...] | None:
+    """The frames the episode's first retrieve showed, if its first action retrieved."""
+    turns = episode["turns"]
+    if len(turns) < 2 or turns[0]["action"] != "retrieve":
+        return None
+    return tuple(turns[1]["frames"])
+
+
 def window_table(groups: dict[tuple[int, int], list[dict[str, Any]]], window: int) -> list[str]:
     rows: dict[int, Counter] = defaultdict(Counter)
     for (step, _), episodes in groups.items():
@@ -61,16 +71,18 @@ def window_table(groups: dict[tuple[int, int], list[dict[str, Any]]], window: in
         if outcome(episodes) != "varied" and len({len(e["turns"]) for e in episodes}) > 1:
             row["flat, turns differ"] += 1
         row["openings"] += len({opening(e) for e in episodes})
+        row["first retrieves"] += len({first_retrieve(e) for e in episodes} - {None})
     lines = [
         "| steps | groups | varied | flat right | flat wrong | flat, turns differ "
-        "| distinct openings a group |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| distinct openings a group | distinct first retrieves a group |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w, row in sorted(rows.items()):
         n = row["groups"]
         shares = " | ".join(f"{row[o] / n:.0%}" for o in (*OUTCOMES, "flat, turns differ"))
         lines.append(
-            f"| {w * window + 1}-{(w + 1) * window} | {n} | {shares} | {row['openings'] / n:.2f} |"
+            f"| {w * window + 1}-{(w + 1) * window} | {n} | {shares} | {row['openings'] / n:.2f} "
+            f"| {row['first retrieves'] / n:.2f} |"
         )
     return lines
 

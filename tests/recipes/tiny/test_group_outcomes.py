@@ -8,9 +8,13 @@ from pathlib import Path
 from recipes.tiny.group_outcomes import groups_of, window_table
 
 
-def episode(group: int, rewards: list[float], correct: bool, replayed: bool = False) -> dict:
-    turns = [{"action": "retrieve", "reply": "", "frames": [0]} for _ in rewards[:-1]]
-    turns.append({"action": "answer", "reply": "", "frames": [1]})
+def episode(
+    group: int, rewards: list[float], correct: bool, retrieved: list[int], replayed: bool = False
+) -> dict:
+    """Turn k shows the frames the retrieve before it fetched (turn 1: the uniform ones)."""
+    shown = [[0, 16, 32, 48], *[[f] for f in retrieved]]
+    actions = ["retrieve"] * len(retrieved) + ["answer"]
+    turns = [{"action": a, "reply": "", "frames": f} for a, f in zip(actions, shown, strict=True)]
     return {
         "step": 1,
         "item": f"q{group}",
@@ -27,19 +31,20 @@ def test_a_tie_between_two_and_three_turn_episodes_counts_as_flat_with_turns_tha
 ):
     rows = [
         # group 0: a first retrieve that hit (2 turns) and a miss made good (3 turns) tie at 1.6
-        episode(0, [0.6, 1.0], True),
-        episode(0, [0.1, 0.6, 0.9], True),
-        # group 1: varied
-        episode(1, [0.6, 1.0], True),
-        episode(1, [0.1, 0.1, 0.1], False),
+        episode(0, [0.6, 1.0], True, [9]),
+        episode(0, [0.1, 0.6, 0.9], True, [30, 9]),
+        # group 1: varied, both first retrieves fetched frame 9
+        episode(1, [0.6, 1.0], True, [9]),
+        episode(1, [0.1, 0.1, 0.1], False, [9, 30]),
         # group 2: a branch's continuations, left out
-        episode(2, [0.1, 0.1, 0.1], False, replayed=True),
-        episode(2, [0.1, 0.6, 0.9], True, replayed=True),
+        episode(2, [0.1, 0.1, 0.1], False, [30, 31], replayed=True),
+        episode(2, [0.1, 0.6, 0.9], True, [30, 9], replayed=True),
     ]
     path = tmp_path / "rollouts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     groups = groups_of(path)
     assert sorted(groups) == [(1, 0), (1, 1)]
     table = window_table(groups, window=50)
-    # groups, varied, flat right, flat wrong, flat with turns that differ, openings a group
-    assert table[-1] == "| 1-50 | 2 | 50% | 50% | 0% | 50% | 2.00 |"
+    # groups, varied, flat right, flat wrong, flat with turns that differ, openings and first
+    # retrieves a group (group 0 tried two first aims, group 1 one)
+    assert table[-1] == "| 1-50 | 2 | 50% | 50% | 0% | 50% | 2.00 | 1.50 |"
