@@ -24,7 +24,8 @@
 #                right (which the released reward leaves flat);
 #   explore   -- branch, its rollouts sampled at temperature 1.0 instead of 0.6 (the flag given
 #                last wins): at 0.6 a group's four samples of a carried-on policy take one first
-#                retrieve between them in most groups, so GRPO has no other first aim to compare.
+#                retrieve between them in most groups, so GRPO has no other first aim to compare;
+#   both      -- sooner and explore together: the tie broken and more first aims tried.
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
@@ -61,6 +62,7 @@ declare -A CREDIT=(
   [turn]="--train-tokens reply --kl-tokens reply --kl-coef 0 --credit turn"
   [branch]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4"
   [explore]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --temperature 1.0"
+  [both]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --turn-decay 0.2 --temperature 1.0"
   [sooner]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --turn-decay 0.2"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
