@@ -6,6 +6,7 @@ import pytest
 
 from vmtr.policies.rewards import (
     RewardSettings,
+    TrajectoryReward,
     TurnOutcome,
     exploration_bonus,
     frame_iou,
@@ -103,13 +104,11 @@ def test_answer_only_ablation():
     assert r.per_turn == pytest.approx([0.1, 1.0])
 
 
-@pytest.mark.parametrize("frame_reward", [True, False])
-def test_code_reward_pays_a_first_retrieve_hit_and_a_second_the_same(frame_reward: bool):
-    """Under the code's reward a turn's format term (0.1) offsets the answer's decay (0.1 a
-    turn), so with turns to spare a right answer pays the same whether the first retrieve showed
-    the needle or a second one did after a miss: only showing it at all is rewarded, which is why
-    RL sharpens the first aim slowly (docs/tiny-model.md)."""
-    settings = RewardSettings(use_frame_reward=frame_reward)
+def hit_first_and_miss_made_good(
+    settings: RewardSettings,
+) -> tuple[TrajectoryReward, TrajectoryReward]:
+    """Two right answers: a first retrieve that showed the evidence, then answering; and a first
+    retrieve that missed, a second that showed it, then answering."""
     miss = FIRST | {30, 31}
     miss_then_hit = [
         TurnOutcome(valid=True, action="retrieve", seen_after=miss),
@@ -122,6 +121,16 @@ def test_code_reward_pays_a_first_retrieve_hit_and_a_second_the_same(frame_rewar
     second = trajectory_reward(
         miss_then_hit, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
     )
+    return first, second
+
+
+@pytest.mark.parametrize("frame_reward", [True, False])
+def test_code_reward_pays_a_first_retrieve_hit_and_a_second_the_same(frame_reward: bool):
+    """Under the code's reward a turn's format term (0.1) offsets the answer's decay (0.1 a
+    turn), so with turns to spare a right answer pays the same whether the first retrieve showed
+    the needle or a second one did after a miss: only showing it at all is rewarded, which is why
+    RL sharpens the first aim slowly (docs/tiny-model.md)."""
+    first, second = hit_first_and_miss_made_good(RewardSettings(use_frame_reward=frame_reward))
     # frames: 0.5 for the retrieve that showed it; format 0.2 vs 0.3; answer 0.9 vs 0.8
     assert first.total == pytest.approx(second.total)
     assert first.total == pytest.approx(1.6 if frame_reward else 1.1)
@@ -131,19 +140,7 @@ def test_a_turn_decay_above_the_format_term_pays_the_first_retrieve_hit_more():
     """With ``turn_decay`` 0.2 each extra turn costs a right answer 0.1 net of its format term,
     so a group whose episodes are all right still ranks a first-retrieve hit above a miss that a
     second retrieve made good, and answering at once above retrieving after the needle was seen."""
-    settings = RewardSettings(turn_decay=0.2)
-    miss = FIRST | {30, 31}
-    miss_then_hit = [
-        TurnOutcome(valid=True, action="retrieve", seen_after=miss),
-        TurnOutcome(valid=True, action="retrieve", seen_after=miss | {9, 10, 11}),
-        TurnOutcome(valid=True, action="answer"),
-    ]
-    first = trajectory_reward(
-        RETRIEVE_THEN_ANSWER, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
-    )
-    second = trajectory_reward(
-        miss_then_hit, correct=True, relevant=RELEVANT, first_seen=FIRST, settings=settings
-    )
+    first, second = hit_first_and_miss_made_good(RewardSettings(turn_decay=0.2))
     assert first.total == pytest.approx(1.5)  # 0.2 format + 0.5 frames + 0.8 answer
     assert second.total == pytest.approx(1.4)  # 0.3 format + 0.5 frames + 0.6 answer
     with pytest.raises(ValueError):
