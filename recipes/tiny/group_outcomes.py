@@ -67,8 +67,9 @@ def window_table(groups: dict[tuple[int, int], list[dict[str, Any]]], window: in
     for (step, _), episodes in groups.items():
         row = rows[(step - 1) // window]
         row["groups"] += 1
-        row[outcome(episodes)] += 1
-        if outcome(episodes) != "varied" and len({len(e["turns"]) for e in episodes}) > 1:
+        result = outcome(episodes)
+        row[result] += 1
+        if result != "varied" and len({len(e["turns"]) for e in episodes}) > 1:
             row["flat, turns differ"] += 1
         row["openings"] += len({opening(e) for e in episodes})
         row["first retrieves"] += len({first_retrieve(e) for e in episodes} - {None})
