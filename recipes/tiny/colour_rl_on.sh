@@ -56,14 +56,16 @@ for split in "train-s$TRAIN_SEED $TRAIN_SEED $TRAIN_N" "heldout-s5000 5000 200" 
   set -- $split
   [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
 done
+RECIPE="--train-tokens reply --kl-tokens reply --kl-coef 0"
+BRANCH="$RECIPE --branch 4"
 declare -A CREDIT=(
-  [recipe]="--train-tokens reply --kl-tokens reply --kl-coef 0"
+  [recipe]="$RECIPE"
   [anchored]="--train-tokens decision --kl-tokens untrained --kl-coef 0.1 --skip-solved 0.8"
-  [turn]="--train-tokens reply --kl-tokens reply --kl-coef 0 --credit turn"
-  [branch]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4"
-  [explore]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --temperature 1.0"
-  [both]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --turn-decay 0.2 --temperature 1.0"
-  [sooner]="--train-tokens reply --kl-tokens reply --kl-coef 0 --branch 4 --turn-decay 0.2"
+  [turn]="$RECIPE --credit turn"
+  [branch]="$BRANCH"
+  [sooner]="$BRANCH --turn-decay 0.2"
+  [explore]="$BRANCH --temperature 1.0"
+  [both]="$BRANCH --turn-decay 0.2 --temperature 1.0"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # evaluate NAME MODEL HELDOUT: one greedy multi-turn run, kept once finished
