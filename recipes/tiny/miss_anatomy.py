@@ -18,6 +18,12 @@ the best fixed rules aim from, `aim_ceiling.py`), and where the second retrieves
 first that showed nothing -- the same range again, next to or over the first (within 8 frames of
 it: the search that completes a near miss), or elsewhere -- each with how often it showed the
 needle. `aim_probe.py --second` gives the same split over an RL run's sampled rollouts.
+
+Last, the first retrieves of questions whose first turn had not shown the needle, split by the
+range's width, with how often the range held the needle and how often its frames showed it: a
+retrieve shows at most 8 frames spread over its range, so a range wider than 8 that holds a
+one-frame needle shows it only when a spread frame lands on it, and a narrow one shows whatever
+it holds but must be placed well.
 """
 
 from __future__ import annotations
@@ -57,6 +63,30 @@ def border_on_first_turn(item: dict[str, Any], frames: list[int]) -> tuple[int, 
     low, high = item["cue_pool_indices"]
     inside = [f for f in frames if low <= f <= high]
     return (inside[0], inside[-1]) if inside else None
+
+
+WIDTHS = ((1, 8, "8 or fewer"), (9, 12, "9-12"), (13, 16, "13-16"), (17, 10**6, "over 16"))
+"""Bands of a first retrieve's width in pool frames (`first_by_width`)."""
+
+
+def first_by_width(
+    samples: list[dict[str, Any]], items: dict[str, dict[str, Any]]
+) -> dict[str, list[int]]:
+    """Per width band: first retrieves after a first turn that showed no needle, how many held
+    the needle asked about in their range, how many showed it."""
+    bands = {label: [0, 0, 0] for _, _, label in WIDTHS}
+    for sample in samples:
+        needles = set(items[sample["id"]]["needle_pool_indices"])
+        turns = sample["turns"]
+        span = turns[0].get("retrieve")
+        if not span or len(turns) < 2 or needles & set(turns[0]["frames"]):
+            continue
+        width = span[1] - span[0] + 1
+        band = next(label for low, high, label in WIDTHS if low <= width <= high)
+        bands[band][0] += 1
+        bands[band][1] += any(span[0] <= n <= span[1] for n in needles)
+        bands[band][2] += bool(needles & set(turns[1]["frames"]))
+    return bands
 
 
 def where_second(first: list[int], second: list[int]) -> str:
@@ -142,6 +172,16 @@ def main() -> None:
             for place, (count, shown) in result["second"].items():
                 if count:
                     print(f"- {place}: {count / after:.0%}, showing the needle {shown / count:.0%}")
+        bands = first_by_width([json.loads(line) for line in lines], items)
+        firsts = sum(count for count, _, _ in bands.values())
+        if firsts:
+            print("\n| First retrieve's width | Share | Holds the needle | Shows it |")
+            print("|---|---:|---:|---:|")
+            for band, (count, held, shown) in bands.items():
+                if count:
+                    print(
+                        f"| {band} | {count / firsts:.0%} | {held / count:.0%} | {shown / count:.0%} |"
+                    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The held-out miss anatomy the colour RL notes cite: which turn first showed the needle, and
-where second retrieves went after a first that showed nothing."""
+where second retrieves went after a first that showed nothing, and how a first retrieve's
+width trades holding the needle against showing it."""
 
 from __future__ import annotations
 
-from recipes.tiny.miss_anatomy import anatomy, classify, where_second
+from recipes.tiny.miss_anatomy import anatomy, classify, first_by_width, where_second
 
 FIRST = list(range(0, 64, 4))  # the first turn's 16 frames; 24 and 28 fall on the border
 ITEM = {"cue_pool_indices": [22, 29], "needle_pool_indices": [23]}
@@ -76,3 +77,14 @@ def test_anatomy_counts_rows_naming_and_second_retrieves():
         "next to or over the first": [1, 0],
         "elsewhere": [1, 1],
     }
+
+
+def test_first_retrieves_are_banded_by_width_holding_against_showing():
+    # 16 frames wide: holds the needle (23), but its 8 spread frames step over it
+    wide = sample([turn("retrieve", FIRST, [16, 31]), turn("answer", list(range(16, 32, 2)))], True)
+    # turn 1 already showed the needle: the aim did not matter, so it is left out
+    seen = sample([turn("retrieve", [*FIRST, 23], [22, 29]), turn("answer", FIRST)], True)
+    bands = first_by_width([*SAMPLES, wide, seen], {"x": ITEM})
+    assert bands["8 or fewer"] == [3, 1, 1]
+    assert bands["13-16"] == [1, 1, 0]
+    assert bands["9-12"] == bands["over 16"] == [0, 0, 0]
