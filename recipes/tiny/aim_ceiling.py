@@ -18,16 +18,25 @@ frames shown), the repertoire the un-aimed warm start was trained on (`recipes/t
 for 8-frame windows from a named frame + d; and for ranges between first-turn labels (the label
 before the first named frame, or that frame, to the last named frame or the label after it), whose
 numbers a reply can copy from its prompt.
+
+Last, the curriculum's scripted aim (`--retrieve-aim 1`, `recipes.tiny.curriculum.episodes.
+aimed_range`, as its episodes follow it): what a policy that imitates that script can show, the
+bar `recipes/tiny/aim_imitation.sh` measures a student against.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from vmtr.tools.spread import uniform_indices
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `recipes`
+
+from recipes.tiny.curriculum.episodes import aimed_range, border_frames  # noqa: E402
 
 FIRST_TURN = uniform_indices(0, 63, 16)
 """The protocol's first-turn frames on the synthetic 64-frame pool."""
@@ -85,6 +94,21 @@ def rate(items: list[dict[str, Any]], rules: list[tuple[Any, int]]) -> float:
     return sum(shown(item, rules) for item in items) / len(items)
 
 
+def scripted_shows(item: dict[str, Any], retrieves: int) -> bool:
+    """Whether the curriculum's scripted aim shows a needle within ``retrieves`` retrieves (its
+    second aims from every border frame seen by then, as `plan_trajectory` does)."""
+    needles = set(item["needle_pool_indices"])
+    seen = set(FIRST_TURN)
+    for done in range(retrieves):
+        if needles & seen:
+            break
+        target = aimed_range(FIRST_TURN, border_frames(item["cue_pool_indices"], seen), done)
+        if target is None:
+            break
+        seen |= set(uniform_indices(target[0], target[1], 8))
+    return bool(needles & seen)
+
+
 def load(folder: Path) -> list[dict[str, Any]]:
     items = json.loads((folder / "annotations.json").read_text())
     return [item for item in items if item.get("kind") == "colour"]
@@ -113,6 +137,12 @@ def main() -> None:
             rules.append(best)
             cells = " | ".join(f"{rate(items, rules):.1%}" for items in heldout)
             print(f"| {k} | {kind} {best} | {rate(train, rules):.1%} | {cells} |")
+    for k in (1, 2):
+        cells = " | ".join(
+            f"{sum(scripted_shows(item, k) for item in items) / len(items):.1%}"
+            for items in [train, *heldout]
+        )
+        print(f"| {k} | scripted aim (--retrieve-aim 1) | {cells} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.tiny.aim_ceiling import named_border, retrieved, shown
+from recipes.tiny.aim_ceiling import named_border, retrieved, scripted_shows, shown
 from recipes.tiny.aim_probe import move_of, second_rows, side_of, side_rows, window_rows
 
 # cue on pool frames 22-29: the first turn's frames 25 and 29 fall inside it
@@ -24,6 +24,14 @@ def test_a_range_rule_shows_eight_frames_spread_and_a_block_rule_the_whole_block
     assert retrieved(ITEM, ("last", -1)) == set(range(16, 24))
     assert shown(ITEM, [("first", 0), ("last", -1)])
     assert not shown(ITEM, [("first", 0)])
+
+
+def test_the_scripted_aim_looks_after_the_border_first_then_before_it():
+    # first 25..34 (from the first border frame to the label after the last), missing 23; then
+    # 21..25 (the label before the first border frame to it), all five frames shown
+    assert not scripted_shows(ITEM, 1)
+    assert scripted_shows(ITEM, 2)
+    assert scripted_shows({**ITEM, "needle_pool_indices": [25]}, 0)  # on a first-turn frame
 
 
 def episode(
