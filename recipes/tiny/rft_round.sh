@@ -8,8 +8,8 @@
 # evidence seen within two turns (the highest under the gated reward with a turn decay above the
 # format term), and `vmtr train sft` fine-tunes the policy on them, loss on its replies only.
 # Then the held-out colour questions multi-turn, greedy, 96 new tokens a reply, against START.
-# Run time on the 2-core development machine: sampling 800 questions about 30 min beside other
-# jobs, 100 fine-tuning steps about 8 min, 4 min an evaluation.
+# Run time on the 2-core development machine, beside other jobs: sampling 800 questions about
+# 7 min, 100 fine-tuning steps about 6 min, 2-4 min an evaluation.
 # Usage: [LIMIT=N] [STEPS=K] [LR=X] recipes/tiny/rft_round.sh [START [OUT]]
 #   START: a checkpoint or model folder (default vmtr/assets/tiny, the bundled model)
 #   OUT: samples, the fine-tuned run and evaluations (default runs/rft); data: runs/colour/data.
