@@ -152,7 +152,8 @@ def main() -> None:
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         lines = (Path(folder) / "samples.jsonl").read_text().splitlines()
-        result = anatomy([json.loads(line) for line in lines], items)
+        samples = [json.loads(line) for line in lines]
+        result = anatomy(samples, items)
         n = result["n"]
         print(f"\n{name}\n")
         print("| Needle first shown | Questions | Right | Border named right |")
@@ -172,7 +173,7 @@ def main() -> None:
             for place, (count, shown) in result["second"].items():
                 if count:
                     print(f"- {place}: {count / after:.0%}, showing the needle {shown / count:.0%}")
-        bands = first_by_width([json.loads(line) for line in lines], items)
+        bands = first_by_width(samples, items)
         firsts = sum(count for count, _, _ in bands.values())
         if firsts:
             print("\n| First retrieve's width | Share | Holds the needle | Shows it |")
