@@ -189,13 +189,20 @@ def test_train_rl_maps_its_flags_onto_the_settings(monkeypatch, tmp_path):
     monkeypatch.setattr("vmtr.policies.trainer.RLRecipe", FakeRecipe)
     base = ["train", "rl", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     result = runner.invoke(
-        app, [*base, "--max-turns", "2", "--no-gate", "--gate-format", "--turn-decay", "0.2"]
+        app,
+        [
+            *base,
+            *("--max-turns", "2", "--no-gate", "--gate-format", "--turn-decay", "0.2"),
+            *("--branch-first", "4", "--branch-first-temperature", "1.0"),
+        ],
     )
     assert result.exit_code == 0, result.output
     settings = seen["settings"]
     assert settings.protocol.max_turns == 2
     assert (settings.reward.gate, settings.reward.gate_format) == (False, True)
     assert settings.reward.turn_decay == 0.2
+    assert (settings.branch_first, settings.branch_first_temperature) == (4, 1.0)
+    assert seen["settings"].branch == 0
     line = _one_line_error(runner.invoke(app, [*base, "--algo", "ppo", "--no-group-std"]))
     assert (
         line == "error: --no-group-std is GRPO's; PPO whitens its advantages over the whole batch"

@@ -130,6 +130,22 @@ def rl(
             "own (the search after a miss gets its own credit). 0: off.",
         ),
     ] = 0,
+    branch_first: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="GRPO: per group, replay one episode's first reply up to its <retrieve> tag and "
+            "sample this many ranges from there, each played out, as a group of their own (the "
+            "first aim gets its own credit). 0: off.",
+        ),
+    ] = 0,
+    branch_first_temperature: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Sampling temperature of --branch-first's episodes (default: --temperature).",
+        ),
+    ] = None,
     share_prompt: Annotated[
         bool,
         typer.Option(
@@ -179,6 +195,8 @@ def rl(
             drop_flat_groups=drop_flat_groups,
             skip_solved=skip_solved,
             branch=branch,
+            branch_first=branch_first,
+            branch_first_temperature=branch_first_temperature,
             share_prompt=share_prompt,
             freeze_vision=freeze_vision,
             seed=seed,
@@ -200,6 +218,11 @@ def rl(
                 branches = (
                     f"  branches {m['branch_episodes']} "
                     f"seen {_fraction(m.get('branch_relevant_seen'))}"
+                )
+            if m.get("first_branch_episodes"):
+                branches += (
+                    f"  first branches {m['first_branch_episodes']} "
+                    f"seen {_fraction(m.get('first_branch_relevant_seen'))}"
                 )
             err.print(
                 f"step {step}/{total}  reward {m['reward']:.3f}  acc {m['accuracy']:.2f}  "

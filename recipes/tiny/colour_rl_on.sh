@@ -25,7 +25,12 @@
 #   explore   -- branch, its rollouts sampled at temperature 1.0 instead of 0.6 (the flag given
 #                last wins): at 0.6 a group's four samples of a carried-on policy take one first
 #                retrieve between them in most groups, so GRPO has no other first aim to compare;
-#   both      -- sooner and explore together: the tie broken and more first aims tried.
+#   both      -- sooner and explore together: the tie broken and more first aims tried;
+#   first     -- sooner plus branching at the first decision (`--branch-first 4
+#                --branch-first-temperature 1.0`): per group, one episode's first reply is
+#                replayed up to its <retrieve> tag and four ranges are sampled from there at
+#                temperature 1.0, each played out, a group of their own, so first aims that follow
+#                the same reading are compared (vmtr.policies.branching.branch_first).
 # After its training each arm's checkpoints (every EVAL_EVERY steps) are asked the 200 held-out
 # colour questions of seed 5000 multi-turn (greedy, 96 new tokens a reply, as colour_rl.sh's
 # tables), its last one also seed 7000; then recipes/tiny/warm_start_report.py prints one table
@@ -66,6 +71,7 @@ declare -A CREDIT=(
   [sooner]="$BRANCH --turn-decay 0.2"
   [explore]="$BRANCH --temperature 1.0"
   [both]="$BRANCH --turn-decay 0.2 --temperature 1.0"
+  [first]="$BRANCH --turn-decay 0.2 --branch-first 4 --branch-first-temperature 1.0"
 )
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # evaluate NAME MODEL HELDOUT: one greedy multi-turn run, kept once finished

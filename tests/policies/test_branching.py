@@ -1,6 +1,7 @@
 """Branching at the decision: a replayed first reply is fed token for token (one at a time and
 on the episode engine), its continuations form their own group with the replay untrained, and
-the update runs that group's shared prefix, replay included, once."""
+the update runs that group's shared prefix, replay included, once. Branching at the first
+decision: a first reply's text up to its <retrieve> tag is fed, the range sampled after it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from vmtr.config import GenerationSettings, ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import load_video_mtr_json
 from vmtr.eval.synthetic import SyntheticSettings, generate
 from vmtr.models.qwen import QwenVideoLM
-from vmtr.policies.branching import branch, branch_points, branch_stats, needs_branch
+from vmtr.policies.branching import (
+    branch,
+    branch_first,
+    branch_points,
+    branch_stats,
+    first_decision_points,
+    needs_branch,
+    until_retrieve_tag,
+)
 from vmtr.policies.logprobs import batch_inputs, group_token_logprobs, shared_prefix, token_logprobs
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import EpisodeJob, rollout, run_jobs, score
@@ -167,3 +176,100 @@ def test_branching_refuses_more_than_one_process(colour, tmp_path, monkeypatch):
     recipe = RLRecipe(colour[0], tmp_path, "tiny", RLSettings(branch=2))
     with pytest.raises(ValueError, match="one process"):
         recipe.setup()
+
+
+def test_a_reply_prefix_is_fed_then_sampling_takes_over_and_the_prefix_stays_untrained(colour):
+    _, lm, by_id, trajectories = colour
+    source = trajectories[branch_points(trajectories, by_id)[0]]
+    first_reply = source.extra["reply_ids"][0]
+    tokenizer = lm.processor.tokenizer
+    # cut the first reply after its <retrieve> tag: the think text kept, the range sampled anew
+    cut = next(
+        n for n in range(1, len(first_reply)) if "<retrieve>" in tokenizer.decode(first_reply[:n])
+    )
+    prefix = tuple(first_reply[:cut])
+    job = EpisodeJob(by_id[source.item_id], 9, 777, prefix=prefix)
+    settings = {"protocol_settings": PROTOCOL, "generation": GEN}
+    with torch.no_grad():  # one at a time on the backend, then twice together on the engine
+        runs = run_jobs(lm, [job], batched=False, **settings)
+        runs += run_jobs(lm, [job, job], batched=True, **settings)
+    think = source.turns[0]["raw"].split("<retrieve>")[0]
+    for traj in runs:
+        assert traj.replayed == 0 and traj.prefixed == len(prefix)
+        assert traj.turns[0]["raw"].startswith(think + "<retrieve>")
+        assert traj.extra["reply_ids"][0][:cut] == list(prefix)
+        # the prefix is recorded with the policy's log-probs but left out of the loss; the rest
+        # of the reply, sampled, is trained
+        first, last = traj.turn_spans[0]
+        assert torch.allclose(
+            traj.old_logprobs[first : first + cut],
+            source.old_logprobs[first : first + cut],
+            atol=1e-4,
+        )
+        assert int(traj.action_mask[: first + cut].sum()) == 0
+        assert int(traj.action_mask[first + cut : last + 1].sum()) == last + 1 - first - cut
+        logp, _ = token_logprobs(lm.model, batch_inputs(lm, [traj]), lm.banned_ids, 0.6)
+        mask = traj.action_mask.bool()
+        assert torch.allclose(logp[mask], traj.old_logprobs[mask], atol=1e-4)
+    # the same seed on either path: the same completion
+    assert len({tuple(t["raw"] for t in traj.turns) for traj in runs}) == 1
+
+
+def test_a_prefix_as_long_as_the_reply_budget_is_refused(colour):
+    _, lm, by_id, trajectories = colour
+    job = EpisodeJob(by_id[trajectories[0].item_id], 0, 1, prefix=(1,) * 64)
+    with pytest.raises(ValueError, match="prefix"):
+        run_jobs(lm, [job], batched=False, protocol_settings=PROTOCOL, generation=GEN)
+
+
+def test_first_decision_branches_sample_new_ranges_after_the_same_reading(colour, tmp_path):
+    folder, lm, by_id, trajectories = colour
+    points = first_decision_points(trajectories, by_id)
+    assert len(points) == len({trajectories[i].group for i in points}) >= 1
+    hot = GEN.model_copy(update={"temperature": 1.0})
+    with torch.no_grad():
+        firsts = branch_first(
+            lm, trajectories, by_id, k=3, seed=0, protocol_settings=PROTOCOL, generation=hot
+        )
+    assert len(firsts) == 3 * len(points)
+    first_new = max(t.group for t in trajectories) + 1
+    tokenizer = lm.processor.tokenizer
+    for b, i in enumerate(points):
+        group = [t for t in firsts if t.group == first_new + b]
+        source = trajectories[i].extra["reply_ids"][0]
+        prefix = until_retrieve_tag(source, tokenizer)
+        assert tokenizer.decode(prefix).endswith("<retrieve>")
+        read = trajectories[i].turns[0]["raw"].split("<retrieve>")[0]
+        for traj in group:
+            assert traj.prefixed == len(prefix) and traj.replayed == 0
+            assert traj.turns[0]["raw"].startswith(read + "<retrieve>")
+    # never a branch's branch, and their figures kept apart from the sampled episodes'
+    assert first_decision_points(firsts, by_id) == []
+    stats = branch_stats(firsts, by_id, RewardSettings(), "first_branch")
+    assert stats["first_branch_episodes"] == len(firsts)
+    assert until_retrieve_tag(tokenizer("<think>x</think>")["input_ids"], tokenizer) is None
+
+    settings = RLSettings(
+        steps=1,
+        prompts_per_step=2,
+        samples_per_prompt=3,
+        actor_lr=1e-5,
+        kl_coef=0.0,
+        temperature=0.6,
+        top_p=1.0,
+        max_new_tokens=64,
+        freeze_vision=True,
+        branch_first=2,
+        branch_first_temperature=1.0,
+        protocol=PROTOCOL,
+    )
+    recipe = RLRecipe(folder, tmp_path, "tiny", settings)
+    recipe.setup()
+    recipe.train()
+    [metrics] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    branched = [r for r in rows if r["prefixed"]]
+    assert metrics["first_branch_episodes"] == len(branched) >= 2
+    assert len(rows) - len(branched) == 6
+    with pytest.raises(ValueError, match="branch-first"):
+        RLSettings(algo="ppo", branch_first=2)

@@ -77,6 +77,7 @@ class _Turn:
     future: Future = field(default_factory=Future)
     prompt_key: tuple[Any, ...] | None = None  # set on a fresh episode's first turn
     forced: Sequence[int] | None = None  # a replayed reply's tokens, fed instead of sampled
+    prefix: Sequence[int] = ()  # the reply's first tokens, fed before sampling takes over
     generator: torch.Generator | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -174,9 +175,13 @@ class EpisodeEngine:
         settings: GenerationSettings,
         session: str | None = None,
         forced: Sequence[int] | None = None,
+        prefix: Sequence[int] = (),
     ) -> Generation:
         """Encode this turn's new message here, then wait for the worker to answer it
-        (``forced``: a reply to feed instead of sampling, as `QwenVideoLM.generate` takes it)."""
+        (``forced``: a reply to feed instead of sampling; ``prefix``: its first tokens, fed before
+        sampling takes over; as `QwenVideoLM.generate` takes them)."""
+        if forced is None and len(prefix) >= settings.max_new_tokens:
+            raise ValueError("a reply's prefix must be shorter than max_new_tokens")
         started = time.perf_counter()
         lm = self.lm
         text = lm.processor.apply_chat_template(
@@ -192,7 +197,7 @@ class EpisodeEngine:
         state.text = text
         if episode.slot is None:
             episode.slot = self._take_slot()
-        turn = _Turn(episode, settings, session, started, forced=forced)
+        turn = _Turn(episode, settings, session, started, forced=forced, prefix=tuple(prefix))
         if episode.in_cache == 0 and not state.replies:
             digest = hashlib.blake2b(state.ids.numpy().tobytes(), digest_size=16).hexdigest()
             turn.prompt_key = (digest, tuple(encoded.get("image_keys", ())))
@@ -511,6 +516,10 @@ class EpisodeEngine:
                 token = turn.forced[len(turn.tokens)]
                 logprob = self.lm.logprob_of(logits[row : row + 1], turn.settings, token)
                 stop = len(turn.tokens) + 1 >= len(turn.forced)
+            elif len(turn.tokens) < len(turn.prefix):
+                token = turn.prefix[len(turn.tokens)]
+                logprob = self.lm.logprob_of(logits[row : row + 1], turn.settings, token)
+                stop = False  # shorter than max_new_tokens, and sampling follows
             else:
                 token, logprob = self.lm._pick(logits[row : row + 1], turn.settings, turn.generator)
                 stop = token in self.lm.stop_ids

@@ -260,12 +260,15 @@ class QwenVideoLM:
         settings: GenerationSettings,
         session: str | None = None,
         forced: Sequence[int] | None = None,
+        prefix: Sequence[int] = (),
     ) -> Generation:
         """Reply to ``messages``, prefilling only what the session has not seen yet.
 
         ``forced``: the reply's token ids, fed instead of sampled (RL replays an episode's reply
         to branch from the turn after it); each gets the log-prob the policy gives it, so the
-        reply is recorded exactly as if it had been sampled."""
+        reply is recorded exactly as if it had been sampled. ``prefix``: the reply's first token
+        ids, fed the same way, after which sampling takes over (RL branches inside a reply, after
+        the text that leads to its action); they count towards ``max_new_tokens``."""
         started = time.perf_counter()
         text = self.processor.apply_chat_template(
             list(messages), add_generation_prompt=True, tokenize=False
@@ -281,7 +284,7 @@ class QwenVideoLM:
         state.text = text
         new_prompt = state.length - (state.cache.get_seq_length() if state.cache else 0)
         prompt_tokens = state.length
-        generated, logprobs = self._decode(state, settings, forced)
+        generated, logprobs = self._decode(state, settings, forced, prefix)
         reply = self.close_reply(state, generated, logprobs)
         if session is not None and self.settings.reuse_kv_cache:
             self._sessions[session] = state
@@ -350,10 +353,16 @@ class QwenVideoLM:
 
     @torch.inference_mode()
     def _decode(
-        self, state: _Session, settings: GenerationSettings, forced: Sequence[int] | None = None
+        self,
+        state: _Session,
+        settings: GenerationSettings,
+        forced: Sequence[int] | None = None,
+        prefix: Sequence[int] = (),
     ) -> tuple[list[int], list[float]]:
         """Prefill what the cache lacks, then sample until a stop token or the length limit
-        (or feed ``forced`` whole)."""
+        (or feed ``forced`` whole, or ``prefix`` first)."""
+        if forced is None and len(prefix) >= settings.max_new_tokens:
+            raise ValueError("a reply's prefix must be shorter than max_new_tokens")
         reuse = self.settings.reuse_kv_cache and state.cache is not None
         cache = state.cache if reuse else DynamicCache(config=self.model.config)
         start = cache.get_seq_length() if reuse else 0
@@ -380,15 +389,16 @@ class QwenVideoLM:
         logprobs: list[float] = []
         logits = out.logits[:, -1, :]
         limit = len(forced) if forced is not None else settings.max_new_tokens
+        fed = forced if forced is not None else prefix
         for step in range(limit):
-            if forced is not None:
-                token = forced[step]
+            if step < len(fed):
+                token = fed[step]
                 logprob = self.logprob_of(logits, settings, token)
             else:
                 token, logprob = self._pick(logits, settings, generator)
             tokens.append(token)
             logprobs.append(logprob)
-            if step == limit - 1 or (forced is None and token in self.stop_ids):
+            if step == limit - 1 or (step >= len(fed) and token in self.stop_ids):
                 break
             pos = torch.full((3, 1, 1), next_pos + step, dtype=torch.long, device=self.device)
             out = self.model(

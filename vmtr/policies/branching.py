@@ -12,6 +12,13 @@ its span and reward but is left out of the loss (`Trajectory.replayed`).
 A branch point is the first episode of each group whose first turn retrieved and went on, and,
 where the item says where its evidence is, whose first retrieve left some of it unseen (a
 continuation of a first look that already showed everything has little to learn).
+
+Branching at the first decision (`branch_first`) does the same one step earlier, for the first
+look itself: a policy that has settled on one first retrieve per question samples it in nearly
+every episode of a group, so GRPO has no other first aim to compare. The first reply of one
+episode per group is replayed up to its ``<retrieve>`` tag (what it read and said, kept) and
+``k`` ranges are sampled from there, each played out; their rewards differ only by the range and
+what followed it, and the replayed text stays untrained (`Trajectory.prefixed`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from vmtr.tools.select import relevant_pool_indices
 BRANCH_SEEDS = 500_009
 """Offset of the branches' episode seeds from `rollout`'s for the same step seed (which use
 ``group * 7919 + sample``), so a continuation never repeats a sampled episode's draws."""
+
+FIRST_BRANCH_SEEDS = 700_001
+"""The same offset for branches at the first decision."""
+
+RETRIEVE_TAG = "<retrieve>"
 
 
 def needs_branch(traj: Trajectory, item: QAItem) -> bool:
@@ -84,19 +96,86 @@ def branch(
     )
 
 
+def until_retrieve_tag(reply_ids: Sequence[int], tokenizer) -> tuple[int, ...] | None:
+    """The reply's tokens up to and including its ``<retrieve>`` tag (None: no tag)."""
+    for n in range(1, len(reply_ids) + 1):
+        if RETRIEVE_TAG in tokenizer.decode(reply_ids[:n], skip_special_tokens=False):
+            return tuple(reply_ids[:n])
+    return None
+
+
+def first_decision_points(
+    trajectories: Sequence[Trajectory], items: dict[str, QAItem]
+) -> list[int]:
+    """Indices of the trajectories whose first look to branch over: per group, the first sampled
+    episode whose first reply retrieved after a first turn that left evidence unseen."""
+    chosen: dict[int, int] = {}
+    for i, traj in enumerate(trajectories):
+        if traj.group in chosen or traj.replayed or traj.prefixed:
+            continue
+        if not traj.turns or traj.turns[0]["action"] != "retrieve":
+            continue
+        relevant = relevant_pool_indices(traj.extra["pool"], items[traj.item_id].relevant_windows)
+        if not relevant or not relevant <= set(traj.turns[0]["frames"]):
+            chosen[traj.group] = i
+    return sorted(chosen.values())
+
+
+def branch_first(
+    lm: QwenVideoLM,
+    trajectories: Sequence[Trajectory],
+    items: dict[str, QAItem],
+    *,
+    k: int,
+    seed: int,
+    protocol_settings: ProtocolSettings,
+    generation: GenerationSettings,
+    batched: bool = True,
+) -> list[Trajectory]:
+    """``k`` episodes from each first-decision point's first reply cut after its ``<retrieve>``
+    tag, each a new group numbered after those of ``trajectories`` (`branch`'s too, when it is
+    given them); ``seed`` is the step's."""
+    tokenizer = lm.processor.tokenizer
+    prefixes = []
+    for i in first_decision_points(trajectories, items):
+        prefix = until_retrieve_tag(trajectories[i].extra["reply_ids"][0], tokenizer)
+        if prefix is not None:
+            prefixes.append((i, prefix))
+    if k < 1 or not prefixes:
+        return []
+    next_group = max(t.group for t in trajectories) + 1
+    jobs = [
+        EpisodeJob(
+            items[trajectories[i].item_id],
+            next_group + b,
+            seed * 1_000_003 + FIRST_BRANCH_SEEDS + b * 7919 + j,
+            prefix=prefix,
+        )
+        for b, (i, prefix) in enumerate(prefixes)
+        for j in range(k)
+    ]
+    return run_jobs(
+        lm, jobs, protocol_settings=protocol_settings, generation=generation, batched=batched
+    )
+
+
 def branch_stats(
-    branches: Sequence[Trajectory], items: dict[str, QAItem], settings: RewardSettings
+    branches: Sequence[Trajectory],
+    items: dict[str, QAItem],
+    settings: RewardSettings,
+    name: str = "branch",
 ) -> dict[str, float | None]:
     """Score the branches (rewards attached in place, their own batch for the exploration bonus)
-    and return their figures for the step's metrics, apart from the sampled episodes' own."""
+    and return their figures for the step's metrics, apart from the sampled episodes' own, as
+    ``{name}_*`` (``first_branch`` for `branch_first`'s)."""
     if not branches:
         keys = ("reward", "accuracy", "relevant_seen", "turns")
-        return {"branch_episodes": 0, **{f"branch_{key}": None for key in keys}}
+        return {f"{name}_episodes": 0, **{f"{name}_{key}": None for key in keys}}
     stats = score(branches, items, settings)
     return {
-        "branch_episodes": len(branches),
-        "branch_reward": stats["reward"],
-        "branch_accuracy": stats["accuracy"],
-        "branch_relevant_seen": stats["relevant_seen"],
-        "branch_turns": stats["turns"],
+        f"{name}_episodes": len(branches),
+        f"{name}_reward": stats["reward"],
+        f"{name}_accuracy": stats["accuracy"],
+        f"{name}_relevant_seen": stats["relevant_seen"],
+        f"{name}_turns": stats["turns"],
     }

@@ -113,6 +113,21 @@ class RLSettings(BaseModel):
         "search after a missed first look is judged against searches from the same place "
         "(vmtr.policies.branching). 0: no branches.",
     )
+    branch_first: int = Field(
+        0,
+        ge=0,
+        description="GRPO: after each step's rollouts, replay the first reply of one episode per "
+        "group whose first turn left evidence unseen up to its <retrieve> tag, and sample this "
+        "many ranges from there, each played out; they form a group of their own with the "
+        "replayed text untrained, so first aims that follow the same reading are compared "
+        "(vmtr.policies.branching.branch_first). 0: none.",
+    )
+    branch_first_temperature: float | None = Field(
+        None,
+        gt=0.0,
+        description="Sampling temperature of the first-decision branches (their range and all "
+        "that follows); None: the rollouts' own.",
+    )
     freeze_vision: bool = Field(
         False,
         description="Keep the vision tower fixed: RL then trains where to look and when to answer, "
@@ -139,8 +154,8 @@ class RLSettings(BaseModel):
             raise ValueError(
                 "--no-group-std is GRPO's; PPO whitens its advantages over the whole batch"
             )
-        if self.algo == "ppo" and self.branch:
-            raise ValueError("--branch is GRPO's: it forms groups of continuations")
+        if self.algo == "ppo" and (self.branch or self.branch_first):
+            raise ValueError("--branch and --branch-first are GRPO's: they form groups")
         if self.kl_tokens == "untrained" and (self.train_tokens == "reply" or self.kl_coef <= 0):
             raise ValueError(
                 "--kl-tokens untrained anchors what --train-tokens action or decision leaves "

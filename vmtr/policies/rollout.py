@@ -59,6 +59,8 @@ class Trajectory:
     # leading replies fed from another episode rather than sampled (a branch: `branching`); they
     # keep their span and reward but leave the action mask, so nothing trains them
     replayed: int = 0
+    # tokens fed at the start of the first reply after those (a branch inside a reply); untrained
+    prefixed: int = 0
 
     @property
     def retrieved(self) -> bool:
@@ -68,19 +70,27 @@ class Trajectory:
 class _Recorder:
     """Wraps the backend; keeps each session's tokens when the graph ends it, and the token ids
     of every reply (what a branch replays). Its first ``len(replay)`` replies are fed from
-    ``replay`` instead of sampled."""
+    ``replay`` instead of sampled, and the reply after them starts with ``prefix``."""
 
-    def __init__(self, lm: QwenVideoLM | EpisodeEngine, replay: Sequence[Sequence[int]] = ()):
+    def __init__(
+        self,
+        lm: QwenVideoLM | EpisodeEngine,
+        replay: Sequence[Sequence[int]] = (),
+        prefix: Sequence[int] = (),
+    ):
         self.lm = lm
         self.name = lm.name
         self.pixel_budget = lm.pixel_budget
         self.records: dict[str, dict[str, Any]] = {}
         self.replies: list[list[int]] = []
         self.replay = list(replay)
+        self.prefix = tuple(prefix)
 
     def generate(self, *args: Any, **kwargs: Any):
         if len(self.replies) < len(self.replay):
             kwargs["forced"] = self.replay[len(self.replies)]
+        elif len(self.replies) == len(self.replay) and self.prefix:
+            kwargs["prefix"] = self.prefix
         generation = self.lm.generate(*args, **kwargs)
         self.replies.append(list(generation.token_ids))
         return generation
@@ -134,10 +144,12 @@ def run_episode(
     generation: GenerationSettings,
     frame_cache: FrameCache | None = None,
     replay: Sequence[Sequence[int]] = (),
+    prefix: Sequence[int] = (),
 ) -> Trajectory:
     """One sampled episode on ``item`` through the agent graph; its first replies are
-    ``replay``'s token ids, fed rather than sampled, when given (then untrained: `replayed`)."""
-    recorder = _Recorder(lm, replay)
+    ``replay``'s token ids, fed rather than sampled, when given (then untrained: `replayed`),
+    and the reply after them starts with ``prefix``'s (fed too, and untrained)."""
+    recorder = _Recorder(lm, replay, prefix)
     gen = generation.model_copy(update={"seed": seed})
     graph = build_graph(
         recorder, protocol_settings=protocol_settings, generation=gen, frame_cache=frame_cache
@@ -152,6 +164,9 @@ def run_episode(
     replayed = min(len(replay), len(recorder.replies))
     for first, last in tensors["turn_spans"][:replayed]:
         tensors["action_mask"][first : last + 1] = 0.0
+    if prefix and len(tensors["turn_spans"]) > replayed:
+        first, _ = tensors["turn_spans"][replayed]
+        tensors["action_mask"][first : first + len(prefix)] = 0.0
     return Trajectory(
         item_id=item.id,
         group=group,
@@ -166,6 +181,7 @@ def run_episode(
         extra={"pool": state["pool"], "reply_ids": recorder.replies},
         image_embeds=record.get("image_embeds"),
         replayed=replayed,
+        prefixed=len(prefix) if len(tensors["turn_spans"]) > replayed else 0,
         **tensors,
     )
 
@@ -212,12 +228,14 @@ def score(
 
 @dataclass(frozen=True)
 class EpisodeJob:
-    """One episode to run: its item, GRPO group, sampling seed and any replies to replay."""
+    """One episode to run: its item, GRPO group, sampling seed, any replies to replay and the
+    first tokens of the reply after them."""
 
     item: QAItem
     group: int
     seed: int
     replay: tuple[tuple[int, ...], ...] = ()
+    prefix: tuple[int, ...] = ()
 
 
 def rollout(
@@ -279,6 +297,7 @@ def run_jobs(
             generation=generation,
             frame_cache=frames,
             replay=job.replay,
+            prefix=job.prefix,
         )
 
     if not batched or len(jobs) <= 1:

@@ -19,6 +19,7 @@ def rollout_record(step: int, traj: Trajectory) -> dict[str, Any]:
         "item": traj.item_id,
         "group": traj.group,
         "replayed": traj.replayed,
+        "prefixed": traj.prefixed,
         "answer": traj.answer,
         "correct": traj.correct,
         "turns": [

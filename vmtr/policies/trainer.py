@@ -32,7 +32,7 @@ from vmtr.models.adapters import MERGED_DIR, add_lora, load_adapter, save_adapte
 from vmtr.models.qwen import QwenVideoLM
 from vmtr.policies.action_tokens import action_token_mask
 from vmtr.policies.advantages import bilevel_gae, grpo_advantages, grpo_turn_advantages
-from vmtr.policies.branching import branch, branch_stats
+from vmtr.policies.branching import branch, branch_first, branch_stats
 from vmtr.policies.logprobs import (
     batch_inputs,
     group_token_logprobs,
@@ -47,8 +47,8 @@ from vmtr.policies.rollout import Trajectory, rollout, score
 from vmtr.policies.run_log import plot_metrics, rollout_record, trim_log
 
 BRANCH_ON_ONE_PROCESS = (
-    "--branch runs on one process: how many continuations a step branches differs between "
-    "processes, and under DDP every process must run the same backward passes"
+    "--branch and --branch-first run on one process: how many episodes a step branches differs "
+    "between processes, and under DDP every process must run the same backward passes"
 )
 
 
@@ -121,7 +121,7 @@ class RLRecipe:
         from accelerate import Accelerator
 
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        if self.s.branch and self.acc.num_processes > 1:
+        if (self.s.branch or self.s.branch_first) and self.acc.num_processes > 1:
             raise ValueError(BRANCH_ON_ONE_PROCESS)
         random.seed(self.s.seed + self.acc.process_index)
         torch.manual_seed(self.s.seed)
@@ -236,6 +236,10 @@ class RLRecipe:
             branches = self.branches(trajectories, gen)
             stats.update(branch_stats(branches, self.by_id, self.s.reward))
             trajectories = trajectories + branches
+        if self.s.branch_first:
+            firsts = self.first_branches(trajectories, gen)
+            stats.update(branch_stats(firsts, self.by_id, self.s.reward, "first_branch"))
+            trajectories = trajectories + firsts
         self.log_rollouts(trajectories)
         rollout_seconds = time.perf_counter() - started
         self.policy.train()
@@ -264,6 +268,23 @@ class RLRecipe:
                 trajectories,
                 self.by_id,
                 k=self.s.branch,
+                seed=self.rollout_seed,
+                protocol_settings=self.s.protocol,
+                generation=gen,
+            )
+
+    def first_branches(
+        self, trajectories: list[Trajectory], gen: GenerationSettings
+    ) -> list[Trajectory]:
+        """This step's episodes branched at the first decision (`branching.branch_first`)."""
+        if self.s.branch_first_temperature is not None:
+            gen = gen.model_copy(update={"temperature": self.s.branch_first_temperature})
+        with torch.no_grad():
+            return branch_first(
+                self.lm,
+                trajectories,
+                self.by_id,
+                k=self.s.branch_first,
                 seed=self.rollout_seed,
                 protocol_settings=self.s.protocol,
                 generation=gen,
