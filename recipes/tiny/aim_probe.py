@@ -55,10 +55,13 @@ RANGE = re.compile(r"<retrieve>\s*(\d+)\s*,\s*(\d+)\s*</retrieve>")
 
 def sampled_episodes(rollouts: Path, branches: bool = False) -> list[dict[str, Any]]:
     """The run's sampled episodes, without the continuations `--branch` replays from one of them
-    (so a branching run's figures count the same episodes as any other run's); with
-    ``branches``, those continuations alone."""
+    or the episodes `--branch-first` samples after a replayed first-reply prefix (so a branching
+    run's figures count the same episodes as any other run's); with ``branches``, `--branch`'s
+    continuations alone."""
     episodes = [json.loads(line) for line in rollouts.read_text().splitlines() if line.strip()]
-    return [e for e in episodes if bool(e.get("replayed")) == branches]
+    if branches:
+        return [e for e in episodes if e.get("replayed")]
+    return [e for e in episodes if not (e.get("replayed") or e.get("prefixed"))]
 
 
 def named_and_range(reply: str) -> tuple[int, int, int] | None:

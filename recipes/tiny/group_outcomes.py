@@ -12,7 +12,8 @@ made good, under the released code's reward), how many distinct first two action
 frames they showed) a group's samples took, and how many distinct first retrieves (by the frames
 they showed; a group whose samples all answered at once has none): GRPO can only compare first
 aims a group actually tried. Only sampled groups count: a `--branch` run's
-continuations (episodes marked ``replayed``) are left out.
+continuations (episodes marked ``replayed``) and a `--branch-first` run's branches (``prefixed``)
+are left out.
 Then, over the visits after step ``--after``: given a question's group was flat or varied, what
 its next group was. That persistence is what `vmtr train rl --skip-solved` bets on.
 """
@@ -36,7 +37,7 @@ def groups_of(rollouts: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
     for line in rollouts.read_text().splitlines():
         if line.strip():
             episode = json.loads(line)
-            if not episode.get("replayed"):
+            if not (episode.get("replayed") or episode.get("prefixed")):
                 groups[(episode["step"], episode["group"])].append(episode)
     return groups
 

@@ -119,9 +119,11 @@ def test_probe_places_second_retrieves_after_a_miss(tmp_path: Path):
         )
 
     # next door, misses again; far from the first, shows the needle (23); a branch's replayed
-    # continuation is not one of the run's sampled episodes and is not counted
+    # continuation, or an episode branched after a first-reply prefix, is not one of the run's
+    # sampled episodes and is not counted
     rollouts = [after_a_miss((32, 39), "B", False), after_a_miss((16, 23), "A", True)]
     rollouts.append({**after_a_miss((16, 23), "A", True), "replayed": 1})
+    rollouts.append({**after_a_miss((40, 47), "A", True), "prefixed": 9})
     path = tmp_path / "rollouts.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rollouts))
     (row,) = second_rows(path, {"x": ITEM}, window=10)

@@ -39,6 +39,9 @@ def test_a_tie_between_two_and_three_turn_episodes_counts_as_flat_with_turns_tha
         # group 2: a branch's continuations, left out
         episode(2, [0.1, 0.1, 0.1], False, [30, 31], replayed=True),
         episode(2, [0.1, 0.6, 0.9], True, [30, 9], replayed=True),
+        # group 3: branched at the first decision (a replayed first-reply prefix), left out
+        {**episode(3, [0.6, 1.0], True, [9]), "prefixed": 12},
+        {**episode(3, [0.1, 0.1, 0.1], False, [40, 30]), "prefixed": 12},
     ]
     path = tmp_path / "rollouts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
