@@ -269,6 +269,8 @@ class QwenVideoLM:
         reply is recorded exactly as if it had been sampled. ``prefix``: the reply's first token
         ids, fed the same way, after which sampling takes over (RL branches inside a reply, after
         the text that leads to its action); they count towards ``max_new_tokens``."""
+        if forced is None and len(prefix) >= settings.max_new_tokens:
+            raise ValueError("a reply's prefix must be shorter than max_new_tokens")
         started = time.perf_counter()
         text = self.processor.apply_chat_template(
             list(messages), add_generation_prompt=True, tokenize=False
@@ -361,8 +363,6 @@ class QwenVideoLM:
     ) -> tuple[list[int], list[float]]:
         """Prefill what the cache lacks, then sample until a stop token or the length limit
         (or feed ``forced`` whole, or ``prefix`` first)."""
-        if forced is None and len(prefix) >= settings.max_new_tokens:
-            raise ValueError("a reply's prefix must be shorter than max_new_tokens")
         reuse = self.settings.reuse_kv_cache and state.cache is not None
         cache = state.cache if reuse else DynamicCache(config=self.model.config)
         start = cache.get_seq_length() if reuse else 0
