@@ -26,7 +26,7 @@ SENTENCE_END = re.compile(r"[.!?](?=\s)")
 TrainedPart = Literal["action", "decision"]
 
 
-def _token_at(ids: Sequence[int], tokenizer: Any, char: int) -> int:
+def token_at(ids: Sequence[int], tokenizer: Any, char: int) -> int:
     """Index of the token whose decoded text holds character ``char`` of the reply (a token that
     straddles a boundary there counts as after it); ``len(ids)`` when none does."""
     for k in range(len(ids)):
@@ -59,8 +59,8 @@ def action_start(ids: Sequence[int], tokenizer: Any, part: TrainedPart = "action
     if part == "decision":
         opened = text.rfind(THINK_START, 0, end)
         body_start = opened + len(THINK_START) if opened >= 0 else 0
-        return _token_at(ids, tokenizer, body_start + last_sentence_start(text[body_start:end]))
-    return _token_at(ids, tokenizer, end + len(THINK_END))
+        return token_at(ids, tokenizer, body_start + last_sentence_start(text[body_start:end]))
+    return token_at(ids, tokenizer, end + len(THINK_END))
 
 
 def action_token_mask(

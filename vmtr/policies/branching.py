@@ -23,11 +23,13 @@ what followed it, and the replayed text stays untrained (`Trajectory.prefixed`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from vmtr.config import GenerationSettings, ProtocolSettings
 from vmtr.eval.datasets import QAItem
 from vmtr.models.qwen import QwenVideoLM
+from vmtr.policies.action_tokens import token_at
 from vmtr.policies.rewards import RewardSettings
 from vmtr.policies.rollout import EpisodeJob, Trajectory, run_jobs, score, turn_outcomes
 from vmtr.tools.select import relevant_pool_indices
@@ -53,14 +55,57 @@ def needs_branch(traj: Trajectory, item: QAItem) -> bool:
     return not relevant <= outcomes[0].seen_after
 
 
+def first_per_group(
+    trajectories: Sequence[Trajectory], qualifies: Callable[[Trajectory], bool]
+) -> list[int]:
+    """Indices of the first trajectory of each group that ``qualifies`` (at most one a group)."""
+    chosen: dict[int, int] = {}
+    for i, traj in enumerate(trajectories):
+        if traj.group not in chosen and qualifies(traj):
+            chosen[traj.group] = i
+    return sorted(chosen.values())
+
+
 def branch_points(trajectories: Sequence[Trajectory], items: dict[str, QAItem]) -> list[int]:
     """Indices of the trajectories to branch from: at most one per group, the first that
     `needs_branch`."""
-    chosen: dict[int, int] = {}
-    for i, traj in enumerate(trajectories):
-        if traj.group not in chosen and needs_branch(traj, items[traj.item_id]):
-            chosen[traj.group] = i
-    return sorted(chosen.values())
+    return first_per_group(trajectories, lambda t: needs_branch(t, items[t.item_id]))
+
+
+def run_branches(
+    lm: QwenVideoLM,
+    trajectories: Sequence[Trajectory],
+    items: dict[str, QAItem],
+    starts: Sequence[tuple[int, tuple[tuple[int, ...], ...], tuple[int, ...]]],
+    *,
+    k: int,
+    seed: int,
+    seed_offset: int,
+    protocol_settings: ProtocolSettings,
+    generation: GenerationSettings,
+    batched: bool,
+) -> list[Trajectory]:
+    """``k`` episodes from each start, a ``(trajectory index, replies to replay, prefix of the
+    reply after them)`` (`EpisodeJob`'s ``replay`` and ``prefix``); each start's episodes form a
+    new group, numbered after the groups of ``trajectories``, with seeds ``seed_offset`` away
+    from `rollout`'s."""
+    if k < 1 or not starts:
+        return []
+    next_group = max(t.group for t in trajectories) + 1
+    jobs = [
+        EpisodeJob(
+            items[trajectories[i].item_id],
+            next_group + b,
+            seed * 1_000_003 + seed_offset + b * 7919 + j,
+            replay=replay,
+            prefix=prefix,
+        )
+        for b, (i, replay, prefix) in enumerate(starts)
+        for j in range(k)
+    ]
+    return run_jobs(
+        lm, jobs, protocol_settings=protocol_settings, generation=generation, batched=batched
+    )
 
 
 def branch(
@@ -77,48 +122,48 @@ def branch(
     """``k`` continuations of each branch point after its first reply. Each branch is a new
     group, numbered after the groups of ``trajectories``; ``seed`` is the step's, as `rollout`
     took it."""
-    points = branch_points(trajectories, items)
-    if k < 1 or not points:
-        return []
-    next_group = max(t.group for t in trajectories) + 1
-    jobs = [
-        EpisodeJob(
-            items[trajectories[i].item_id],
-            next_group + b,
-            seed * 1_000_003 + BRANCH_SEEDS + b * 7919 + j,
-            replay=(tuple(trajectories[i].extra["reply_ids"][0]),),
-        )
-        for b, i in enumerate(points)
-        for j in range(k)
+    starts = [
+        (i, (tuple(trajectories[i].extra["reply_ids"][0]),), ())
+        for i in branch_points(trajectories, items)
     ]
-    return run_jobs(
-        lm, jobs, protocol_settings=protocol_settings, generation=generation, batched=batched
+    return run_branches(
+        lm,
+        trajectories,
+        items,
+        starts,
+        k=k,
+        seed=seed,
+        seed_offset=BRANCH_SEEDS,
+        protocol_settings=protocol_settings,
+        generation=generation,
+        batched=batched,
     )
 
 
-def until_retrieve_tag(reply_ids: Sequence[int], tokenizer) -> tuple[int, ...] | None:
+def until_retrieve_tag(reply_ids: Sequence[int], tokenizer: Any) -> tuple[int, ...] | None:
     """The reply's tokens up to and including its ``<retrieve>`` tag (None: no tag)."""
-    for n in range(1, len(reply_ids) + 1):
-        if RETRIEVE_TAG in tokenizer.decode(reply_ids[:n], skip_special_tokens=False):
-            return tuple(reply_ids[:n])
-    return None
+    text = tokenizer.decode(list(reply_ids), skip_special_tokens=False)
+    found = text.find(RETRIEVE_TAG)
+    if found < 0:
+        return None
+    return tuple(reply_ids[: token_at(reply_ids, tokenizer, found + len(RETRIEVE_TAG) - 1) + 1])
+
+
+def needs_first_branch(traj: Trajectory, item: QAItem) -> bool:
+    """Whether ``traj``'s first look is worth branching over: a sampled episode (not itself a
+    branch) whose first reply retrieved after a first turn that left evidence unseen."""
+    if traj.replayed or traj.prefixed or not traj.turns or traj.turns[0]["action"] != "retrieve":
+        return False
+    relevant = relevant_pool_indices(traj.extra["pool"], item.relevant_windows)
+    return not relevant or not relevant <= set(traj.turns[0]["frames"])
 
 
 def first_decision_points(
     trajectories: Sequence[Trajectory], items: dict[str, QAItem]
 ) -> list[int]:
-    """Indices of the trajectories whose first look to branch over: per group, the first sampled
-    episode whose first reply retrieved after a first turn that left evidence unseen."""
-    chosen: dict[int, int] = {}
-    for i, traj in enumerate(trajectories):
-        if traj.group in chosen or traj.replayed or traj.prefixed:
-            continue
-        if not traj.turns or traj.turns[0]["action"] != "retrieve":
-            continue
-        relevant = relevant_pool_indices(traj.extra["pool"], items[traj.item_id].relevant_windows)
-        if not relevant or not relevant <= set(traj.turns[0]["frames"]):
-            chosen[traj.group] = i
-    return sorted(chosen.values())
+    """Indices of the trajectories whose first look to branch over: per group, the first that
+    `needs_first_branch`."""
+    return first_per_group(trajectories, lambda t: needs_first_branch(t, items[t.item_id]))
 
 
 def branch_first(
@@ -136,26 +181,22 @@ def branch_first(
     tag, each a new group numbered after those of ``trajectories`` (`branch`'s too, when it is
     given them); ``seed`` is the step's."""
     tokenizer = lm.processor.tokenizer
-    prefixes = []
+    starts = []
     for i in first_decision_points(trajectories, items):
         prefix = until_retrieve_tag(trajectories[i].extra["reply_ids"][0], tokenizer)
         if prefix is not None:
-            prefixes.append((i, prefix))
-    if k < 1 or not prefixes:
-        return []
-    next_group = max(t.group for t in trajectories) + 1
-    jobs = [
-        EpisodeJob(
-            items[trajectories[i].item_id],
-            next_group + b,
-            seed * 1_000_003 + FIRST_BRANCH_SEEDS + b * 7919 + j,
-            prefix=prefix,
-        )
-        for b, (i, prefix) in enumerate(prefixes)
-        for j in range(k)
-    ]
-    return run_jobs(
-        lm, jobs, protocol_settings=protocol_settings, generation=generation, batched=batched
+            starts.append((i, (), prefix))
+    return run_branches(
+        lm,
+        trajectories,
+        items,
+        starts,
+        k=k,
+        seed=seed,
+        seed_offset=FIRST_BRANCH_SEEDS,
+        protocol_settings=protocol_settings,
+        generation=generation,
+        batched=batched,
     )
 
 

@@ -233,11 +233,13 @@ class RLRecipe:
             (t.item_id, t.group, t.reward.total, bool(t.correct)) for t in trajectories
         )
         if self.s.branch:
-            branches = self.branches(trajectories, gen)
+            branches = self.branched(branch, self.s.branch, trajectories, gen)
             stats.update(branch_stats(branches, self.by_id, self.s.reward))
             trajectories = trajectories + branches
         if self.s.branch_first:
-            firsts = self.first_branches(trajectories, gen)
+            hot = self.s.branch_first_temperature
+            first_gen = gen if hot is None else gen.model_copy(update={"temperature": hot})
+            firsts = self.branched(branch_first, self.s.branch_first, trajectories, first_gen)
             stats.update(branch_stats(firsts, self.by_id, self.s.reward, "first_branch"))
             trajectories = trajectories + firsts
         self.log_rollouts(trajectories)
@@ -260,31 +262,22 @@ class RLRecipe:
         """This step's sampling seed on this process."""
         return self.s.seed * 100_003 + self.step * 101 + self.acc.process_index
 
-    def branches(self, trajectories: list[Trajectory], gen: GenerationSettings) -> list[Trajectory]:
-        """This step's continuations from its branch points (`vmtr.policies.branching`)."""
-        with torch.no_grad():
-            return branch(
-                self.lm,
-                trajectories,
-                self.by_id,
-                k=self.s.branch,
-                seed=self.rollout_seed,
-                protocol_settings=self.s.protocol,
-                generation=gen,
-            )
-
-    def first_branches(
-        self, trajectories: list[Trajectory], gen: GenerationSettings
+    def branched(
+        self,
+        make: Callable[..., list[Trajectory]],
+        k: int,
+        trajectories: list[Trajectory],
+        gen: GenerationSettings,
     ) -> list[Trajectory]:
-        """This step's episodes branched at the first decision (`branching.branch_first`)."""
-        if self.s.branch_first_temperature is not None:
-            gen = gen.model_copy(update={"temperature": self.s.branch_first_temperature})
+        """This step's branches from its own episodes: `branching.branch`'s continuations after
+        a first retrieve that missed, or `branching.branch_first`'s after a first reply's
+        ``<retrieve>`` tag (``make``), ``k`` from each point."""
         with torch.no_grad():
-            return branch_first(
+            return make(
                 self.lm,
                 trajectories,
                 self.by_id,
-                k=self.s.branch_first,
+                k=k,
                 seed=self.rollout_seed,
                 protocol_settings=self.s.protocol,
                 generation=gen,
