@@ -137,8 +137,9 @@ def test_branches_are_new_groups_from_first_retrieves_that_missed(colour):
             assert torch.allclose(logp, whole, atol=1e-4)
 
 
-def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
-    folder, *_ = colour
+def one_recipe_step(folder, out, **branching) -> tuple[dict, list[dict]]:
+    """One GRPO step of 2 questions x 3 samples with the given branching flags: its metrics and
+    its `rollouts.jsonl` rows."""
     settings = RLSettings(
         steps=1,
         prompts_per_step=2,
@@ -149,14 +150,18 @@ def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
         top_p=1.0,
         max_new_tokens=64,
         freeze_vision=True,
-        branch=2,
         protocol=PROTOCOL,
+        **branching,
     )
-    recipe = RLRecipe(folder, tmp_path, "tiny", settings)
+    recipe = RLRecipe(folder, out, "tiny", settings)
     recipe.setup()
     recipe.train()
-    [metrics] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    [metrics] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return metrics, [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_a_recipe_step_trains_on_its_branches(colour, tmp_path):
+    metrics, rows = one_recipe_step(colour[0], tmp_path, branch=2)
     branched = [r for r in rows if r["replayed"]]
     assert branched, "this step's rollouts need a first retrieve that missed"
     assert metrics["branch_episodes"] == len(branched) == 2 * len({r["group"] for r in branched})
@@ -184,10 +189,10 @@ def test_a_reply_prefix_is_fed_then_sampling_takes_over_and_the_prefix_stays_unt
     first_reply = source.extra["reply_ids"][0]
     tokenizer = lm.processor.tokenizer
     # cut the first reply after its <retrieve> tag: the think text kept, the range sampled anew
-    cut = next(
-        n for n in range(1, len(first_reply)) if "<retrieve>" in tokenizer.decode(first_reply[:n])
-    )
-    prefix = tuple(first_reply[:cut])
+    prefix = until_retrieve_tag(first_reply, tokenizer)
+    cut = len(prefix)
+    assert tokenizer.decode(prefix).endswith("<retrieve>")
+    assert "<retrieve>" not in tokenizer.decode(prefix[:-1])
     job = EpisodeJob(by_id[source.item_id], 9, 777, prefix=prefix)
     settings = {"protocol_settings": PROTOCOL, "generation": GEN}
     with torch.no_grad():  # one at a time on the backend, then twice together on the engine
@@ -249,25 +254,7 @@ def test_first_decision_branches_sample_new_ranges_after_the_same_reading(colour
     assert stats["first_branch_episodes"] == len(firsts)
     assert until_retrieve_tag(tokenizer("<think>x</think>")["input_ids"], tokenizer) is None
 
-    settings = RLSettings(
-        steps=1,
-        prompts_per_step=2,
-        samples_per_prompt=3,
-        actor_lr=1e-5,
-        kl_coef=0.0,
-        temperature=0.6,
-        top_p=1.0,
-        max_new_tokens=64,
-        freeze_vision=True,
-        branch_first=2,
-        branch_first_temperature=1.0,
-        protocol=PROTOCOL,
-    )
-    recipe = RLRecipe(folder, tmp_path, "tiny", settings)
-    recipe.setup()
-    recipe.train()
-    [metrics] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    metrics, rows = one_recipe_step(folder, tmp_path, branch_first=2, branch_first_temperature=1.0)
     branched = [r for r in rows if r["prefixed"]]
     assert metrics["first_branch_episodes"] == len(branched) >= 2
     assert len(rows) - len(branched) == 6
