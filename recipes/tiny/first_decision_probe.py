@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from vmtr import protocol
-from vmtr.agent.graph import frame_fetcher
+from vmtr.agent.graph import first_turn_messages, frame_fetcher
 from vmtr.config import ModelSettings, ProtocolSettings
 from vmtr.eval.datasets import load_synthetic
 from vmtr.models.qwen import QwenVideoLM
@@ -47,18 +47,8 @@ def sampled_ranges(
         info, max_frames=settings.pool_size, max_fps=settings.pool_max_fps
     )
     shown = first_turn_frames(len(pool), settings.first_turn_frames)
-    messages = [
-        protocol.system_message(settings),
-        protocol.user_message(
-            turn=1,
-            frames=shown,
-            timestamps=[pool[i] for i in shown],
-            question=item.question,
-            options=protocol.format_options(item.options),
-            pool_size=len(pool),
-            settings=settings,
-        ),
-    ]
+    options = protocol.format_options(item.options)
+    messages = first_turn_messages(settings, pool, shown, item.question, options)
     text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     images = frame_fetcher(video_tools.FrameCache(), lm)(str(item.video), pool)(shown)
     encoded = lm.processor(text=[text + prefix], images=images, return_tensors="pt")
@@ -94,8 +84,6 @@ def main() -> None:
     args = parser.parse_args()
     lm = QwenVideoLM.load(ModelSettings(model=args.model, device="cpu"))
     items = {item.id: item for item in load_synthetic(str(args.data))}
-    annotations = json.loads((args.data / "annotations.json").read_text())
-    needles = {a["problem_id"]: set(a["needle_pool_indices"]) for a in annotations}
     lines = (args.eval_dir / "samples.jsonl").read_text().splitlines()[: args.items]
     asked = greedy_hits = any_hit = mixed = 0
     distinct: list[int] = []
@@ -104,7 +92,7 @@ def main() -> None:
     for index, line in enumerate(lines):
         sample = json.loads(line)
         first = sample["turns"][0]
-        wanted = needles[sample["id"]]
+        wanted = set(items[sample["id"]].extra["needle_pool_indices"])
         if first["action"] != "retrieve" or wanted & set(first["frames"]):
             continue
         raw = first["raw"] or ""

@@ -81,19 +81,14 @@ def build_graph(
         fetch(video, pool)(shown)
         cues = subtitle_cues(state) if subtitle_window is not None else None
         options = protocol.format_options(state.get("options") or []) or None
-        messages = [
-            protocol.system_message(settings),
-            protocol.user_message(
-                turn=1,
-                frames=shown,
-                timestamps=[pool[i] for i in shown],
-                question=question,
-                options=options,
-                pool_size=len(pool),
-                settings=settings,
-                subtitles=subtitle_lines(cues, shown, pool, subtitle_window),
-            ),
-        ]
+        messages = first_turn_messages(
+            settings,
+            pool,
+            shown,
+            question,
+            options,
+            subtitles=subtitle_lines(cues, shown, pool, subtitle_window),
+        )
         update = fresh_episode(state, question, options, info.duration, pool, messages)
         update["subtitle_cues"] = cues
         if scores is not None:
@@ -175,6 +170,32 @@ def compile_agent(
     builder.add_edge("select_segment", "reason")
     builder.add_edge("finish", END)
     return builder.compile(checkpointer=checkpointer, name=name)
+
+
+def first_turn_messages(
+    settings: ProtocolSettings,
+    pool: Sequence[float],
+    shown: Sequence[int],
+    question: str,
+    options: Sequence[str] | None,
+    subtitles: Sequence[Any] | None = None,
+) -> list[protocol.Message]:
+    """The conversation an episode opens with: the system message and turn 1's user message,
+    showing the pool frames ``shown`` (what the first reply answers; probes that replay a first
+    decision build it here so it stays the agent's)."""
+    return [
+        protocol.system_message(settings),
+        protocol.user_message(
+            turn=1,
+            frames=shown,
+            timestamps=[pool[i] for i in shown],
+            question=question,
+            options=options,
+            pool_size=len(pool),
+            settings=settings,
+            subtitles=subtitles,
+        ),
+    ]
 
 
 def frame_fetcher(
