@@ -24,10 +24,8 @@ STEPS=${STEPS:-200}
 EVAL_EVERY=${EVAL_EVERY:-100}
 D=runs/colour/data
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-for split in "train-s2000 2000 1600" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
-  set -- $split
-  [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
-done
+recipes/tiny/colour_splits.sh "$D" "train-s2000 2000 1600" "heldout-s5000 5000 200" \
+  "heldout-s7000 7000 200"
 resume=()
 if ls "$OUT"/run/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume); fi
 if [ ! -d "$OUT/run/final" ]; then

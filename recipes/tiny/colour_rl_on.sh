@@ -57,10 +57,8 @@ EVAL_EVERY=${EVAL_EVERY:-50}
 D=runs/colour/data
 TRAIN_SEED=${TRAIN_SEED:-1000}
 TRAIN_N=${TRAIN_N:-510}
-for split in "train-s$TRAIN_SEED $TRAIN_SEED $TRAIN_N" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
-  set -- $split
-  [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
-done
+recipes/tiny/colour_splits.sh "$D" "train-s$TRAIN_SEED $TRAIN_SEED $TRAIN_N" \
+  "heldout-s5000 5000 200" "heldout-s7000 7000 200"
 RECIPE="--train-tokens reply --kl-tokens reply --kl-coef 0"
 BRANCH="$RECIPE --branch 4"
 declare -A CREDIT=(

@@ -22,10 +22,8 @@ STEPS=${STEPS:-100}
 LR=${LR:-1e-4}
 D=runs/colour/data
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-for split in "train-s2000 2000 1600" "heldout-s5000 5000 200" "heldout-s7000 7000 200"; do
-  set -- $split
-  [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
-done
+recipes/tiny/colour_splits.sh "$D" "train-s2000 2000 1600" "heldout-s5000 5000 200" \
+  "heldout-s7000 7000 200"
 # an interrupted sampling run resumes where it stopped (`vmtr eval` keeps finished questions)
 vmtr eval synthetic --data "$D/train-s2000" -o "$OUT/samples" --model "$START" --limit "$LIMIT" \
   --temperature 1.0 --max-new-tokens 96 --batch-size 8 >/dev/null

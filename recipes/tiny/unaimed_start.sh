@@ -25,10 +25,7 @@ RUN=${1:-runs/colour}
 START=${2:-runs/tiny/17-rl/checkpoint-30}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 D="$RUN/data"
-for split in "train-s1000 1000 510" "heldout-s5000 5000 200"; do
-  set -- $split
-  [ -f "$D/$1/annotations.json" ] || vmtr synth "$D/$1" --n "$3" --seed "$2" --kinds colour
-done
+recipes/tiny/colour_splits.sh "$D" "train-s1000 1000 510" "heldout-s5000 5000 200"
 # stage NAME FROM STEPS CAPTION_SHARE SEED: one curriculum stage into RUN/NAME (skipped when
 # finished, resumed when interrupted)
 stage() {
